@@ -1,0 +1,31 @@
+# One command per job; each builds the virtual environment it needs first.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+
+.PHONY: setup demo test fmt-check clean
+
+setup: $(STAMP)
+
+# torch first and pinned: 2.13.0 is the CPU build on this disk; anything looser
+# pulls a multi-GB CUDA build. Then the package itself with its test extras.
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q triton==3.7.1 numpy
+	$(BIN)/pip install -q -e '.[test]'
+	@command -v dot >/dev/null 2>&1 || ./scripts/install-graphviz.sh || true
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/nldsl check examples/hope.nl
+	$(BIN)/nldsl ir examples/hope.nl --levels
+	$(BIN)/nldsl graph examples/hope.nl -o docs/img/hope.svg
+
+test: setup
+	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info

@@ -1,0 +1,196 @@
+"""The validated spec: what the checker hands to the IR and the backends.
+
+Pydantic models (`extra="forbid"`, frozen): every size is a concrete integer, every
+name is resolved, every option has its default filled in. Expressions stay as AST
+nodes (their names now known to be valid); constants from settings and optimizer
+hyperparameters are in `settings` / `hparams`.
+"""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from .ast import Expr
+from .diagnostics import Span
+
+LIKE_W = "W"  # the size of a value shaped like the parameter an optimizer updates
+Size = int | Literal["W"]
+
+
+class Node(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+
+class PeriodSpec(Node):
+    kind: Literal["tokens", "steps", "outer", "frozen"]
+    count: int | None = None
+
+    def __str__(self) -> str:
+        if self.count is None:
+            return self.kind
+        n = self.count
+        for div, suffix in ((10**9, "G"), (10**6, "M"), (10**3, "K")):
+            if n >= div and n % div == 0:
+                n = f"{n // div}{suffix}"
+                break
+        unit = self.kind if self.count != 1 else self.kind[:-1]
+        return f"every {n} {unit}"
+
+
+class OuterParam(Node):
+    """A parameter trained by the outer optimizer: a projection, a conv, a norm scale,
+    a learned scalar, an embedding, or the initial state θ₀ of an inner memory."""
+
+    name: str
+    shape: tuple[int, ...]
+    role: Literal["proj", "conv", "norm", "scalar", "embedding", "head", "init"]
+    span: Span | None = None
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+
+class MemorySpec(Node):
+    name: str
+    level: str
+    kind: Literal["linear", "mlp", "elementwise", "attention"]
+    d_in: int | None = None  # None: shaped like W (optimizer memories)
+    d_out: int | None = None
+    heads: int = 1
+    hidden: int | None = None
+    act: str = "silu"
+    residual: bool = False
+    bias: bool = False
+    init: str = "normal"  # zeros | ones | normal | identity | <level>.<memory>
+    fixed: bool = False  # θ₀ is a constant, not an outer parameter
+    detach: bool = False  # no gradient through inner updates to θ₀ (first order)
+    window: int | None = None
+    span: Span | None = None
+
+    def state_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Shapes of θ (one copy; a fast state holds one per sequence)."""
+        h = self.heads
+        if self.kind == "linear":
+            return {"W": (h, self.d_out // h, self.d_in // h)}
+        if self.kind == "mlp":
+            i, k, o = self.d_in // h, self.hidden // h, self.d_out // h
+            shapes = {"W2": (h, k, i), "W1": (h, o, k)}
+            if self.bias:
+                shapes.update(b2=(h, k), b1=(h, o))
+            return shapes
+        return {}  # elementwise (shaped like W) and attention (non-parametric)
+
+    @property
+    def state_numel(self) -> int:
+        total = 0
+        for shape in self.state_shapes().values():
+            n = 1
+            for s in shape:
+                n *= s
+            total += n
+        return total
+
+
+class LearnSpec(Node):
+    memory: str
+    objective: Literal["l2", "dot", "task"]
+    key: Expr | None = None
+    value: Expr | None = None
+    rule: Literal["gd", "momentum", "implicit", "append"] | None = None
+    lr: Expr | None = None
+    decay: Expr | None = None
+    beta: Expr | None = None
+    read: Literal["before", "within"] = "before"
+    span: Span | None = None
+
+
+class FlowSpec(Node):
+    name: str
+    value: Expr
+    size: Size
+    span: Span | None = None
+
+
+class LevelSpec(Node):
+    name: str
+    period: PeriodSpec
+    scope: Literal["sequence", "cross", "outer", "frozen", "optimizer"]
+    memories: tuple[MemorySpec, ...]
+    flows: tuple[FlowSpec, ...]
+    learns: tuple[LearnSpec, ...]
+    out: Expr | None = None
+    params: tuple[OuterParam, ...] = ()
+    hints: dict[str, Any] = {}
+    span: Span | None = None
+
+    def learn_of(self, memory: str) -> LearnSpec | None:
+        return next((l for l in self.learns if l.memory == memory), None)
+
+
+class AssignSpec(Node):
+    name: str
+    value: Expr
+    span: Span | None = None
+
+
+class BlockSpec(Node):
+    repeat: int
+    body: tuple[AssignSpec, ...]
+    levels: tuple[str, ...]  # the levels this block applies, in order
+    params: tuple[OuterParam, ...] = ()
+    span: Span | None = None
+
+
+class UpdateSpec(Node):
+    op: Literal["=", "-=", "+=", "*="]
+    value: Expr
+    span: Span | None = None
+
+
+class OptimizerSpec(Node):
+    name: str
+    hparams: dict[str, float]  # defaults, overridden where the spec or caller says
+    levels: tuple[LevelSpec, ...]
+    flows: tuple[FlowSpec, ...]
+    updates: tuple[UpdateSpec, ...]
+    file: str
+    span: Span | None = None
+
+
+class OptimizerUseSpec(Node):
+    optimizer: OptimizerSpec
+    selector: Literal["all", "matrices", "vectors", "rest"] = "all"
+    span: Span | None = None
+
+
+class ModelSpec(Node):
+    name: str
+    settings: dict[str, float]
+    levels: tuple[LevelSpec, ...]
+    blocks: tuple[BlockSpec, ...]
+    objective: Literal["next_token"]
+    optimizers: tuple[OptimizerUseSpec, ...]
+    params: tuple[OuterParam, ...]  # embedding, final norm, head
+    file: str
+    span: Span | None = None
+
+    def level(self, name: str) -> LevelSpec:
+        return next(l for l in self.levels if l.name == name)
+
+    @property
+    def depth_of(self) -> dict[str, int]:
+        """How many copies of each level the blocks make (their `repeat`)."""
+        return {lv: b.repeat for b in self.blocks for lv in b.levels}
+
+
+class ProgramSpec(Node):
+    """Everything checked in one root file: its models and optimizer definitions."""
+
+    file: str
+    models: tuple[ModelSpec, ...]
+    optimizers: tuple[OptimizerSpec, ...]

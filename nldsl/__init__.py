@@ -1,0 +1,5 @@
+"""nldsl: write Nested Learning models as specs of levels, flows, periods and objectives."""
+from .compiler.driver import check, load
+
+__all__ = ["check", "load"]
+__version__ = "0.1.0"
