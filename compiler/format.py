@@ -154,7 +154,9 @@ def _lines(span) -> tuple[int, int] | None:
 class _Formatter:
     def __init__(self, module: ast.Module, source: str):
         self.module = module
-        self.source_lines = source.splitlines()
+        # Split on \n only: lark counts lines that way (splitlines() would also break
+        # on \f, \r, \u2028..., and the line numbers of spans would not match).
+        self.source_lines = source.split("\n")
         # Where each comment goes, keyed by id() of the node (equal nodes may repeat).
         self.leading: dict[int, list[ast.Comment]] = {}  # own lines, before a statement
         self.trailing: dict[int, ast.Comment] = {}  # after a statement or a block's `}`
@@ -304,12 +306,14 @@ def format_module(module: ast.Module, source: str = "") -> str:
 
 
 def format_text(text: str, file: str = "<text>", report: Report | None = None) -> str | None:
-    """Parse and format. Returns None if the text does not parse; the diagnostics are
-    then in `report` (pass one to see them)."""
+    """Parse and format. Returns None if parsing reported errors (a syntax error, a
+    number out of range, an expression nested too deep); the diagnostics are then in
+    `report` (pass one to see them)."""
     from .parse import parse
 
     report = report if report is not None else Report()
+    before = len(report.errors)
     module = parse(text, file, report)
-    if module is None:
+    if module is None or len(report.errors) > before:
         return None
     return format_module(module, text)

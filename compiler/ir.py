@@ -1,0 +1,212 @@
+"""The level graph: a checked spec as a networkx graph of levels, memories and flows.
+
+Nodes (ids are strings, attributes say the rest):
+  `level:NAME`    a declared level          kind="level"
+  `memory:L.M`    memory M of level L       kind="memory"
+  `input:x`       the block's stream        kind="input"   (`input:g` for optimizers)
+  `weights`       all outer parameters W    kind="weights"
+  `optimizer:O`   the outer optimizer O     kind="optimizer"
+  `tier:N`        a derived frequency level kind="tier"
+Edges carry `kind`: "flow" (a context flow: source -> the memory it feeds, with the
+flow names as `label`), "member" (level -> its memories), "owns" (a slower tier or
+the optimizer -> what it nests; forms one tree).
+
+The passes in `PASSES` run in order, each checked by `verify()` after it.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import networkx as nx
+
+from . import ast
+from .spec import LevelSpec, MemorySpec, ModelSpec, OptimizerSpec
+
+
+class IRError(Exception):
+    """An IR invariant broke: a compiler bug, not a user mistake."""
+
+
+@dataclass
+class LevelGraph:
+    spec: ModelSpec | OptimizerSpec
+    graph: nx.DiGraph = field(default_factory=nx.DiGraph)
+    tiers: list[dict] = field(default_factory=list)  # fastest first, filled by `derive_tiers`
+
+    @property
+    def is_model(self) -> bool:
+        return isinstance(self.spec, ModelSpec)
+
+    def nodes(self, kind: str) -> list[str]:
+        return [n for n in nx.lexicographical_topological_sort(self._ordering())
+                if self.graph.nodes[n]["kind"] == kind]
+
+    def _ordering(self) -> nx.DiGraph:
+        # member and owns edges form a DAG over every node; flows may loop (self-generated values)
+        g = nx.DiGraph()
+        g.add_nodes_from(self.graph)
+        g.add_edges_from((u, v) for u, v, k in self.graph.edges(data="kind") if k != "flow")
+        return g
+
+    def edges(self, kind: str) -> list[tuple[str, str, dict]]:
+        return sorted(((u, v, d) for u, v, d in self.graph.edges(data=True) if d["kind"] == kind),
+                      key=lambda e: (e[0], e[1]))
+
+    def verify(self) -> None:
+        g = self.graph
+        for n, d in g.nodes(data=True):
+            if "kind" not in d:
+                raise IRError(f"node {n} has no kind")
+        for u, v, d in g.edges(data=True):
+            if d.get("kind") not in ("flow", "member", "owns"):
+                raise IRError(f"edge {u}->{v} has kind {d.get('kind')!r}")
+        for m in (n for n, d in g.nodes(data=True) if d["kind"] == "memory"):
+            owners = [u for u, _, k in g.in_edges(m, data="kind") if k == "member"]
+            if len(owners) != 1:
+                raise IRError(f"memory {m} belongs to {len(owners)} levels")
+        if not nx.is_directed_acyclic_graph(self._ordering()):
+            raise IRError("member/owns edges form a cycle")
+        owns = nx.DiGraph([(u, v) for u, v, k in g.edges(data="kind") if k == "owns"])
+        if owns and not nx.is_branching(owns):
+            raise IRError("something has two owners, or ownership loops")
+
+    def describe(self) -> str:
+        """A readable listing, for `nldsl ir`."""
+        out = [f"{'model' if self.is_model else 'optimizer'} {self.spec.name}"]
+        for n in nx.lexicographical_topological_sort(self._ordering()):
+            d = self.graph.nodes[n]
+            attrs = ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(d.items()) if k not in ("kind", "spec"))
+            out.append(f"  {d['kind']:<9} {n:<28} {attrs}")
+        for u, v, d in sorted(self.graph.edges(data=True)):
+            label = f"  [{d['label']}]" if d.get("label") else ""
+            out.append(f"  {d['kind']:<9} {u} -> {v}{label}")
+        return "\n".join(out)
+
+    def describe_levels(self) -> str:
+        """The derived level hierarchy, slowest first (as nested in the diagram)."""
+        out = [f"levels of {self.spec.name}, slowest first:"]
+        for i, tier in enumerate(reversed(self.tiers)):
+            names = ", ".join(tier["levels"])
+            params = f"{tier['params']:,} params" if tier.get("params") else ""
+            out.append(f"  {'  ' * 0}{len(self.tiers) - i:>2}. {tier['label']:<22} {names}  {params}".rstrip())
+        return "\n".join(out)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v)
+
+
+# ------------------------------------------------------------------ build
+def build(spec: ModelSpec | OptimizerSpec) -> LevelGraph:
+    ir = LevelGraph(spec)
+    g = ir.graph
+    if isinstance(spec, ModelSpec):
+        g.add_node("input:x", kind="input", label="x")
+        g.add_node("weights", kind="weights", label="W", period="every 1 step")
+        depth = spec.depth_of
+        for lv in spec.levels:
+            _add_level(g, lv, depth.get(lv.name, 1), "input:x")
+        for opt in spec.optimizers:
+            _add_optimizer(g, opt.optimizer, opt.selector)
+        # the block's stream: each level feeds the next one applied
+        for b in spec.blocks:
+            prev = "input:x"
+            for name in b.levels:
+                g.add_edge(prev, f"level:{name}", kind="flow", label="x")
+                prev = f"level:{name}"
+    else:
+        g.add_node("input:g", kind="input", label="g")
+        g.add_node("weights", kind="weights", label="W", period="every 1 step")
+        _add_optimizer(g, spec, "all")
+    return ir
+
+
+def _add_level(g: nx.DiGraph, lv: LevelSpec, copies: int, stream: str, prefix: str = "",
+               shared: dict[str, str] | None = None, outer_flows=()) -> None:
+    """A level node, its memories, and the context flows that feed each memory.
+    `shared` maps memory names visible here to node ids (an optimizer's memories are
+    visible across its levels); `outer_flows` are flows defined outside the level."""
+    lid = f"level:{prefix}{lv.name}"
+    g.add_node(lid, kind="level", name=lv.name, period=str(lv.period), scope=lv.scope, copies=copies, spec=lv)
+    visible = dict(shared or {})
+    for m in lv.memories:
+        mid = f"memory:{prefix}{lv.name}.{m.name}"
+        learn = lv.learn_of(m.name)
+        g.add_node(mid, kind="memory", name=m.name, memory=m.kind, spec=m,
+                   objective=learn.objective if learn else None, rule=learn.rule if learn else None,
+                   read=learn.read if learn else None)
+        g.add_edge(lid, mid, kind="member")
+        visible[m.name] = mid
+    flows = {f.name: f for f in (*outer_flows, *lv.flows)}
+
+    def sources(e, via=()) -> dict[str, set[str]]:
+        """The memories and inputs an expression reads, through flows, with the flow names."""
+        found: dict[str, set[str]] = {}
+        for name in _names(e):
+            if name in flows and name not in via:
+                for src, labels in sources(flows[name].value, via + (name,)).items():
+                    found.setdefault(src, set()).update(labels | {name})
+            elif name in ("x", "g"):
+                found.setdefault(stream, set())
+            elif name in visible:
+                found.setdefault(visible[name], set())
+        return found
+
+    for l in lv.learns:
+        target = visible[l.memory]
+        for role, e in (("key", l.key), ("value", l.value), ("lr", l.lr), ("decay", l.decay), ("beta", l.beta)):
+            if e is None:
+                continue
+            for src, labels in sources(e).items():
+                _label_edge(g, src, target, labels or {role})
+            if "self" in _names(e):
+                _label_edge(g, target, target, {"self"})
+
+
+def _label_edge(g: nx.DiGraph, u: str, v: str, labels: set[str]) -> None:
+    if g.has_edge(u, v):
+        labels = labels | set(filter(None, g.edges[u, v]["label"].split(", ")))
+    g.add_edge(u, v, kind="flow", label=", ".join(sorted(labels)))
+
+
+def _add_optimizer(g: nx.DiGraph, opt: OptimizerSpec, selector: str) -> None:
+    g.add_node(f"optimizer:{opt.name}", kind="optimizer", name=opt.name, selector=selector,
+               hparams=", ".join(f"{k}={_fmt(v)}" for k, v in opt.hparams.items()))
+    g.add_node("input:g", kind="input", label="g")
+    if "input:x" in g:
+        _label_edge(g, "weights", "input:g", {"∇L"})
+    prefix = f"{opt.name}/"
+    shared = {m.name: f"memory:{prefix}{lv.name}.{m.name}" for lv in opt.levels for m in lv.memories}
+    for lv in opt.levels:
+        _add_level(g, lv, 1, "input:g", prefix, shared, opt.flows)
+    used = set().union(*(_names(u.value) for u in opt.updates))
+    for f in opt.flows:
+        if f.name in used:
+            used |= _names(f.value)
+    for name, mid in shared.items():
+        if name in used:
+            _label_edge(g, mid, "weights", {"update"})
+    if "g" in used:
+        _label_edge(g, "input:g", "weights", {"g"})
+
+
+def _walk(e):
+    stack = [e]
+    while stack:
+        n = stack.pop()
+        if n is None:
+            continue
+        yield n
+        if isinstance(n, ast.Call):
+            stack.extend(a.value for a in n.args)
+        elif isinstance(n, ast.BinOp):
+            stack.extend((n.left, n.right))
+        elif isinstance(n, ast.Neg):
+            stack.append(n.operand)
+
+
+def _names(e) -> set[str]:
+    return {n.id if isinstance(n, ast.Name) else n.func for n in _walk(e) if isinstance(n, (ast.Name, ast.Call))}

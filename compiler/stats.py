@@ -1,0 +1,54 @@
+"""`nldsl stats`: what a spec costs before it runs."""
+from __future__ import annotations
+
+from .ir import LevelGraph
+
+
+def _n(x: float) -> str:
+    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if abs(x) >= div:
+            return f"{x / div:.2f}{suffix}"
+    return f"{x:.0f}"
+
+
+def level_rows(ir: LevelGraph) -> list[dict]:
+    g = ir.graph
+    rows = []
+    for n, d in g.nodes(data=True):
+        if d["kind"] == "level":
+            rows.append({"level": n.split(":", 1)[1], "period": d["period"], "scope": d["scope"],
+                         "copies": d["copies"], "params": d["params"], "state": d["state"], "flops": d["flops"]})
+    order = {t: i for i, tier in enumerate(ir.tiers) for t in tier["nodes"]}
+    return sorted(rows, key=lambda r: (order.get(f"level:{r['level']}", 99), r["level"]))
+
+
+def totals(ir: LevelGraph) -> dict:
+    g = ir.graph
+    rows = level_rows(ir)
+    params = g.nodes["weights"].get("params", 0) if ir.is_model else 0
+    moments = sum(1 for _, d in g.nodes(data=True) if d["kind"] == "memory" and d["memory"] == "elementwise")
+    flops = sum(r["flops"] for r in rows if r["scope"] != "optimizer") + g.nodes["weights"].get("flops", 0)
+    return {"params": params, "state": sum(r["state"] for r in rows), "optimizer_state": moments * params,
+            "flops": flops}
+
+
+def stats_table(ir: LevelGraph) -> str:
+    rows = level_rows(ir)
+    head = ("level", "period", "copies", "outer params", "state/seq", "FLOPs/token")
+    body = [(r["level"], r["period"] if r["scope"] != "outer" else "outer", str(r["copies"]), f"{r['params']:,}",
+             f"{r['state']:,}", _n(r["flops"])) for r in rows]
+    widths = [max(len(x[i]) for x in [head] + body) for i in range(len(head))]
+    line = lambda cells: "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
+    out = [f"{'model' if ir.is_model else 'optimizer'} {ir.spec.name}", line(head), line(["-" * w for w in widths])]
+    out += [line(r) for r in body]
+    if ir.is_model:
+        t = totals(ir)
+        s = ir.spec.settings
+        out += ["",
+                f"parameters (all outer):        {t['params']:,}",
+                f"inner state per sequence:      {t['state']:,} numbers ({_n(4 * t['state'])}B in fp32)",
+                f"optimizer state:               {t['optimizer_state']:,} numbers",
+                f"FLOPs per token, forward:      {_n(t['flops'])}  (training ≈ 3× forward: {_n(3 * t['flops'])})",
+                f"one step (batch {int(s['batch'])} × context {int(s['context'])}): "
+                f"{_n(3 * t['flops'] * s['batch'] * s['context'])} FLOPs"]
+    return "\n".join(out)
