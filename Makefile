@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: setup demo test fmt-check clean
+.PHONY: setup demo test diagrams clean
 
 setup: $(STAMP)
 
@@ -19,13 +19,21 @@ $(STAMP): pyproject.toml
 	@command -v dot >/dev/null 2>&1 || ./scripts/install-graphviz.sh || true
 	touch $(STAMP)
 
+# The main job. For now: check HOPE, print its level hierarchy and costs, draw it.
 demo: setup
 	$(BIN)/nldsl check examples/hope.nl
 	$(BIN)/nldsl ir examples/hope.nl --levels
-	$(BIN)/nldsl graph examples/hope.nl -o docs/img/hope.svg
+	$(BIN)/nldsl stats examples/hope.nl
+	@mkdir -p out
+	$(BIN)/nldsl graph examples/hope.nl -o out/hope.svg || echo "(the diagram was written as DOT text: out/hope.dot)"
 
 test: setup
 	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q
+
+# Regenerate the diagrams the docs show.
+diagrams: setup
+	$(BIN)/nldsl graph examples/hope.nl -o docs/img/hope.svg
+	$(BIN)/nldsl graph examples/hope.nl -o docs/img/hope.png
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

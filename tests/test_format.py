@@ -461,7 +461,7 @@ def _sprinkle_comments(text: str, rng: random.Random) -> str:
     return "\n".join(out)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from(EXAMPLES), st.randoms(use_true_random=False))
 def test_random_comments_kept_in_order(path, rng):
     text = path.read_text()
