@@ -111,17 +111,27 @@ def build(spec: ModelSpec | OptimizerSpec) -> LevelGraph:
             _add_level(g, lv, depth.get(lv.name, 1), "input:x")
         for opt in spec.optimizers:
             _add_optimizer(g, opt.optimizer, opt.selector)
-        # the block's stream: each level feeds the next one applied
         for b in spec.blocks:
-            prev = "input:x"
-            for name in b.levels:
-                g.add_edge(prev, f"level:{name}", kind="flow", label="x")
-                prev = f"level:{name}"
+            _block_flows(g, b, {lv.name for lv in spec.levels})
     else:
         g.add_node("input:g", kind="input", label="g")
         g.add_node("weights", kind="weights", label="W", period="every 1 step")
         _add_optimizer(g, spec, "all")
     return ir
+
+
+def _block_flows(g: nx.DiGraph, block, levels: set[str]) -> None:
+    """Edges of the block's stream: which level's output reaches which level's input.
+    `producers` maps each block variable to the levels its value came through."""
+    producers: dict[str, set[str]] = {"x": set()}
+    for a in block.body:
+        made: set[str] = set()
+        for call in (n for n in _walk(a.value) if isinstance(n, ast.Call) and n.func in levels):
+            feeding = set().union(*(producers.get(v, set()) for v in _names(call.args[0].value)))
+            for src in sorted(feeding) or ["input:x"]:
+                _label_edge(g, src if src == "input:x" else f"level:{src}", f"level:{call.func}", {"x"})
+            made.add(call.func)
+        producers[a.name] = made | set().union(*(producers.get(v, set()) for v in _names(a.value)))
 
 
 def _add_level(g: nx.DiGraph, lv: LevelSpec, copies: int, stream: str, prefix: str = "",

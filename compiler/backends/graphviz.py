@@ -112,8 +112,13 @@ def to_dot(ir: LevelGraph) -> str:
         emit(r, 0, "  ")
     if "input:x" in g:
         out.append(f"  {_id('input:x')} [label=\"x (tokens → embedding)\", shape=plain];")
+    # the residual stream reaches every later level; draw only its direct links
+    stream = nx.DiGraph([(u, v) for u, v, k in g.edges(data="kind")
+                         if k == "flow" and u != v and g.nodes[v]["kind"] == "level"
+                         and g.nodes[u]["kind"] in ("level", "input")])
+    indirect = set(stream.edges) - set(nx.transitive_reduction(stream).edges) if stream else set()
     for u, v, d in sorted(g.edges(data=True)):
-        if d["kind"] != "flow":
+        if d["kind"] != "flow" or (u, v) in indirect:
             continue
         if u == "input:x" and v.startswith("memory:"):
             continue  # the block's stream enters the level once; its memories all read it

@@ -1,0 +1,124 @@
+"""The level graph and the hierarchy derived from it (semantics.md §1)."""
+from pathlib import Path
+
+import networkx as nx
+import pytest
+
+from nldsl.compiler import passes
+from nldsl.compiler.driver import check
+from nldsl.compiler.ir import IRError, build
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def model(text: str):
+    return check(text).models[0]
+
+
+def tiers(spec):
+    ir = passes.run(spec)
+    return [(t["label"], sorted(t["levels"])) for t in ir.tiers]
+
+
+HEAD = "vocab 10\ndim 8\nheads 2\ncontext 32\nbatch 4\n"
+TAIL = "objective next_token\noptimizer adamw(lr: 1e-3)\n"
+
+
+def level(name, period, lr="0.5"):
+    return (f"level {name} {period} {{ memory M : linear(dim, heads: heads)\n"
+            f"  flow q = proj(x)\n flow k = proj(x)\n flow v = proj(x)\n"
+            f"  learn M : l2(k, v) by gd(lr: {lr})\n out M(q) }}\n")
+
+
+def test_hope_hierarchy_is_the_papers_picture():
+    ir = passes.run(check(ROOT / "examples/hope.nl").models[0])
+    slowest_first = [(t["label"], t["levels"]) for t in reversed(ir.tiers)]
+    assert slowest_first == [
+        ("every 16M tokens", ["cms3"]),
+        ("every 1M tokens", ["cms2"]),
+        ("every 1 step", ["W"]),
+        ("every 1 step", ["moments"]),
+        ("every 64 tokens", ["cms1"]),
+        ("every 16 tokens", ["titans"]),
+    ]
+
+
+def test_ownership_is_one_tree_rooted_at_the_optimizer():
+    ir = passes.run(check(ROOT / "examples/hope.nl").models[0])
+    owns = nx.DiGraph([(u, v) for u, v, k in ir.graph.edges(data="kind") if k == "owns"])
+    assert nx.is_arborescence(owns)
+    (root,) = [n for n in owns if owns.in_degree(n) == 0]
+    assert root == "optimizer:adamw"
+    # slower owns faster along the chain of periods
+    chain = nx.shortest_path(owns, root, "level:titans")
+    periods = [ir.graph.nodes[n]["tokens"] for n in chain if n.startswith("tier:")]
+    assert periods == sorted(periods, reverse=True)
+
+
+def test_equal_periods_with_a_dependency_are_ordered():
+    # b reads a's output at the same token: b is the slower (outer) of the two
+    spec = model(f"model m {{ {HEAD} {level('a', 'every 4 tokens')} {level('b', 'every 4 tokens')}"
+                 f" block {{ x = x + a(rmsnorm(x))\n x = x + b(rmsnorm(x)) }} {TAIL} }}")
+    t = [x for x in tiers(spec) if x[0] == "every 4 tokens"]
+    assert t == [("every 4 tokens", ["a"]), ("every 4 tokens", ["b"])]
+
+
+def test_equal_periods_without_a_dependency_share_a_level():
+    spec = model(f"model m {{ {HEAD} {level('a', 'every 4 tokens')} {level('b', 'every 4 tokens')}"
+                 f" block {{ h = rmsnorm(x)\n x = x + a(h) + b(h) }} {TAIL} }}")
+    t = [x for x in tiers(spec) if x[0] == "every 4 tokens"]
+    assert t == [("every 4 tokens", ["a", "b"])]
+
+
+def test_cross_sequence_levels_are_slower_than_a_step():
+    # one step = batch 4 x context 32 = 128 tokens
+    spec = model(f"model m {{ {HEAD} level s every 16 tokens {{ memory f : mlp(dim) learn f : task by gd(lr: 1) }}"
+                 f" level c every 1K tokens {{ memory f : mlp(dim) }}"
+                 f" block {{ x = x + s(x)\n x = x + c(x) }} {TAIL} }}")
+    labels = [x[0] for x in tiers(spec)]
+    assert labels == ["every 16 tokens", "every 1 step", "every 1 step", "every 1K tokens"]
+    scopes = {lv.name: lv.scope for lv in spec.levels}
+    assert scopes == {"s": "sequence", "c": "cross"}
+
+
+def test_outer_levels_belong_to_the_weights_tier():
+    ir = passes.run(check(ROOT / "examples/transformer.nl").models[0])
+    weights = next(t for t in ir.tiers if "W" in t["levels"])
+    assert "ffn" in weights["levels"]
+
+
+def test_optimizer_moments_are_faster_than_the_weights():
+    ir = passes.run(check(ROOT / "examples/optim/m3.nl").optimizers[0])
+    assert [(t["label"], t["levels"]) for t in ir.tiers] == [
+        ("every 1 step", ["fast"]), ("every 1 step", ["W"]), ("every 4 steps", ["slow"])]
+
+
+def test_verify_rejects_a_memory_in_two_levels():
+    ir = build(check(ROOT / "examples/transformer.nl").models[0])
+    ir.graph.add_edge("level:ffn", "memory:attn.kv", kind="member")
+    with pytest.raises(IRError, match="belongs to 2 levels"):
+        ir.verify()
+
+
+def test_verify_rejects_two_owners():
+    ir = passes.run(check(ROOT / "examples/transformer.nl").models[0])
+    ir.graph.add_edge("tier:0", "weights", kind="owns")
+    with pytest.raises(IRError, match="two owners"):
+        ir.verify()
+
+
+@pytest.mark.parametrize("name", passes.PASS_NAMES)
+def test_print_after_each_pass(name):
+    printed = []
+    passes.run(check(ROOT / "examples/hope.nl").models[0], print_after=name, out=printed.append)
+    assert len(printed) == 1 and printed[0].startswith("model hope")
+
+
+def test_parameter_count_matches_a_count_by_hand():
+    spec = model(f"model m {{ {HEAD} depth 2 {level('a', 'every 4 tokens')}"
+                 f" block repeat depth {{ x = x + a(rmsnorm(x)) }} {TAIL} }}")
+    ir = passes.run(spec)
+    embed = head = 10 * 8
+    final_norm = 8
+    per_layer = 3 * 8 * 8 + 2 * 4 * 4 + 8  # q, k, v projections; θ₀ of 2 heads of 4x4; the block's rmsnorm
+    assert ir.graph.nodes["weights"]["params"] == embed + head + final_norm + 2 * per_layer
