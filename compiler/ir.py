@@ -160,7 +160,7 @@ def _add_level(g: nx.DiGraph, lv: LevelSpec, copies: int, stream: str, prefix: s
                 for src, labels in sources(flows[name].value, via + (name,)).items():
                     found.setdefault(src, set()).update(labels | {name})
             elif name in ("x", "g"):
-                found.setdefault(stream, set())
+                found.setdefault(stream, set()).add(name)
             elif name in visible:
                 found.setdefault(visible[name], set())
         return found
