@@ -65,7 +65,7 @@ def _expr(e) -> tuple[str, int]:
             return f"{left} ** {right}", _PREC_POWER
         prec = _BINARY[e.op]  # left-associative: the right operand binds tighter
         left = _wrap(_expr(e.left), prec)
-        right = _wrap(_expr(e.right), prec)
+        right = _wrap(_expr(e.right), prec + 1)
         return f"{left} {e.op} {right}", prec
     if isinstance(e, ast.Arrow):  # only valid as a whole call argument
         return f"{format_expr(e.src)} -> {format_expr(e.dst)}", _PREC_ARROW
