@@ -51,3 +51,22 @@ def test_missing_file_is_a_diagnostic_not_a_traceback(tmp_path):
 def test_unknown_name_for_ir():
     r = nldsl("ir", "examples/cms.nl", "--name", "cms_nope")
     assert r.returncode == 1 and "nothing named `cms_nope`" in r.stderr
+
+
+def test_fmt_check_then_format_in_place(tmp_path):
+    messy = tmp_path / "t.nl"
+    canonical = (ROOT / "examples" / "titans.nl").read_text()
+    messy.write_text(canonical.replace("  dim 128\n", "  dim    128;\n"))
+    r = nldsl("fmt", "--check", str(messy))
+    assert r.returncode == 1 and "would be reformatted" in r.stdout
+    assert nldsl("fmt", str(messy)).returncode == 0
+    assert messy.read_text() == canonical
+    assert nldsl("fmt", "--check", str(messy)).returncode == 0
+
+
+def test_fmt_on_a_syntax_error_changes_nothing(tmp_path):
+    bad = tmp_path / "bad.nl"
+    bad.write_text("model m { dim }\n")
+    r = nldsl("fmt", str(bad))
+    assert r.returncode == 1 and "error[NL011]" in r.stderr
+    assert bad.read_text() == "model m { dim }\n"
