@@ -43,7 +43,7 @@ def derive_tiers(ir: LevelGraph) -> LevelGraph:
     g = ir.graph
     units = [n for n, d in g.nodes(data=True) if d["kind"] == "level" and d["scope"] != "outer"] + ["weights"]
     period = {n: tokens_per_update(ir, n) for n in units}
-    # same-time dependencies between units: a flow path from one to the other
+    # same-time dependencies between units: a context flow from one to the other
     flows = nx.DiGraph([(u, v) for u, v, k in g.edges(data="kind") if k == "flow" and u != v])
     owner = {m: lv for lv, m, k in g.edges(data="kind") if k == "member"}
     dep = nx.DiGraph()
@@ -133,7 +133,7 @@ def _state(m: MemorySpec, lv: LevelSpec, s) -> int:
     if lv.scope != "sequence":
         return 0
     if m.kind == "attention":
-        return 2 * int(s["dim"]) * min(m.window or s["context"], s["context"])
+        return 2 * int(s["dim"]) * int(min(m.window or s["context"], s["context"]))
     learn = lv.learn_of(m.name)
     copies = 2 if learn is not None and learn.rule == "momentum" else 1
     return m.state_numel * copies
@@ -143,8 +143,10 @@ def _flops(m: MemorySpec, lv: LevelSpec, s) -> float:
     """Forward FLOPs per token: reading the memory, and in-sequence learning (a
     gradient per item, about twice a read, plus applying the update once a period)."""
     if m.kind == "attention":
-        span = min(m.window or s["context"], s["context"])
-        return 4 * s["dim"] * (span + 1) / 2
+        T = int(s["context"])
+        w = min(m.window or T, T)
+        keys = (w * (w + 1) / 2 + (T - w) * w) / T  # mean over positions of min(t, w) keys attended
+        return 4 * s["dim"] * keys
     read = 2 * m.state_numel
     if lv.scope != "sequence" or lv.learn_of(m.name) is None:
         return read

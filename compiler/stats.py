@@ -22,14 +22,51 @@ def level_rows(ir: LevelGraph) -> list[dict]:
     return sorted(rows, key=lambda r: (order.get(f"level:{r['level']}", 99), r["level"]))
 
 
+def outer_params(ir: LevelGraph) -> list[tuple[int, ...]]:
+    """Shapes of every trained outer parameter, one entry per copy."""
+    spec = ir.spec
+    shapes = [p.shape for p in spec.params]
+    shapes += [p.shape for b in spec.blocks for _ in range(b.repeat) for p in b.params]
+    copies = spec.depth_of
+    shapes += [p.shape for lv in spec.levels for _ in range(copies.get(lv.name, 1)) for p in lv.params]
+    return shapes
+
+
+def _numel(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def optimizer_state(ir: LevelGraph) -> int:
+    """Numbers the optimizers hold: an elementwise memory per coordinate of each
+    parameter in its group, a coordinate-wise memory's own state per parameter."""
+    shapes = outer_params(ir)
+    groups = {"matrices": [s for s in shapes if len(s) >= 2], "vectors": [s for s in shapes if len(s) < 2]}
+    named = {u.selector for u in ir.spec.optimizers}
+    total = 0
+    for use in ir.spec.optimizers:
+        if use.selector == "all":
+            group = shapes
+        elif use.selector == "rest":
+            group = [s for k, g in groups.items() if k not in named for s in g]
+        else:
+            group = groups[use.selector]
+        for lv in use.optimizer.levels:
+            for m in lv.memories:
+                per = sum(_numel(s) for s in group) if m.kind == "elementwise" else m.state_numel * len(group)
+                total += per
+    return total
+
+
 def totals(ir: LevelGraph) -> dict:
     g = ir.graph
     rows = level_rows(ir)
-    params = g.nodes["weights"].get("params", 0) if ir.is_model else 0
-    moments = sum(1 for _, d in g.nodes(data=True) if d["kind"] == "memory" and d["memory"] == "elementwise")
+    params = sum(_numel(s) for s in outer_params(ir)) if ir.is_model else 0
     flops = sum(r["flops"] for r in rows if r["scope"] != "optimizer") + g.nodes["weights"].get("flops", 0)
-    return {"params": params, "state": sum(r["state"] for r in rows), "optimizer_state": moments * params,
-            "flops": flops}
+    return {"params": params, "state": sum(r["state"] for r in rows),
+            "optimizer_state": optimizer_state(ir) if ir.is_model else 0, "flops": flops}
 
 
 def stats_table(ir: LevelGraph) -> str:

@@ -174,12 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
                            ("graph", cmd_graph, "draw the levels (DOT, SVG, PNG)")):
         s = sub.add_parser(name, help=text)
         s.add_argument("file", metavar="FILE")
-        s.add_argument("--name", help="which model or optimizer of the file (default: the first model)")
+        s.add_argument("--name", help="which model or optimizer of the file (default: the first model, else the first optimizer)")
         if name == "ir":
             s.add_argument("--levels", action="store_true", help="only the derived level hierarchy")
             s.add_argument("--print-after", choices=passes.PASS_NAMES, help="print the graph after this pass")
         if name == "graph":
-            s.add_argument("-o", "--output", help="out.dot, out.svg or out.png (default: DOT on stdout)")
+            s.add_argument("-o", "--output", help="out.dot (or .gv), out.svg, out.png or out.pdf (default: DOT on stdout)")
         s.set_defaults(run=fn)
     return p
 

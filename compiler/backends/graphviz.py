@@ -11,7 +11,7 @@ from ..ir import LevelGraph
 from ..spec import MemorySpec
 
 FONT = "Helvetica"
-# fastest levels warm, slowest cool: the frequency is visible at a glance
+# a colour per nesting depth (outermost, slowest, first), so a level's frequency shows at a glance
 PALETTE = ["#fde0c5", "#fcefc7", "#e6f2d9", "#d7ebf5", "#e2dcf2", "#eeeeee"]
 
 
