@@ -18,11 +18,6 @@ from nldsl.compiler.parse import parse
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("**/*.nl"))
 
-# Examples whose text is not canonical, and why (the formatter normalises them).
-NOT_CANONICAL = {
-    # `vocab 256         # bytes`: trailing comments are separated by exactly 3 spaces.
-    "hope.nl",
-}
 
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -51,16 +46,11 @@ def test_example_round_trips(path):
     assert again.items == module.items
     assert [c.text for c in again.comments] == [c.text for c in module.comments]
     assert format_module(again, out) == out
-    if path.name not in NOT_CANONICAL:
-        assert out == text
+    assert out == text  # the examples are written in canonical form
 
 
-def test_hope_differs_only_in_comment_spacing():
-    text = (ROOT / "examples" / "hope.nl").read_text()
-    out = _fmt(text)
-    diff = [(a, b) for a, b in zip(text.splitlines(), out.splitlines()) if a != b]
-    assert len(text.splitlines()) == len(out.splitlines())
-    assert diff == [("  vocab 256         # bytes", "  vocab 256   # bytes")]
+def test_trailing_comments_are_set_three_spaces_after_the_code():
+    assert _fmt("model m {\n  vocab 256         # bytes\n}\n") == "model m {\n  vocab 256   # bytes\n}\n"
 
 
 # --------------------------------------------------------------- expressions
