@@ -53,6 +53,7 @@ class Env:
     funcs: tuple[str, ...] = MODEL_FUNCS
     this: MemorySpec | None = None  # the memory `self` means, inside a learn statement
     optimizer: bool = False
+    broken: set[str] = field(default_factory=set)  # defined, but with an error already reported
 
 
 class Checker:
@@ -82,6 +83,24 @@ class Checker:
                 self.err("NL101", f"{what} `{name}` is declared twice{where}", span)
             else:
                 seen[name] = span
+
+    def once(self, args) -> None:
+        """NL101 for an option given twice in one call; a flag like `residual` counts as its option."""
+        seen: set[str] = set()
+        for a in args:
+            key = a.key if a.key is not None else a.value.id if isinstance(a.value, ast.Name) else None
+            if key in seen:
+                self.err("NL101", f"option `{key}` is given twice", a.span)
+            elif a.key is not None or key in ("residual", "bias", "fixed", "detach"):
+                seen.add(key)
+
+    def clashes(self, memories, env: Env) -> None:
+        """NL101 for memories named like a setting, a hyperparameter or the stream (`x`, `g`, `W`, `step`)."""
+        for name, span in memories:
+            if name in env.consts or name in env.values:
+                what = {"x": "the stream", "g": "the gradient", "W": "the parameter", "step": "the step count"}.get(
+                    name, "a hyperparameter" if env.optimizer else "a setting")
+                self.err("NL101", f"memory `{name}` has the name of {what}", span, f"rename it, e.g. `{name}_mem`")
 
     def unknown(self, what: str, name: str, span, candidates, code="NL100") -> None:
         self.err(code, f"unknown {what} `{name}`", span, did_you_mean(name, candidates))
@@ -113,7 +132,10 @@ class Checker:
                     v = a / b
                 elif e.op == "**":
                     v = float(a) ** b
-            except (ZeroDivisionError, OverflowError, ValueError):
+            except ZeroDivisionError:
+                self.err("NL160", f"{what} divides by zero", e.span)
+                return None
+            except (OverflowError, ValueError):
                 v = math.inf
             if isinstance(v, complex) or not math.isfinite(v) or abs(v) > 1e18:
                 self.err("NL160", f"{what} is out of range", e.span)
@@ -164,7 +186,11 @@ class Checker:
     def library_optimizer(self, name: str) -> tuple[ast.OptimizerDef, str] | None:
         """`optimizer adam(...)` with no import finds examples/optim/adam.nl."""
         path = library_root() / "optim" / f"{name}.nl"
-        if not name.isidentifier() or not path.is_file():
+        try:
+            found = name.isidentifier() and path.is_file()
+        except OSError:  # e.g. a name too long for the file system
+            found = False
+        if not found:
             return None
         key = str(path.resolve())
         if key not in self.program.modules:
@@ -193,11 +219,12 @@ class Checker:
 
         blocks = []
         used: dict[str, Span] = {}
+        broken = {lv.name for lv in levels_ast} - set(levels)
         for i, b in enumerate(s for s in m.body if isinstance(s, ast.Block)):
-            spec = self.block(b, i, consts, levels, used)
+            spec = self.block(b, i, consts, levels, used, broken)
             if spec:
                 blocks.append(spec)
-        if not blocks:
+        if not any(isinstance(s, ast.Block) for s in m.body):
             self.err("NL156", f"model `{m.name}` has no block", m.span,
                      "add `block repeat depth { x = x + level(rmsnorm(x)) }`")
         for name, spec in levels.items():
@@ -228,10 +255,17 @@ class Checker:
                 consts[s.name] = self.overrides[s.name]
                 continue
             v = self.const(s.value, env, f"setting `{s.name}`")
-            if v is not None:
-                if s.name in SETTINGS and (v != int(v) or v < 1):
-                    self.err("NL115", f"setting `{s.name}` must be a positive integer, not {_num(v)}", s.value.span)
-                consts.setdefault(s.name, int(v) if v == int(v) else v)
+            stand_in = SETTINGS.get(s.name) or 64  # after an error, so that what uses the setting is not reported too
+            if v is None:
+                consts.setdefault(s.name, stand_in)
+                continue
+            if s.name in SETTINGS and (v != int(v) or v < 1):
+                self.err("NL115", f"setting `{s.name}` must be a positive integer, not {_num(v)}", s.value.span)
+                v = stand_in
+            elif s.name in SETTINGS and v > MAX_SIZE:
+                self.err("NL160", f"setting `{s.name}` {_num(v)} is out of range (at most {MAX_SIZE:,})", s.value.span)
+                v = stand_in
+            consts.setdefault(s.name, int(v) if v == int(v) else v)
         for k, v in self.overrides.items():
             consts.setdefault(k, v)
         for name, default in SETTINGS.items():
@@ -252,7 +286,10 @@ class Checker:
         for extra in stmts[1:]:
             self.err("NL101", "a model has one objective", extra.span)
         name, args = ast.head(stmts[0].value)
-        if name not in OBJECTIVE_STMTS or args:
+        if name in OBJECTIVE_STMTS and args:
+            self.err("NL117", f"`{name}` takes no arguments", stmts[0].value.span, f"write `objective {name}`")
+            return None
+        if name not in OBJECTIVE_STMTS:
             self.err("NL111", f"unknown outer objective `{name or '?'}`", stmts[0].value.span,
                      did_you_mean(name or "", OBJECTIVE_STMTS) or "the outer objective is `next_token`")
             return None
@@ -282,6 +319,7 @@ class Checker:
                 self.err("NL101", f"two optimizers for the parameter group `{sel}`", u.span)
             selectors[sel] = u
             hp = {}
+            self.once(args)
             for a in args:
                 if a.key is None:
                     self.err("NL115", "optimizer options are named, like `lr: 3e-4`", a.span)
@@ -299,10 +337,18 @@ class Checker:
         return tuple(out)
 
     def apply_hints(self, m: ast.Model, levels: dict[str, LevelSpec], consts) -> None:
+        seen: dict[tuple[str, str], Span | None] = {}
         for sched in (s for s in m.body if isinstance(s, ast.Schedule)):
             for h in sched.hints:
+                if (h.level, h.key) in seen:
+                    first = seen[h.level, h.key]
+                    self.err("NL101", f"hint `{h.level}.{h.key}` is given twice"
+                             + (f" (first at line {first.line})" if first else ""), h.span)
+                    continue
+                seen[h.level, h.key] = h.span
                 if h.level not in levels:
-                    self.unknown("level", h.level, h.span, levels)
+                    if not any(isinstance(s, ast.Level) and s.name == h.level for s in m.body):  # else reported
+                        self.unknown("level", h.level, h.span, levels)
                     continue
                 kind = HINTS.get(h.key)
                 if kind is None:
@@ -357,6 +403,7 @@ class Checker:
         env = shared or Env(consts, {"x": int(consts["dim"])}, funcs=MODEL_FUNCS)
         mems = [s for s in lv.body if isinstance(s, ast.Memory)]
         self.unique([(n, sp or m.span) for m in mems for n, sp in _zip_spans(m)], "memory")
+        self.clashes([(n, sp or m.span) for m in mems for n, sp in _zip_spans(m)], env)
         memories: dict[str, MemorySpec] = {}
         for m in mems:
             for name, span in _zip_spans(m):
@@ -364,6 +411,7 @@ class Checker:
                 if spec and name not in memories:
                     memories[name] = spec
                     env.memories[name] = spec
+        env.broken.update(n for m in mems for n in m.names if n not in memories)
         if scope == "cross" and lv.period.count is not None and consts["context"] and \
                 period.count % int(consts["context"]):
             pass  # multi-rate: k = ceil(P / (B·T)) steps, no divisibility needed
@@ -383,11 +431,12 @@ class Checker:
             if size is not None and size != consts["dim"]:
                 self.err("NL130", f"level `{lv.name}` outputs size {size}, but blocks carry size {int(consts['dim'])}",
                          out.span, "project it back, e.g. `out proj(...)`")
-        elif not optimizer:
+        elif not optimizer and not env.broken & {n for m in mems for n in m.names}:
             if len(memories) == 1:
                 (only,) = memories.values()
                 if only.kind == "attention":
-                    self.err("NL157", f"level `{lv.name}` needs an `out` statement to query its attention memory", lv.span)
+                    self.err("NL157", f"level `{lv.name}` needs an `out` statement to query its attention memory", lv.span,
+                             f"e.g. `out proj({only.name}(q))`")
                 elif only.d_in != consts["dim"] or only.d_out != consts["dim"]:
                     self.err("NL130", f"level `{lv.name}` has no `out`, and its memory `{only.name}` does not map "
                              f"size {int(consts['dim'])} to {int(consts['dim'])}", lv.span, "add `out ...`")
@@ -436,6 +485,7 @@ class Checker:
             "attention": ("heads", "window"),
         }[kind]
         flags = {"residual", "bias", "fixed", "detach"} & set(allowed)
+        self.once(args)
         opts: dict = {}
         shape = []
         for a in args:
@@ -517,6 +567,10 @@ class Checker:
         init = {"linear": "zeros", "mlp": "normal", "elementwise": "zeros", "attention": "zeros"}[kind]
         if "init" in opts:
             v = opts["init"]
+            if isinstance(v, ast.Member) and optimizer:
+                self.err("NL115", "only model levels restart from another level's memory (`init: level.memory`)",
+                         v.span, "give it an initial state like `init: zeros`")
+                return None
             if isinstance(v, ast.Member):
                 init = f"{v.owner}.{v.name}"  # resolved in cms_links, once all levels are known
             else:
@@ -545,11 +599,13 @@ class Checker:
                 owner, name = m.init.split(".", 1)
                 src_level = levels.get(owner)
                 if src_level is None:
-                    self.unknown("level", owner, m.span, levels)
+                    if owner not in spans:  # a level with errors of its own is not reported again
+                        self.unknown("level", owner, m.span, levels)
                     continue
                 src = next((x for x in src_level.memories if x.name == name), None)
                 if src is None:
-                    self.unknown(f"memory of level `{owner}`", name, m.span, [x.name for x in src_level.memories])
+                    self.err("NL100", f"level `{owner}` has no memory `{name}`", m.span,
+                             did_you_mean(name, [x.name for x in src_level.memories]))
                     continue
                 if (src.kind, src.d_in, src.d_out, src.hidden, src.heads) != (m.kind, m.d_in, m.d_out, m.hidden, m.heads):
                     self.err("NL130", f"memory `{lv.name}.{m.name}` cannot start from `{owner}.{name}`: their shapes differ",
@@ -576,20 +632,26 @@ class Checker:
                     graph.add_edge(n, f.name)
                 elif n == f.name:
                     self.err("NL141", f"flow `{f.name}` is defined in terms of itself", f.span)
+                    env.broken.add(f.name)
         try:
             order = list(nx.lexicographical_topological_sort(graph))
         except nx.NetworkXUnfeasible:
             cycle = nx.find_cycle(graph)
             names = " -> ".join([a for a, _ in cycle] + [cycle[0][0]])
             self.err("NL141", f"flows depend on each other in a cycle: {names}", by_name[cycle[0][0]].span)
+            env.broken.update(by_name)
             return []
         out = []
         for name in order:
             f = by_name[name]
+            if name in env.broken:  # defined in terms of itself
+                continue
             size = self.typeof(f.value, env, [], f"{owner}.{name}")
             if size is not None:
                 env.values[name] = size
                 out.append(FlowSpec(name=name, value=f.value, size=size, span=f.span))
+            else:
+                env.broken.add(name)
         return sorted(out, key=lambda f: [x.name for x in flows_ast].index(f.name))
 
     # ------------------------------------------------------------ learning
@@ -598,7 +660,8 @@ class Checker:
         for s in (s for s in lv.body if isinstance(s, ast.Learn)):
             for name, span in _zip_spans(s):
                 if name not in memories:
-                    self.unknown(f"memory of level `{lv.name}`", name, span, memories)
+                    if name not in env.broken:
+                        self.err("NL100", f"level `{lv.name}` has no memory `{name}`", span, did_you_mean(name, memories))
                     continue
                 if name in learned:
                     self.err("NL151", f"memory `{name}` is learned twice (first at line {learned[name].line})", span)
@@ -650,7 +713,8 @@ class Checker:
                 return None
             if s.read == "within":
                 self.err("NL140", "`read within` a `task` objective reads the future: the gradient of a chunk's "
-                         "next-token loss needs the outputs of the whole chunk", s.span, "read before (the default)")
+                         "next-token loss needs the outputs of the whole chunk", s.span,
+                         "remove `read within`: the default, `read before`, reads the state the chunk started with")
                 return None
         elif scope == "cross":
             self.err("NL152", f"level `{mem.level}` ({period}) is slower than a sequence; only `task` (multi-rate "
@@ -677,7 +741,8 @@ class Checker:
                 self.err("NL111", "attention memories learn by `l2(k, v)`: softmax attention is the non-parametric "
                          "solution of that regression", s.objective.span)
                 return None
-            inner = Env(env.consts, env.values, env.memories, env.levels, env.funcs, this=mem, optimizer=env.optimizer)
+            inner = Env(env.consts, env.values, env.memories, env.levels, env.funcs, this=mem, optimizer=env.optimizer,
+                        broken=env.broken)
             # optimizer memories act on each coordinate: keys and values are shaped like W
             coordinatewise = env.optimizer or mem.kind == "elementwise"
             if key is not None:
@@ -705,6 +770,7 @@ class Checker:
         rates: dict = {}
         if rule_name is not None:
             required, optional = RULES[rule_name]
+            self.once(rule_args)
             for a in rule_args:
                 if a.key is None:
                     self.err("NL115", f"`{rule_name}` options are named, like `lr: 0.1`", a.span)
@@ -765,11 +831,9 @@ class Checker:
                  "read the memory `before` (the default), so the cycle crosses a period boundary")
 
     # ------------------------------------------------------------ blocks
-    def block(self, b: ast.Block, index: int, consts, levels, used: dict) -> BlockSpec | None:
+    def block(self, b: ast.Block, index: int, consts, levels, used: dict, broken=()) -> BlockSpec | None:
         repeat = 1 if b.repeat is None else self.count(b.repeat, Env(consts), "`repeat`")
-        if repeat is None:
-            return None
-        env = Env(consts, {"x": int(consts["dim"])}, levels=levels)
+        env = Env(consts, {"x": int(consts["dim"])}, levels=levels, broken=set(broken))
         applied, params = [], []
         for a in b.body:
             self.name_ok(a.name, a.span)
@@ -788,9 +852,13 @@ class Checker:
             size = self.typeof(a.value, env, params, f"block{index}.{a.name}")
             if size is not None:
                 env.values[a.name] = size
+            elif a.name not in env.values:
+                env.broken.add(a.name)
             del before
         if env.values.get("x") != consts["dim"]:
             self.err("NL130", f"a block must leave `x` at size {int(consts['dim'])}", b.span)
+        if repeat is None:
+            return None
         return BlockSpec(repeat=repeat, body=tuple(AssignSpec(name=a.name, value=a.value, span=a.span) for a in b.body),
                          levels=tuple(applied), params=tuple(params), span=b.span)
 
@@ -814,22 +882,28 @@ class Checker:
         env = Env(consts, {"g": LIKE_W, "W": LIKE_W, "step": 1}, funcs=OPTIMIZER_FUNCS, optimizer=True)
         levels_ast = [s for s in o.body if isinstance(s, ast.Level)]
         self.unique([(l.name, l.span) for l in levels_ast], "level")
+        self.unique([(n, sp or m.span) for lv in levels_ast for m in lv.body if isinstance(m, ast.Memory)
+                     for n, sp in _zip_spans(m)], "memory")  # one namespace for all its levels
         # memories are visible across the optimizer's levels: declare them all first
         levels = []
         top_flows = [s for s in o.body if isinstance(s, ast.Flow)]
         for lv in levels_ast:
             for m in (s for s in lv.body if isinstance(s, ast.Memory)):
+                self.clashes([(n, sp or m.span) for n, sp in _zip_spans(m)], env)
                 for name, span in _zip_spans(m):
                     spec = self.memory(m, name, lv.name, env, optimizer=True)
                     if spec and name not in env.memories:
                         env.memories[name] = spec
+                    else:  # an error, or declared twice: reported
+                        env.broken.add(name)
         flows = self.flows(top_flows, env, o.name)
-        for lv in levels_ast:
-            local = Env(consts, env.values, {}, funcs=OPTIMIZER_FUNCS, optimizer=True)
+        for lv in levels_ast:  # a level's flows are its own: the next level does not see them
+            local = Env(consts, dict(env.values), {}, funcs=OPTIMIZER_FUNCS, optimizer=True, broken=set(env.broken))
             local.memories = env.memories
             spec = self.optimizer_level(lv, consts, local, env)
             if spec:
                 levels.append(spec)
+        self.level_cycles(levels, flows)
         updates = [s for s in o.body if isinstance(s, ast.Update)]
         if not updates:
             self.err("NL114", f"optimizer `{o.name}` has no `update W ...` statement", o.span)
@@ -857,6 +931,33 @@ class Checker:
                          flows=tuple(flows), learns=tuple(learns), span=lv.span)
         self.causality(spec, env)
         return spec
+
+    def level_cycles(self, levels: list[LevelSpec], flows: list[FlowSpec]) -> None:
+        """An optimizer's memories are visible across its levels, and read within the step:
+        levels of one period that read each other's memories have no boundary to break
+        the cycle (levels of different periods are ordered by their periods)."""
+        owner = {m.name: lv.name for lv in levels for m in lv.memories}
+        period = {lv.name: (lv.period.kind, lv.period.count) for lv in levels}
+        g = nx.DiGraph()
+        for lv in levels:
+            defs = {f.name: f.value for f in (*flows, *lv.flows)}
+            for l in lv.learns:
+                seen, todo = set(), [e for e in (l.key, l.value, l.lr, l.decay, l.beta) if e is not None]
+                while todo:
+                    for name in _names(todo.pop()):
+                        if name in defs and name not in seen:
+                            seen.add(name)
+                            todo.append(defs[name])
+                        src = owner.get(name)
+                        if src is not None and src != lv.name and period[src] == period[lv.name]:
+                            g.add_edge(src, lv.name, span=l.span)
+        try:
+            cycle = nx.find_cycle(g)
+        except nx.NetworkXNoCycle:
+            return
+        path = " -> ".join([a for a, _ in cycle] + [cycle[0][0]])
+        self.err("NL141", f"levels read each other's memories within one step, with no period to break the cycle: {path}",
+                 g.edges[cycle[0]]["span"], "one of them must not read the other's memory, or must run at another period")
 
     # ------------------------------------------------------------ typing
     def typeof(self, e: ast.Expr, env: Env, params: list, owner: str, quiet: bool = False) -> Size | None:
@@ -904,6 +1005,8 @@ class _Typer:
             if e.id in env.levels:
                 self.err("NL115", f"level `{e.id}` is applied to its input, like `{e.id}(rmsnorm(x))`", e.span)
                 return None
+            if e.id in env.broken:
+                return None
             candidates = list(env.values) + list(env.consts) + list(env.memories)
             self.err("NL100", f"unknown name `{e.id}`", e.span, did_you_mean(e.id, candidates))
             return None
@@ -917,6 +1020,8 @@ class _Typer:
         if isinstance(e, ast.Neg):
             return self(e.operand)
         if isinstance(e, ast.BinOp):
+            if not self.quiet and _constant(e, env):  # e.g. a rate `1 / 0`: evaluate it to check its range
+                return None if self.c.const(e, env, "a constant expression") is None else 1
             a, b = self(e.left), self(e.right)
             if a is None or b is None:
                 return None
@@ -934,6 +1039,9 @@ class _Typer:
         env, f = self.env, e.func
         pos = e.positional
         kw = {a.key: a for a in e.args if a.key is not None}
+        if not self.quiet and len(kw) < sum(a.key is not None for a in e.args):
+            self.c.once(e.args)
+            return None
         if f == "self" and env.this is not None:
             return self.apply(env.this, e, "self")
         if f in env.memories:
@@ -947,6 +1055,8 @@ class _Typer:
             if size is not None and size != env.consts["dim"]:
                 self.err("NL130", f"level `{f}` takes size {int(env.consts['dim'])}, got {_size(size)}", pos[0].span)
             return int(env.consts["dim"]) if lv.out is not None else None
+        if f in env.broken:
+            return None
         if f not in env.funcs:
             where = "an optimizer" if env.optimizer else "a model"
             known = list(env.funcs) + list(env.memories) + list(env.levels)
@@ -1012,8 +1122,8 @@ class _Typer:
                 return None
             return size
         if f == "newton_schulz":
-            for extra, what in zip(pos[1:], ("its number of steps", "its epsilon")):
-                if c.const(extra, env, f"`newton_schulz` {what}") is None:
+            for extra, what in zip(pos[1:], ("number of steps", "epsilon")):
+                if c.const(extra, env, f"the {what} of `newton_schulz`") is None:
                     return None
             return size
         if f in ("max", "min", "select"):
@@ -1088,6 +1198,17 @@ def _walk(e):
             stack.append(n.operand)
         elif isinstance(n, ast.Arrow):
             stack.extend((n.src, n.dst))
+
+
+def _constant(e, env: Env) -> bool:
+    """Whether an expression is made of numbers and constants only."""
+    for n in _walk(e):
+        if isinstance(n, ast.Name):
+            if n.id in env.values or not (n.id in env.consts or n.id in ("true", "false")):
+                return False
+        elif not isinstance(n, (ast.Number, ast.BinOp, ast.Neg)):
+            return False
+    return True
 
 
 def _names(e) -> list[str]:

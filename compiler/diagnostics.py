@@ -96,9 +96,10 @@ def render_one(d: Diagnostic, sources: dict[str, str]) -> str:
     out = [f"{head}{d.severity}[{d.code}]: {d.message}"]
     src = sources.get(d.span.file) if d.span else None
     if src is not None:
-        lines = src.splitlines()
+        lines = src.split("\n")  # as the parser counts lines: not at form feeds and the like
         if 1 <= d.span.line <= len(lines):
-            text = lines[d.span.line - 1].expandtabs(1)
+            text = lines[d.span.line - 1].rstrip("\r").expandtabs(1)
+            text = "".join(c if c.isprintable() else "\N{REPLACEMENT CHARACTER}" for c in text)  # no raw control bytes
             gutter = f"{d.span.line:>4} | "
             width = d.span.end_col - d.span.col if d.span.end_line == d.span.line else len(text) - d.span.col + 1
             out.append(gutter + text)

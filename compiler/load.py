@@ -30,16 +30,21 @@ def read_source(path: Path, report: Report, span: Span | None = None) -> str | N
     try:
         size = path.stat().st_size
         if size > MAX_BYTES:
-            report.error("NL001", f"{path} is {size:,} bytes; a spec is at most {MAX_BYTES:,}", span)
+            report.error("NL001", f"{path} is {size:,} bytes; a spec is at most {MAX_BYTES:,}",
+                         span or Span(str(path), 1, 1, 1, 2))
             return None
         data = path.read_bytes()
-    except OSError as e:
-        report.error("NL001", f"cannot read {path}: {e.strerror or e}", span)
+    except (OSError, ValueError) as e:  # ValueError: a NUL in the name
+        report.error("NL001", f"cannot read {path}: {getattr(e, 'strerror', None) or e}", span)
         return None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        report.error("NL001", f"{path} is not UTF-8 text (byte {e.start} is 0x{data[e.start]:02x}); is it a binary file?", span)
+        what = path
+        if span is None:  # the root file: point at the byte
+            line, col = data.count(b"\n", 0, e.start) + 1, e.start - data.rfind(b"\n", 0, e.start)
+            span, what = Span(str(path), line, col, line, col + 1), "file"
+        report.error("NL001", f"{what} is not UTF-8 text (byte {e.start} is 0x{data[e.start]:02x}); is it a binary file?", span)
         return None
 
 
@@ -59,7 +64,8 @@ def _load(file: str, text: str, program: Program, report: Report, stack: list[st
     module = parse(text, file, report)
     if module is None:
         return
-    stack.append(file)
+    # imports are keyed by resolved path; the root by the name it was given
+    stack.append(str(Path(file).resolve()) if Path(file).exists() else file)
     program.imports[file] = []
     base = Path(file).parent if Path(file).exists() else Path.cwd()
     for item in module.items:
@@ -86,7 +92,10 @@ def _load(file: str, text: str, program: Program, report: Report, stack: list[st
 
 def _resolve(path: str, base: Path) -> Path | None:
     for root in (base, library_root()):
-        candidate = (root / path).resolve()
-        if candidate.is_file():
-            return candidate
+        try:
+            candidate = (root / path).resolve()
+            if candidate.is_file():
+                return candidate
+        except (OSError, ValueError):  # e.g. a name too long for the file system: not found
+            continue
     return None

@@ -87,7 +87,7 @@ class _Builder(Transformer_NonRecursive):
         body = text[:-1] if scale != 1 else text
         value = float(body) * scale
         if value.is_integer() and "." not in body and "e" not in body.lower():
-            value = int(body) * scale
+            value = int(body.lstrip("0") or "0") * scale  # leading zeros: int() refuses over 4300 digits
         node = ast.Number(value, text, self._span(meta))
         if not math.isfinite(value) or abs(value) > MAX_NUMBER:
             self.report.error("NL160", f"number `{text}` is out of range", node.span,
@@ -287,7 +287,7 @@ def _comments(text: str) -> tuple[ast.Comment, ...]:
     """`#` comments with their lines, for the formatter. Strings are one-line paths,
     the only place a `#` is not a comment."""
     out = []
-    for n, line in enumerate(text.splitlines(), 1):
+    for n, line in enumerate(text.split("\n"), 1):
         in_str = False
         for i, ch in enumerate(line):
             if ch == '"':
@@ -305,24 +305,61 @@ def _syntax_error(e: UnexpectedInput, text: str, file: str):
         what = f"character {ch!r}" if ch.isprintable() else f"character U+{ord(ch):04X}"
         hint = "names are ASCII letters, digits and `_`" if not ch.isascii() else None
         return "NL010", f"unexpected {what}", Span(file, line, col, line, col + 1), hint
+    expected = _accepts(e)
     if isinstance(e, UnexpectedEOF) or (isinstance(e, UnexpectedToken) and e.token.type == "$END"):
-        lines = text.splitlines() or [""]
+        lines = text.rstrip().split("\n")  # the parser counts lines at "\n" only
         last = len(lines)
         span = Span(file, last, len(lines[-1]) + 1, last, len(lines[-1]) + 2)
-        return "NL012", "unexpected end of file", span, f"expected {_expected(e.expected)}"
+        return "NL012", "unexpected end of file", span, _unclosed(text) or f"expected {_expected(expected)}"
     tok = e.token
     span = Span(file, tok.line, tok.column, tok.end_line or tok.line, tok.end_column or tok.column + 1)
-    hint = _curated(e) or f"expected {_expected(e.expected)}"
-    return "NL011", f"unexpected {_describe(tok.type) if tok.type != 'NAME' else f'name `{tok}`'}", span, hint
+    hint = _curated(e, expected, text) or f"expected {_expected(expected)}"
+    what = {"NAME": "name", "NUMBER": "number", "STRING": "string"}.get(tok.type)
+    return "NL011", f"unexpected {f'{what} `{tok}`' if what else _describe(tok.type)}", span, hint
 
 
-def _curated(e: UnexpectedToken) -> str | None:
+def _accepts(e: UnexpectedInput) -> set[str]:
+    """The terminals that could come next. LALR merges the lookaheads of states shared
+    by several rules (expressions, levels), so `e.expected` may offer tokens that this
+    place does not take; the interactive parser tries each one."""
+    try:
+        return set(e.interactive_parser.accepts())
+    except Exception:  # no interactive parser for this error: fall back to the table
+        return set(getattr(e, "expected", ()) or ())
+
+
+def _unclosed(text: str) -> str | None:
+    """For an unexpected end of file: the innermost bracket never closed, if any."""
+    stack = []
+    for n, line in enumerate(text.split("\n"), 1):
+        in_str = False
+        for ch in line:
+            if ch == '"':
+                in_str = not in_str
+            elif in_str:
+                continue
+            elif ch == "#":
+                break
+            elif ch in "({":
+                stack.append((ch, n))
+            elif ch in ")}" and stack:
+                stack.pop()
+    if not stack:
+        return None
+    ch, n = stack[-1]
+    return f"the `{ch}` on line {n} is never closed; add `{')' if ch == '(' else '}'}`"
+
+
+def _curated(e: UnexpectedToken, exp: set[str], text: str) -> str | None:
     """Advice for mistakes people make, keyed on what the parser expected."""
-    exp = set(e.expected)
     if e.token.type == "EQUAL" and "COLON" in exp:
         return "options are written `name: value`"
     if exp == {"COLON", "COMMA"}:
         return "write the names, then `:` and what they are, e.g. `memory k, v : mlp(dim)`"
     if "UNIT" in exp or {"TOKEN", "TOKENS", "STEP", "STEPS"} & exp:
         return "a period reads `every 16 tokens` or `every 1 step`"
+    if "MODEL" in exp and e.token.type in ("NAME", "LEVEL", "BLOCK", "OBJECTIVE", "SCHEDULE", "FLOW", "UPDATE"):
+        if "}" in text[:e.token.start_pos]:
+            return f"`{e.token}` is outside any model or optimizer: is there one `}}` too many above?"
+        return "a spec holds `import`s, `model NAME { ... }` and `optimizer NAME(...) { ... }`"
     return None
