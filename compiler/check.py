@@ -250,24 +250,25 @@ class Checker:
         self.unique([(s.name, s.span) for s in settings], "setting")
         consts: dict[str, float] = {}
         env = Env(consts)
-        for s in settings:
-            if s.name in self.overrides:
-                consts[s.name] = self.overrides[s.name]
+        # the spec's settings in order, then overrides of settings it leaves to their defaults
+        given = [(s.name, s.value, s.value.span) for s in settings]
+        given += [(k, None, m.span) for k in self.overrides if k not in {s.name for s in settings}]
+        for name, value, span in given:
+            what = f"setting `{name}`" if name not in self.overrides else f"override `{name}={self.overrides[name]!r}`"
+            v = self.overrides[name] if name in self.overrides else self.const(value, env, what)
+            stand_in = SETTINGS.get(name) or 64  # after an error, so that what uses the setting is not reported too
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+                if v is not None:
+                    self.err("NL115", f"{what} must be a number", span)
+                consts.setdefault(name, stand_in)
                 continue
-            v = self.const(s.value, env, f"setting `{s.name}`")
-            stand_in = SETTINGS.get(s.name) or 64  # after an error, so that what uses the setting is not reported too
-            if v is None:
-                consts.setdefault(s.name, stand_in)
-                continue
-            if s.name in SETTINGS and (v != int(v) or v < 1):
-                self.err("NL115", f"setting `{s.name}` must be a positive integer, not {_num(v)}", s.value.span)
+            if name in SETTINGS and (v != int(v) or v < 1):
+                self.err("NL115", f"{what} must be a positive integer, not {_num(v)}", span)
                 v = stand_in
-            elif s.name in SETTINGS and v > MAX_SIZE:
-                self.err("NL160", f"setting `{s.name}` {_num(v)} is out of range (at most {MAX_SIZE:,})", s.value.span)
+            elif name in SETTINGS and v > MAX_SIZE:
+                self.err("NL160", f"{what} {_num(v)} is out of range (at most {MAX_SIZE:,})", span)
                 v = stand_in
-            consts.setdefault(s.name, int(v) if v == int(v) else v)
-        for k, v in self.overrides.items():
-            consts.setdefault(k, v)
+            consts.setdefault(name, int(v) if v == int(v) else v)
         for name, default in SETTINGS.items():
             if name not in consts:
                 if default is None:
@@ -397,9 +398,6 @@ class Checker:
         errors_before = len(self.report.errors)
         self.name_ok(lv.name, lv.span)
         period = self.period(lv.period, consts, optimizer)
-        if period is None:
-            return None
-        scope = self.scope(period, consts, optimizer)
         env = shared or Env(consts, {"x": int(consts["dim"])}, funcs=MODEL_FUNCS)
         mems = [s for s in lv.body if isinstance(s, ast.Memory)]
         self.unique([(n, sp or m.span) for m in mems for n, sp in _zip_spans(m)], "memory")
@@ -412,12 +410,11 @@ class Checker:
                     memories[name] = spec
                     env.memories[name] = spec
         env.broken.update(n for m in mems for n in m.names if n not in memories)
-        if scope == "cross" and lv.period.count is not None and consts["context"] and \
-                period.count % int(consts["context"]):
-            pass  # multi-rate: k = ceil(P / (B·T)) steps, no divisibility needed
-
         flows_ast = [s for s in lv.body if isinstance(s, ast.Flow)]
         flows = self.flows(flows_ast, env, lv.name)
+        if period is None:  # its memories and flows are checked; learning needs the period
+            return None
+        scope = self.scope(period, consts, optimizer)
         learns = self.learns(lv, scope, period, env, memories)
         outs = [s for s in lv.body if isinstance(s, ast.Out)]
         out = None
@@ -447,20 +444,25 @@ class Checker:
                          "say what the level returns, e.g. `out mem(q)`")
         if len(self.report.errors) > errors_before:
             return None
-        params = tuple(self.level_params(lv.name, flows, out, env, memories, scope))
+        params = tuple(self.level_params(lv.name, flows, out, learns, env, memories, scope))
         spec = LevelSpec(name=lv.name, period=period, scope=scope, memories=tuple(memories.values()),
                          flows=tuple(flows), learns=tuple(learns), out=out, params=params, span=lv.span)
         self.causality(spec, env)
         return spec
 
-    def level_params(self, level, flows, out, env, memories, scope):
+    def level_params(self, level, flows, out, learns, env, memories, scope):
         """Outer parameters of a level: those its flows create, and the θ₀ of its memories."""
         for f in flows:
             yield from self.param_sites(f.value, f"{level}.{f.name}", env)
         if out is not None:
             yield from self.param_sites(out, f"{level}.out", env)
+        for l in learns:
+            for role in ("key", "value", "lr", "decay", "beta"):
+                if getattr(l, role) is not None:
+                    yield from self.param_sites(getattr(l, role), f"{level}.{l.memory}.{role}", env)
         for m in memories.values():
-            if m.kind in ("attention", "elementwise") or m.fixed or m.init.count("."):
+            # a frozen level's memories never change: their θ₀ are constants, not trained
+            if m.kind in ("attention", "elementwise") or m.fixed or m.init.count(".") or scope == "frozen":
                 continue
             for k, shape in m.state_shapes().items():
                 yield OuterParam(name=f"{level}.{m.name}.{k}", shape=shape, role="init", span=m.span)
@@ -571,6 +573,9 @@ class Checker:
                 self.err("NL115", "only model levels restart from another level's memory (`init: level.memory`)",
                          v.span, "give it an initial state like `init: zeros`")
                 return None
+            if isinstance(v, ast.Member) and optimizer:
+                self.err("NL115", "an optimizer's memories start from `zeros` or `ones`, not another memory", v.span)
+                return None
             if isinstance(v, ast.Member):
                 init = f"{v.owner}.{v.name}"  # resolved in cms_links, once all levels are known
             else:
@@ -675,6 +680,7 @@ class Checker:
                 continue
             if scope == "sequence" or scope == "optimizer":
                 self.err("NL150", f"memory `{name}` of level `{lv.name}` ({period}) has no learn statement", m.span,
+                         f"add e.g. `learn {name} : dot(g) by gd(lr: 1, decay: 0.9)`" if scope == "optimizer" else
                          f"add e.g. `learn {name} : l2(k, v) by gd(lr: 0.1)`, or make the level `outer`")
             elif m.kind == "attention":
                 self.err("NL150", f"attention memory `{name}` needs `learn {name} : l2(k, v)` to say its keys and values", m.span)
@@ -706,7 +712,7 @@ class Checker:
             if scope == "cross":
                 if s.rule is not None:
                     self.err("NL152", f"level `{mem.level}` ({period}) is slower than a sequence: the outer optimizer "
-                             "trains it every few steps, so it takes no rule", s.rule.span, "write `learn ffn : task`")
+                             "trains it every few steps, so it takes no rule", s.rule.span, f"write `learn {mem.name} : task`")
                     return None
             elif s.rule is None:
                 self.err("NL112", "`task` inside a sequence needs a rule, e.g. `by gd(lr: 1e-3)`", s.span)
@@ -872,13 +878,14 @@ class Checker:
             if p.name in ("g", "W", "step", "true", "false"):
                 self.err("NL101", f"`{p.name}` is predefined inside an optimizer", p.span)
             v = self.const(p.default, Env(consts), f"the default of `{p.name}`")
+            if p.name in hp:  # the use site's value, which later defaults may depend on
+                v = hp[p.name]
             if v is not None:
                 consts.setdefault(p.name, v)
         for a in use_args:
             if a.key is not None and a.key not in consts:
                 self.err("NL113", f"optimizer `{o.name}` has no option `{a.key}`", a.span,
                          did_you_mean(a.key, consts) or f"options: {', '.join(consts)}")
-        consts.update({k: v for k, v in hp.items() if k in consts})
         env = Env(consts, {"g": LIKE_W, "W": LIKE_W, "step": 1}, funcs=OPTIMIZER_FUNCS, optimizer=True)
         levels_ast = [s for s in o.body if isinstance(s, ast.Level)]
         self.unique([(l.name, l.span) for l in levels_ast], "level")

@@ -7,8 +7,12 @@ source line, a caret) or JSON.
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 from dataclasses import dataclass, field
+
+
+MAX_SHOWN = 240  # characters of a source line shown under a diagnostic
 
 
 @dataclass(frozen=True)
@@ -58,16 +62,18 @@ class Report:
 
     diagnostics: list[Diagnostic] = field(default_factory=list)
     sources: dict[str, str] = field(default_factory=dict)
+    _seen: set = field(default_factory=set, repr=False, compare=False)  # no duplicates, in constant time
+
+    def _add(self, d: Diagnostic) -> None:
+        if d not in self._seen:
+            self._seen.add(d)
+            self.diagnostics.append(d)
 
     def error(self, code: str, message: str, span: Span | None, help: str | None = None) -> None:
-        d = Diagnostic(code, message, span, help)
-        if d not in self.diagnostics:
-            self.diagnostics.append(d)
+        self._add(Diagnostic(code, message, span, help))
 
     def warning(self, code: str, message: str, span: Span | None, help: str | None = None) -> None:
-        d = Diagnostic(code, message, span, help, "warning")
-        if d not in self.diagnostics:
-            self.diagnostics.append(d)
+        self._add(Diagnostic(code, message, span, help, "warning"))
 
     @property
     def errors(self) -> list[Diagnostic]:
@@ -96,17 +102,32 @@ def render_one(d: Diagnostic, sources: dict[str, str]) -> str:
     out = [f"{head}{d.severity}[{d.code}]: {d.message}"]
     src = sources.get(d.span.file) if d.span else None
     if src is not None:
-        lines = src.split("\n")  # as the parser counts lines: not at form feeds and the like
+        lines = _lines(src)
         if 1 <= d.span.line <= len(lines):
-            text = lines[d.span.line - 1].rstrip("\r").expandtabs(1)
+            text, col = lines[d.span.line - 1].rstrip("\r"), d.span.col
+            if len(text) > MAX_SHOWN:  # a very long line: the part around the column
+                start = max(0, min(col - 1 - MAX_SHOWN // 4, len(text) - MAX_SHOWN))
+                text, col = text[start:start + MAX_SHOWN], col - start
+                if start:
+                    text, col = "…" + text, col + 1
+                if start + MAX_SHOWN < len(lines[d.span.line - 1].rstrip("\r")):
+                    text += "…"
+            text = text.expandtabs(1)
             text = "".join(c if c.isprintable() else "\N{REPLACEMENT CHARACTER}" for c in text)  # no raw control bytes
             gutter = f"{d.span.line:>4} | "
-            width = d.span.end_col - d.span.col if d.span.end_line == d.span.line else len(text) - d.span.col + 1
+            width = d.span.end_col - d.span.col if d.span.end_line == d.span.line else len(text) - col + 1
             out.append(gutter + text)
-            out.append(" " * (len(gutter) + d.span.col - 1) + "^" * max(1, width))
+            out.append(" " * (len(gutter) + col - 1) + "^" * max(1, min(width, len(text) - col + 1)))
     if d.help:
         out.append(f"  help: {d.help}")
     return "\n".join(out)
+
+
+@functools.lru_cache(maxsize=4)
+def _lines(src: str) -> list[str]:
+    """A source's lines, split once however many diagnostics point into it; as the
+    parser counts lines: at "\\n" only, not at form feeds and the like."""
+    return src.split("\n")
 
 
 def render(diagnostics: list[Diagnostic], sources: dict[str, str], fmt: str = "text") -> str:
