@@ -84,6 +84,29 @@ class Neg:
 Expr = Number | Name | Member | Arrow | Call | BinOp | Neg
 
 
+def walk(e: Expr | None):
+    """Every node of an expression, without recursion (expressions may be deep)."""
+    stack = [e]
+    while stack:
+        n = stack.pop()
+        if n is None:
+            continue
+        yield n
+        if isinstance(n, Call):
+            stack.extend(a.value for a in n.args)
+        elif isinstance(n, BinOp):
+            stack.extend((n.left, n.right))
+        elif isinstance(n, Neg):
+            stack.append(n.operand)
+        elif isinstance(n, Arrow):
+            stack.extend((n.src, n.dst))
+
+
+def names(e: Expr | None) -> set[str]:
+    """The names an expression reads or calls."""
+    return {n.id if isinstance(n, Name) else n.func for n in walk(e) if isinstance(n, (Name, Call))}
+
+
 def head(e: Expr) -> tuple[str | None, tuple[Arg, ...]]:
     """A name or a call, as (name, args): `elementwise` and `elementwise()` alike."""
     if isinstance(e, Name):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import keyword
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import networkx as nx
 
@@ -632,7 +631,7 @@ class Checker:
         graph = nx.DiGraph()
         for f in flows_ast:
             graph.add_node(f.name)
-            for n in _names(f.value):
+            for n in ast.names(f.value):
                 if n in by_name and n != f.name:
                     graph.add_edge(n, f.name)
                 elif n == f.name:
@@ -951,7 +950,7 @@ class Checker:
             for l in lv.learns:
                 seen, todo = set(), [e for e in (l.key, l.value, l.lr, l.decay, l.beta) if e is not None]
                 while todo:
-                    for name in _names(todo.pop()):
+                    for name in ast.names(todo.pop()):
                         if name in defs and name not in seen:
                             seen.add(name)
                             todo.append(defs[name])
@@ -1190,26 +1189,9 @@ def _zip_spans(stmt):
     return list(zip(stmt.names, spans))
 
 
-def _walk(e):
-    stack = [e]
-    while stack:
-        n = stack.pop()
-        if n is None:
-            continue
-        yield n
-        if isinstance(n, ast.Call):
-            stack.extend(a.value for a in n.args)
-        elif isinstance(n, ast.BinOp):
-            stack.extend((n.left, n.right))
-        elif isinstance(n, ast.Neg):
-            stack.append(n.operand)
-        elif isinstance(n, ast.Arrow):
-            stack.extend((n.src, n.dst))
-
-
 def _constant(e, env: Env) -> bool:
     """Whether an expression is made of numbers and constants only."""
-    for n in _walk(e):
+    for n in ast.walk(e):
         if isinstance(n, ast.Name):
             if n.id in env.values or not (n.id in env.consts or n.id in ("true", "false")):
                 return False
@@ -1218,22 +1200,18 @@ def _constant(e, env: Env) -> bool:
     return True
 
 
-def _names(e) -> list[str]:
-    return [n.id for n in _walk(e) if isinstance(n, ast.Name)] + [n.func for n in _walk(e) if isinstance(n, ast.Call)]
-
-
 def _called(e) -> list[str]:
-    return [n.func for n in _walk(e) if isinstance(n, ast.Call)]
+    return [n.func for n in ast.walk(e) if isinstance(n, ast.Call)]
 
 
 def _calls_with_spans(e):
-    calls = [n for n in _walk(e) if isinstance(n, ast.Call)]
+    calls = [n for n in ast.walk(e) if isinstance(n, ast.Call)]
     return sorted(((n.func, n.span) for n in calls), key=lambda t: (t[1].line, t[1].col) if t[1] else (0, 0))
 
 
 def _uses(e):
     """(name, called) for every name an expression reads."""
-    for n in _walk(e):
+    for n in ast.walk(e):
         if isinstance(n, ast.Name):
             yield n.id, False
         elif isinstance(n, ast.Call):

@@ -15,13 +15,12 @@ The passes in `PASSES` run in order, each checked by `verify()` after it.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import networkx as nx
 
 from . import ast
-from .spec import LevelSpec, MemorySpec, ModelSpec, OptimizerSpec
+from .spec import LevelSpec, ModelSpec, OptimizerSpec
 
 
 class IRError(Exception):
@@ -126,12 +125,12 @@ def _block_flows(g: nx.DiGraph, block, levels: set[str]) -> None:
     producers: dict[str, set[str]] = {"x": set()}
     for a in block.body:
         made: set[str] = set()
-        for call in (n for n in _walk(a.value) if isinstance(n, ast.Call) and n.func in levels):
-            feeding = set().union(*(producers.get(v, set()) for v in _names(call.args[0].value)))
+        for call in (n for n in ast.walk(a.value) if isinstance(n, ast.Call) and n.func in levels):
+            feeding = set().union(*(producers.get(v, set()) for v in ast.names(call.args[0].value)))
             for src in sorted(feeding) or ["input:x"]:
                 _label_edge(g, src if src == "input:x" else f"level:{src}", f"level:{call.func}", {"x"})
             made.add(call.func)
-        producers[a.name] = made | set().union(*(producers.get(v, set()) for v in _names(a.value)))
+        producers[a.name] = made | set().union(*(producers.get(v, set()) for v in ast.names(a.value)))
 
 
 def _add_level(g: nx.DiGraph, lv: LevelSpec, copies: int, stream: str, prefix: str = "",
@@ -155,7 +154,7 @@ def _add_level(g: nx.DiGraph, lv: LevelSpec, copies: int, stream: str, prefix: s
     def sources(e, via=()) -> dict[str, set[str]]:
         """The memories and inputs an expression reads, through flows, with the flow names."""
         found: dict[str, set[str]] = {}
-        for name in _names(e):
+        for name in ast.names(e):
             if name in flows and name not in via:
                 for src, labels in sources(flows[name].value, via + (name,)).items():
                     found.setdefault(src, set()).update(labels | {name})
@@ -172,7 +171,7 @@ def _add_level(g: nx.DiGraph, lv: LevelSpec, copies: int, stream: str, prefix: s
                 continue
             for src, labels in sources(e).items():
                 _label_edge(g, src, target, labels or {role})
-            if "self" in _names(e):
+            if "self" in ast.names(e):
                 _label_edge(g, target, target, {"self"})
 
 
@@ -192,10 +191,10 @@ def _add_optimizer(g: nx.DiGraph, opt: OptimizerSpec, selector: str) -> None:
     shared = {m.name: f"memory:{prefix}{lv.name}.{m.name}" for lv in opt.levels for m in lv.memories}
     for lv in opt.levels:
         _add_level(g, lv, 1, "input:g", prefix, shared, opt.flows)
-    used = set().union(*(_names(u.value) for u in opt.updates))
+    used = set().union(*(ast.names(u.value) for u in opt.updates))
     for f in opt.flows:
         if f.name in used:
-            used |= _names(f.value)
+            used |= ast.names(f.value)
     for name, mid in shared.items():
         if name in used:
             _label_edge(g, mid, "weights", {"update"})
@@ -203,20 +202,3 @@ def _add_optimizer(g: nx.DiGraph, opt: OptimizerSpec, selector: str) -> None:
         _label_edge(g, "input:g", "weights", {"g"})
 
 
-def _walk(e):
-    stack = [e]
-    while stack:
-        n = stack.pop()
-        if n is None:
-            continue
-        yield n
-        if isinstance(n, ast.Call):
-            stack.extend(a.value for a in n.args)
-        elif isinstance(n, ast.BinOp):
-            stack.extend((n.left, n.right))
-        elif isinstance(n, ast.Neg):
-            stack.append(n.operand)
-
-
-def _names(e) -> set[str]:
-    return {n.id if isinstance(n, ast.Name) else n.func for n in _walk(e) if isinstance(n, (ast.Name, ast.Call))}

@@ -10,6 +10,7 @@ from typing import Callable
 
 import networkx as nx
 
+from .ast import names as _names
 from .ir import LevelGraph, build
 from .spec import LevelSpec, MemorySpec, ModelSpec, OptimizerSpec
 
@@ -155,9 +156,6 @@ def _flops(m: MemorySpec, lv: LevelSpec, s) -> float:
     return read * targets + 2 * read + 2 * m.state_numel / lv.period.count
 
 
-def _names(e):
-    from .ir import _names as names
-    return names(e)
 
 
 PASSES: list[tuple[str, Callable[[LevelGraph], LevelGraph]]] = [
