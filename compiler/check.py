@@ -656,7 +656,10 @@ class Checker:
                 out.append(FlowSpec(name=name, value=f.value, size=size, span=f.span))
             else:
                 env.broken.add(name)
-        return sorted(out, key=lambda f: [x.name for x in flows_ast].index(f.name))
+        written: dict[str, int] = {}
+        for i, f in enumerate(flows_ast):
+            written.setdefault(f.name, i)
+        return sorted(out, key=lambda f: written[f.name])  # in the order they are written
 
     # ------------------------------------------------------------ learning
     def learns(self, lv: ast.Level, scope: str, period: PeriodSpec, env: Env, memories) -> list[LearnSpec]:
@@ -814,9 +817,11 @@ class Checker:
         read = {l.memory: l.read for l in level.learns}
         if env.optimizer:
             read = {m: "within" for m in read}  # optimizer updates see this step's moments
+        flows = {f.name for f in level.flows}
+
         def depend(e, target):
             for n, _ in _uses(e) if e is not None else ():
-                src = _node(n, read, level)
+                src = _node(n, read, flows)
                 if src is not None:
                     g.add_edge(src, target)
 
@@ -1218,9 +1223,9 @@ def _uses(e):
             yield n.func, True
 
 
-def _node(name: str, read: dict, level: LevelSpec):
+def _node(name: str, read: dict, flows: set[str]):
     """The graph node a use of `name` depends on within the same token, or None."""
-    if any(f.name == name for f in level.flows):
+    if name in flows:
         return f"flow {name}"
     if name in read and read[name] == "within":
         return f"update {name}"

@@ -243,6 +243,21 @@ def test_number_out_of_range(number):
     assert codes(GOOD.replace("dim 64", f"dim {number}")) == {"NL160"}
 
 
+@pytest.mark.parametrize("number, expected", [("0" * 5000 + "64", set()), ("0" * 5000 + "1K", set()),
+                                              ("0" * 5000 + ".5", {"NL115"}), ("0" * 5000, {"NL115"})],
+                         ids=["64", "1K", ".5", "0"])
+def test_leading_zeros(number, expected):
+    """Python's int() refuses strings over 4300 digits; leading zeros do not make a number large."""
+    assert codes(GOOD.replace("dim 64", f"dim {number}")) == expected
+
+
+def test_many_errors_stay_linear():
+    """Every error is reported; twenty thousand of them take seconds, not minutes."""
+    text = GOOD.replace("vocab 256", "vocab 256\n" + "  vocab 256\n" * 20_000)
+    found = errors(text)
+    assert len(found) == 20_000 and {d.code for d in found} == {"NL101"}
+
+
 @pytest.mark.parametrize("expr", ["2 ** 2000", "10 ** 10 ** 10", "1e18 * 1e18", "1 / 0", "0 ** -1", "(-8) ** 0.5",
                                   "1e-400", "-0", "0.0000001", "1e18 + 1e18"])
 def test_computed_settings_out_of_range(expr):

@@ -150,12 +150,16 @@ def test_random_strings(text):
 
 
 # ------------------------------------------------------------ (c) random token sequences
+NUMBER_TEXT = st.from_regex(r"0{0,5}(\d{1,25}(\.\d{0,5})?|\.\d{1,5})([eE][-+]?\d{1,4})?[KMG]?", fullmatch=True)
+
+
 @settings(max_examples=800, **FUZZ)
 @given(st.lists(st.sampled_from(TOKENS) | st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,8}", fullmatch=True)
-                | st.integers(-10, 10**20).map(str) | st.floats(allow_nan=False, allow_infinity=False).map(repr),
-                max_size=80),
+                | st.integers(-10, 10**20).map(str) | st.floats(allow_nan=False, allow_infinity=False).map(repr)
+                | NUMBER_TEXT | NUMBER_TEXT.map(lambda n: "0" * 5000 + n), max_size=80),
        st.sampled_from([" ", "\n", ";", ""]))
 @example(["model", "m", "{", "}", "block"], " ")
+@example(["model", "m", "{", "dim", "0" * 5000 + "64", "}"], " ")  # int() refuses over 4300 digits
 @example(["optimizer", "o", "(", ")", "{", "update", "W", "=", "1", "/", "0", "}"], " ")
 def test_random_token_sequences(toks, sep):
     front_end(sep.join(toks))
