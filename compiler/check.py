@@ -334,6 +334,11 @@ class Checker:
         if "all" in selectors and len(selectors) > 1:
             self.err("NL101", "an optimizer for `all` parameters leaves none for the others",
                      selectors["all"].span, "name the rest `for rest`")
+        elif selectors and not ({"all", "rest"} & set(selectors) or {"matrices", "vectors"} <= set(selectors)):
+            (only,) = selectors
+            other = "vectors" if only == "matrices" else "matrices"
+            self.err("NL114", f"no optimizer trains the {other}", selectors[only].span,
+                     "add one `for rest`, e.g. `optimizer adamw(lr: 3e-4) for rest`")
         return tuple(out)
 
     def apply_hints(self, m: ast.Model, levels: dict[str, LevelSpec], consts) -> None:
