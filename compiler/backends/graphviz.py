@@ -76,33 +76,34 @@ def to_dot(ir: LevelGraph) -> str:
             members.setdefault(u, []).append(v)
     anchor: dict[str, str] = {}  # a cluster's node, for edges between clusters
 
+    def cluster(node: str, label: str, style: str, depth: int, indent: str, inner=()) -> None:
+        """A cluster with its label, any lines of its own, then the clusters it owns."""
+        out.append(f"{indent}subgraph {_q('cluster_' + node)} {{")
+        out.append(f"{indent}  label={_q(label)}; {style};")
+        out.extend(f"{indent}  {line}" for line in inner)
+        for child in sorted(owns.successors(node), key=_order(g)) if node in owns else ():
+            emit(child, depth + 1, indent + "  ")
+        out.append(f"{indent}}}")
+
     def emit(node: str, depth: int, indent: str) -> None:
         d = g.nodes[node]
         kind = d["kind"]
         if kind == "optimizer":
             label = f"optimizer {d['name']}" + (f" (for {d['selector']})" if d["selector"] != "all" else "")
-            out.append(f"{indent}subgraph {_q('cluster_' + node)} {{")
-            out.append(f"{indent}  label={_q(label + chr(10) + d['hparams'])}; style=\"rounded,dashed\"; color=\"#333333\";")
-            if "input:g" in g and node == _first_optimizer(g):
-                out.append(f"{indent}  {_id('input:g')} [label=\"g = ∇W L\", shape=plain];")
-            for child in sorted(owns.successors(node), key=_order(g)):
-                emit(child, depth + 1, indent + "  ")
-            out.append(f"{indent}}}")
+            g_node = ([f"{_id('input:g')} [label=\"g = ∇W L\", shape=plain];"]
+                      if "input:g" in g and node == _first_optimizer(g) else [])
+            cluster(node, label + "\n" + d["hparams"], 'style="rounded,dashed"; color="#333333"', depth, indent, g_node)
         elif kind == "tier":
-            out.append(f"{indent}subgraph {_q('cluster_' + node)} {{")
             color = PALETTE[min(depth, len(PALETTE) - 1)] if d["tokens"] != float("inf") else "#eeeeee"
-            out.append(f"{indent}  label={_q(d['period'])}; style=\"rounded,filled\"; fillcolor={_q(color)}; color=\"#999999\";")
-            for child in sorted(owns.successors(node), key=_order(g)):
-                emit(child, depth + 1, indent + "  ")
-            out.append(f"{indent}}}")
+            cluster(node, d["period"], f'style="rounded,filled"; fillcolor={_q(color)}; color="#999999"', depth, indent)
         elif kind == "level":
-            out.append(f"{indent}subgraph {_q('cluster_' + node)} {{")
-            out.append(f"{indent}  label={_q(_level_label(d))}; style=\"rounded,filled\"; fillcolor=white; color=\"#666666\";")
+            mems = []
             for m in sorted(members.get(node, [])):
                 md = g.nodes[m]
-                out.append(f"{indent}  {_id(m)} [label={_q(_memory_label(md['spec'], md))}];")
+                mems.append(f"{_id(m)} [label={_q(_memory_label(md['spec'], md))}];")
                 anchor.setdefault(node, m)
-            out.append(f"{indent}}}")
+            cluster(node, _level_label(d), 'style="rounded,filled"; fillcolor=white; color="#666666"', depth, indent,
+                    mems)
         elif kind == "weights":
             params = f"\n{d['params']:,} params" if d.get("params") else ""
             out.append(f"{indent}{_id(node)} [label={_q('W: outer parameters' + params)}, shape=box3d, fillcolor=\"#ffffff\"];")
