@@ -796,8 +796,6 @@ class Checker:
             for r in required:
                 if r not in rates:
                     self.err("NL114", f"`{rule_name}` needs `{r}:`", s.rule.span)
-        if mem.kind == "attention" and s.read is None:
-            pass
         return LearnSpec(memory=mem.name, objective=obj, key=key, value=value, rule=rule_name,
                          lr=rates.get("lr"), decay=rates.get("decay"), beta=rates.get("beta"),
                          read=s.read or "before", span=s.span)
@@ -855,7 +853,6 @@ class Checker:
             if a.name in levels or a.name in consts:
                 self.err("NL101", f"`{a.name}` already names a {'level' if a.name in levels else 'setting'}", a.span)
                 continue
-            before = set(_called(a.value)) & set(levels)
             for name, span in _calls_with_spans(a.value):
                 if name in levels:
                     if name in used:
@@ -869,7 +866,6 @@ class Checker:
                 env.values[a.name] = size
             elif a.name not in env.values:
                 env.broken.add(a.name)
-            del before
         if env.values.get("x") != consts["dim"]:
             self.err("NL130", f"a block must leave `x` at size {int(consts['dim'])}", b.span)
         if repeat is None:
@@ -1208,10 +1204,6 @@ def _constant(e, env: Env) -> bool:
         elif not isinstance(n, (ast.Number, ast.BinOp, ast.Neg)):
             return False
     return True
-
-
-def _called(e) -> list[str]:
-    return [n.func for n in ast.walk(e) if isinstance(n, ast.Call)]
 
 
 def _calls_with_spans(e):
