@@ -37,10 +37,6 @@ class LevelGraph:
     def is_model(self) -> bool:
         return isinstance(self.spec, ModelSpec)
 
-    def nodes(self, kind: str) -> list[str]:
-        return [n for n in nx.lexicographical_topological_sort(self._ordering())
-                if self.graph.nodes[n]["kind"] == kind]
-
     def _ordering(self) -> nx.DiGraph:
         # member and owns edges form a DAG over every node; flows may loop (self-generated values)
         g = nx.DiGraph()
@@ -48,9 +44,9 @@ class LevelGraph:
         g.add_edges_from((u, v) for u, v, k in self.graph.edges(data="kind") if k != "flow")
         return g
 
-    def edges(self, kind: str) -> list[tuple[str, str, dict]]:
-        return sorted(((u, v, d) for u, v, d in self.graph.edges(data=True) if d["kind"] == kind),
-                      key=lambda e: (e[0], e[1]))
+    def of_kind(self, kind: str) -> nx.DiGraph:
+        """The edges of one kind ("flow", "member", "owns") as a graph of their own."""
+        return nx.DiGraph([(u, v) for u, v, k in self.graph.edges(data="kind") if k == kind])
 
     def verify(self) -> None:
         g = self.graph
@@ -66,7 +62,7 @@ class LevelGraph:
                 raise IRError(f"memory {m} belongs to {len(owners)} levels")
         if not nx.is_directed_acyclic_graph(self._ordering()):
             raise IRError("member/owns edges form a cycle")
-        owns = nx.DiGraph([(u, v) for u, v, k in g.edges(data="kind") if k == "owns"])
+        owns = self.of_kind("owns")
         if owns and not nx.is_branching(owns):
             raise IRError("something has two owners, or ownership loops")
 

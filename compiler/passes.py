@@ -45,8 +45,9 @@ def derive_tiers(ir: LevelGraph) -> LevelGraph:
     units = [n for n, d in g.nodes(data=True) if d["kind"] == "level" and d["scope"] != "outer"] + ["weights"]
     period = {n: tokens_per_update(ir, n) for n in units}
     # same-time dependencies between units: a context flow from one to the other
-    flows = nx.DiGraph([(u, v) for u, v, k in g.edges(data="kind") if k == "flow" and u != v])
-    owner = {m: lv for lv, m, k in g.edges(data="kind") if k == "member"}
+    flows = ir.of_kind("flow")
+    flows.remove_edges_from(list(nx.selfloop_edges(flows)))
+    owner = {m: lv for lv, m in ir.of_kind("member").edges}
     dep = nx.DiGraph()
     dep.add_nodes_from(units)
     unit_of = lambda n: owner.get(n, n) if owner.get(n, n) in period else None  # noqa: E731

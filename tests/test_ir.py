@@ -45,7 +45,7 @@ def test_hope_hierarchy_is_the_papers_picture():
 
 def test_ownership_is_one_tree_rooted_at_the_optimizer():
     ir = passes.run(check(ROOT / "examples/hope.nl").models[0])
-    owns = nx.DiGraph([(u, v) for u, v, k in ir.graph.edges(data="kind") if k == "owns"])
+    owns = ir.of_kind("owns")
     assert nx.is_arborescence(owns)
     (root,) = [n for n in owns if owns.in_degree(n) == 0]
     assert root == "optimizer:adamw"

@@ -68,12 +68,9 @@ def to_dot(ir: LevelGraph) -> str:
            f"label={_q(_title(ir))}, labelloc=t, newrank=true];",
            f"  node [fontname={_q(FONT)}, fontsize=10, shape=box, style=\"rounded,filled\", fillcolor=white];",
            f"  edge [fontname={_q(FONT)}, fontsize=9, color=\"#555555\"];"]
-    owns = nx.DiGraph([(u, v) for u, v, k in g.edges(data="kind") if k == "owns"])
+    owns = ir.of_kind("owns")
     owns.add_nodes_from(n for n, d in g.nodes(data=True) if d["kind"] in ("tier", "optimizer"))
-    members = {}
-    for u, v, k in g.edges(data="kind"):
-        if k == "member":
-            members.setdefault(u, []).append(v)
+    members = ir.of_kind("member")
     anchor: dict[str, str] = {}  # a cluster's node, for edges between clusters
 
     def cluster(node: str, label: str, style: str, depth: int, indent: str, inner=()) -> None:
@@ -98,7 +95,7 @@ def to_dot(ir: LevelGraph) -> str:
             cluster(node, d["period"], f'style="rounded,filled"; fillcolor={_q(color)}; color="#999999"', depth, indent)
         elif kind == "level":
             mems = []
-            for m in sorted(members.get(node, [])):
+            for m in sorted(members.successors(node)) if node in members else ():
                 md = g.nodes[m]
                 mems.append(f"{_id(m)} [label={_q(_memory_label(md['spec'], md))}];")
                 anchor.setdefault(node, m)
