@@ -16,9 +16,9 @@ from . import ast
 from .diagnostics import Report, Span, did_you_mean
 from .load import Program, library_root, read_source
 from .parse import parse
-from .spec import (LIKE_W, AssignSpec, BlockSpec, FlowSpec, LearnSpec, LevelSpec, MemorySpec,
-                   ModelSpec, OptimizerSpec, OptimizerUseSpec, OuterParam, PeriodSpec, ProgramSpec,
-                   Size, UpdateSpec)
+from .spec import (LIKE_W, AssignSpec, BlockSpec, FlowSpec, LearnSpec, LevelSpec, MemorySpec, ModelSpec,
+                   OptimizerSpec, OptimizerUseSpec, OuterParam, PeriodSpec, ProgramSpec, Size, UpdateSpec,
+                   unique_name)
 
 # ------------------------------------------------------------------ vocabulary
 MEMORY_KINDS = ("linear", "mlp", "elementwise", "attention")
@@ -982,16 +982,13 @@ class Checker:
 class _Typer:
     def __init__(self, checker: Checker, env: Env, params: list, owner: str, quiet: bool):
         self.c, self.env, self.params, self.owner, self.quiet = checker, env, params, owner, quiet
-        self.counts: dict[str, int] = {}
 
     def err(self, *a, **k):
         if not self.quiet:
             self.c.err(*a, **k)
 
     def param(self, role: str, kind: str, shape, span):
-        n = self.counts.get(kind, 0)
-        self.counts[kind] = n + 1
-        name = f"{self.owner}.{kind}" + (f"_{n}" if n else "")
+        name = unique_name(f"{self.owner}.{kind}", {p.name for p in self.params})
         self.params.append(OuterParam(name=name, shape=tuple(int(s) for s in shape), role=role, span=span))
 
     def __call__(self, e) -> Size | None:

@@ -18,6 +18,16 @@ LIKE_W = "W"  # the size of a value shaped like the parameter an optimizer updat
 Size = int | Literal["W"]
 
 
+def unique_name(base: str, taken: set[str]) -> str:
+    """The name of a parameter a call creates: `owner.kind`, then `owner.kind_1`, ...
+    The checker and the backends both name parameters with it, so they agree."""
+    name, n = base, 0
+    while name in taken:
+        n += 1
+        name = f"{base}_{n}"
+    return name
+
+
 class Node(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
 

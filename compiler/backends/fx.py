@@ -1,0 +1,321 @@
+"""The torch backend: a checked spec becomes torch.fx GraphModules over the runtime.
+
+Two graphs are built, both from the spec's expressions through one `Exprs` writer:
+- each level copy gets a *chunk step* (inputs `x`, a run of tokens inside one period,
+  and `st`, the level's state): its flows, the items its memories learn from
+  (`st.learn`), its output;
+- the model gets a *segment* graph (inputs `tokens`, `st`): embedding, the blocks,
+  each level applied through the runtime's period scheduler (`scan`), final norm
+  and head.
+Loops over periods and segments live in the runtime, not in the graphs. Nodes are
+named after the spec's names and carry their `.nl` span in `node.meta["nl_span"]`.
+"""
+from __future__ import annotations
+
+import linecache
+import math
+import operator
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from ...runtime import ops
+from ...runtime.level import scan
+from ...runtime.model import Level, Model, register
+from .. import ast
+from ..spec import LevelSpec, ModelSpec, OuterParam, unique_name
+
+BINOPS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv, "**": operator.pow}
+ELEMENTWISE = {f: getattr(ops, f) for f in ("silu", "gelu", "relu", "tanh", "sigmoid", "softplus", "exp", "sqrt",
+                                             "abs", "sign")}
+
+
+class BackendError(RuntimeError):
+    """The spec passed the checker but the backend cannot build it: a bug in nldsl."""
+
+
+def _where(span) -> str:
+    return f"{span.file}:{span.line}" if span is not None else ""
+
+
+class Exprs:
+    """Writes checked expressions into one fx Graph.
+
+    Names resolve through `lookup` (flows, `x`, `g`, ...), constants fold at build
+    time, and each call that creates a parameter (proj, conv, rmsnorm, learned) takes
+    the next name `unique_name` gives, the rule the checker used, and fetches the
+    parameter with `get_attr`."""
+
+    def __init__(self, graph: fx.Graph, consts: dict, params: dict[str, OuterParam], module: nn.Module, target,
+                 st, lookup, memory=None, level=None):
+        self.g, self.consts, self.params, self.module, self.target = graph, consts, params, module, target
+        self.st, self.lookup, self.memory, self.level = st, lookup, memory, level
+        self.taken: set[str] = set()
+
+    def call(self, fn, args, kwargs=None, name=None, span=None, method=False):
+        kind = "call_method" if method else "call_function"
+        node = self.g.create_node(kind, fn, tuple(args), kwargs or {}, name=name)
+        _locate(node, span)
+        return node
+
+    def param(self, owner: str, kind: str, span, value: float | None = None):
+        name = unique_name(f"{owner}.{kind}", self.taken)
+        self.taken.add(name)
+        if name not in self.params:
+            raise BackendError(f"no parameter `{name}` in the checked spec ({_where(span)})")
+        path = register(self.module, self.target(name), init_param(self.params[name], value))
+        return _locate(self.g.get_attr(path), span)
+
+    def __call__(self, e, owner: str, this: str | None = None):
+        if isinstance(e, ast.Number):
+            return e.value
+        if isinstance(e, ast.Name):
+            if e.id in self.consts:
+                return self.consts[e.id]
+            if e.id in ("true", "false"):
+                return e.id == "true"
+            return self.lookup(e.id)
+        if isinstance(e, ast.Neg):
+            v = self(e.operand, owner, this)
+            return -v if isinstance(v, (int, float)) else self.call(operator.neg, (v,), span=e.span)
+        if isinstance(e, ast.BinOp):
+            a, b = self(e.left, owner, this), self(e.right, owner, this)
+            if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+                return BINOPS[e.op](a, b)
+            return self.call(BINOPS[e.op], (a, b), span=e.span)
+        if isinstance(e, ast.Call):
+            return self.function(e, owner, this)
+        raise BackendError(f"cannot compile {type(e).__name__} ({_where(getattr(e, 'span', None))})")
+
+    def function(self, e: ast.Call, owner: str, this):
+        f, pos, span = e.func, e.positional, e.span
+        kw = {a.key: a.value for a in e.args if a.key is not None}
+        if f == "self":
+            return self.memory(this, self(pos[0], owner, this), span, start=True)
+        if self.memory is not None and self.memory.knows(f):
+            return self.memory(f, self(pos[0], owner, this), span)
+        if self.level is not None and self.level.knows(f):
+            return self.level(f, self(pos[0], owner, this), span)
+        if f == "select":  # the condition is a constant: build the branch it picks
+            cond = self(pos[0], owner, this)
+            a = self._maybe(pos[1], owner, this, keep=bool(cond))
+            b = self._maybe(pos[2], owner, this, keep=not cond)
+            return a if cond else b
+        if f == "learned":
+            return self.param(owner, "learned", span, value=float(self(pos[0], owner, this)))
+        args = [self(p, owner, this) for p in pos]
+        if f == "proj":
+            return self.call(ops.proj, (args[0], self.param(owner, "proj", span)), span=span)
+        if f == "conv":
+            name = unique_name(f"{owner}.conv", self.taken)
+            return self.call("conv", (self.st, name, args[0], self.param(owner, "conv", span)), span=span, method=True)
+        if f == "rmsnorm":
+            eps = self(kw["eps"], owner) if "eps" in kw else 1e-6
+            return self.call(ops.rmsnorm, (args[0], self.param(owner, "rmsnorm", span), eps), span=span)
+        if f == "l2norm":
+            heads = int(self(kw["heads"], owner)) if "heads" in kw else 1
+            return self.call(ops.l2norm, (args[0], heads), span=span)
+        if f == "newton_schulz":
+            return self.call(ops.newton_schulz, (args[0], *(int(args[1]) if i == 1 else args[i] for i in range(1, len(args)))),
+                             span=span)
+        if f in ("rows", "cols", "max", "min") or f in ELEMENTWISE:
+            fn = {"rows": ops.rows, "cols": ops.cols, "max": ops.maximum, "min": ops.minimum}.get(f) or ELEMENTWISE[f]
+            if all(isinstance(a, (int, float)) for a in args):
+                return fn(*args)
+            return self.call(fn, args, span=span)
+        raise BackendError(f"unknown function `{f}` ({_where(span)})")
+
+    def _maybe(self, e, owner, this, keep: bool):
+        """A branch of `select`: built, or (not taken) walked only for the
+        parameters it names, into a scratch graph that is thrown away."""
+        if keep:
+            return self(e, owner, this)
+        real, self.g = self.g, fx.Graph()
+        try:
+            return self(e, owner, this)
+        finally:
+            self.g = real
+
+
+def _named(node, name: str):
+    """Give a flow's node the flow's name (numbers stay numbers)."""
+    if isinstance(node, fx.Node) and node.op != "get_attr":
+        node._rename(name)
+    return node
+
+
+def _locate(node: fx.Node, span) -> fx.Node:
+    """Record where in the spec a node comes from: `meta["nl_span"]`, and a stack
+    trace in the form fx prints beside the generated code."""
+    if span is not None:
+        node.meta["nl_span"] = span
+        code = linecache.getline(span.file, span.line).strip()
+        node.stack_trace = f'File "{span.file}", line {span.line}, in spec\n    {code}\n'
+    return node
+
+
+# ------------------------------------------------------------------ parameters
+def init_param(p: OuterParam, value: float | None = None) -> torch.Tensor:
+    """Outer parameters start as: projections U(±1/√d_in) like nn.Linear, convs
+    U(±1/√w), norm scales 1, embedding and head N(0, 0.02²) as in GPT-2, `learned(c)` c."""
+    if p.role in ("proj", "conv"):
+        bound = 1 / math.sqrt(p.shape[-1])
+        return torch.empty(p.shape).uniform_(-bound, bound)
+    if p.role == "norm":
+        return torch.ones(p.shape)
+    if p.role in ("embedding", "head"):
+        return torch.randn(p.shape) * 0.02
+    if p.role == "scalar":
+        return torch.full(p.shape, float(value))
+    raise BackendError(f"no initialiser for {p.role} parameter `{p.name}`")
+
+
+def _local(name: str) -> str:
+    """A spec parameter name inside its level or block copy: `titans.q.proj` -> `q.proj`."""
+    return name.split(".", 1)[1]
+
+
+# ----------------------------------------------------------------------- levels
+class _Memories:
+    """How a level's graph reads its memories: `st.read`, after the items of a memory
+    read `within` have been recorded."""
+
+    def __init__(self, build):
+        self.b = build
+
+    def knows(self, f):
+        return f in self.b.mem_specs
+
+    def __call__(self, name, arg, span, start=False):
+        b = self.b
+        learn = b.spec.learn_of(name)
+        if not start and learn is not None and learn.read == "within" and learn.objective != "task":
+            b.learn(name)
+        kwargs = {"start": True} if start else {}
+        return b.ex.call("read", (b.st, name, arg), kwargs, name=f"{name}_read", span=span, method=True)
+
+
+class _LevelBuild:
+    def __init__(self, spec: LevelSpec, consts: dict, level: Level):
+        self.spec, self.consts = spec, consts
+        self.mem_specs = {m.name: m for m in spec.memories}
+        self.flows = {f.name: f for f in spec.flows}
+        self.g = fx.Graph()
+        self.x = self.g.placeholder("x")
+        self.st = self.g.placeholder("st")
+        self.ex = Exprs(self.g, consts, {p.name: p for p in spec.params}, level, _local, self.st, self.lookup,
+                        memory=_Memories(self))
+        self.done: dict[str, object] = {}
+        self.busy: set[str] = set()
+        self.learned: set[str] = set()
+
+    def lookup(self, name):
+        if name == "x":
+            return self.x
+        if name in self.flows:
+            return self.flow(name)
+        raise BackendError(f"unknown name `{name}` in level `{self.spec.name}`")
+
+    def flow(self, name):
+        if name not in self.done:
+            if name in self.busy:
+                raise BackendError(f"flow `{name}` of level `{self.spec.name}` depends on itself")
+            self.busy.add(name)
+            f = self.flows[name]
+            self.done[name] = _named(self.ex(f.value, f"{self.spec.name}.{name}"), name)
+        return self.done[name]
+
+    def learn(self, memory: str):
+        if memory in self.learned:
+            return
+        self.learned.add(memory)
+        l, owner = self.spec.learn_of(memory), f"{self.spec.name}.{memory}"
+        rates = {r: self.ex(getattr(l, r), f"{owner}.{r}", memory) for r in ("lr", "decay", "beta")
+                 if getattr(l, r) is not None}
+        if l.objective == "task":
+            self.ex.call("rates", (self.st, memory), rates, name=f"{memory}_rates", span=l.span, method=True)
+            return
+        key = self.ex(l.key, f"{owner}.key", memory) if l.key is not None else None
+        value = self.ex(l.value, f"{owner}.value", memory)
+        self.ex.call("learn", (self.st, memory, key, value), rates, name=f"{memory}_learn", span=l.span, method=True)
+
+    def build(self) -> fx.Graph:
+        for name in self.flows:  # every flow, in written order (unused ones still own their parameters)
+            self.flow(name)
+        out = self.ex(self.spec.out, f"{self.spec.name}.out")
+        if self.spec.scope == "sequence":
+            for l in self.spec.learns:
+                self.learn(l.memory)
+        self.g.output(out)
+        return self.g
+
+
+def build_level(spec: LevelSpec, copy: int, consts: dict) -> Level:
+    level = Level(spec, copy)
+    level.attach(_LevelBuild(spec, consts, level).build())
+    return level
+
+
+# ------------------------------------------------------------------------ model
+class _Levels:
+    """How the segment graph applies a level: the runtime's `scan` over its copy."""
+
+    def __init__(self, model_build):
+        self.m = model_build
+
+    def knows(self, f):
+        return f in self.m.level_names
+
+    def __call__(self, name, arg, span):
+        m = self.m
+        module = m.g.get_attr(f"{m.model.slots[name]}.{m.copy}")
+        return m.ex.call(scan, (module, arg, m.st), name=name, span=span)
+
+
+class _ModelBuild:
+    def __init__(self, spec: ModelSpec, model: Model):
+        self.spec, self.model = spec, model
+        self.consts = dict(spec.settings)
+        self.level_names = {l.name for l in spec.levels}
+        self.g = fx.Graph()
+        self.tokens = self.g.placeholder("tokens")
+        self.st = self.g.placeholder("st")
+        self.env: dict[str, object] = {}
+        self.copy = 0
+
+    def lookup(self, name):
+        if name in self.env:
+            return self.env[name]
+        raise BackendError(f"unknown name `{name}` in a block")
+
+    def build(self) -> fx.Graph:
+        params = {p.name: p for p in self.spec.params}
+        top = Exprs(self.g, self.consts, params, self.model, lambda n: n, self.st, self.lookup)
+        embed = self.g.get_attr("embed")
+        self.env["x"] = top.call(ops.embed, (self.tokens, embed), name="x", span=self.spec.span)
+        for b, block in enumerate(self.spec.blocks):
+            for copy in range(block.repeat):
+                self.copy = copy
+                self.ex = Exprs(self.g, self.consts, {p.name: p for p in block.params}, self.model,
+                                lambda n, b=b, c=copy: f"block{b}.{c}.{_local(n)}", self.st, self.lookup,
+                                level=_Levels(self))
+                for a in block.body:
+                    self.env[a.name] = _named(self.ex(a.value, f"block{b}.{a.name}"), a.name)
+        norm = top.call(ops.rmsnorm, (self.env["x"], self.g.get_attr("norm")), name="norm")
+        logits = top.call(ops.proj, (norm, self.g.get_attr("head")), name="logits")
+        self.g.output(logits)
+        return self.g
+
+
+def build_model(spec: ModelSpec) -> Model:
+    model = Model(spec)
+    for p in spec.params:  # embedding, final norm, head: names no spec can take
+        register(model, p.name, init_param(p))
+    for block in spec.blocks:
+        for name in block.levels:
+            lv = spec.level(name)
+            model.add_level(name, [build_level(lv, c, model.consts) for c in range(block.repeat)])
+    model.link_sources()
+    model.attach(_ModelBuild(spec, model).build())
+    return model

@@ -1,0 +1,288 @@
+"""The period scheduler of one level, and the fast states it carries (design §1, §5, §6).
+
+A level's compiled chunk step (a torch.fx GraphModule) computes, for a run of
+tokens inside one period, its flows, the items its memories learn from, and its
+output. `scan` cuts a segment of tokens at the level's period boundaries, runs the
+step on each piece, and at every boundary applies the update rule. Between
+boundaries each memory holds S_j, the state from the start of the period, and the
+running sums its rule needs, so a period cut across calls (streaming) gives what
+one call gives.
+
+This is the reference: one loop iteration per piece, every formula written out.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import memory as M
+from .errors import NonFiniteError
+
+
+def as_rate(r, batch: int, n: int, heads: int, like: torch.Tensor) -> torch.Tensor:
+    """A rate (a number, a learned scalar, or one value per item or per item and
+    head) as [B, n, h]."""
+    r = torch.as_tensor(r, dtype=like.dtype, device=like.device)
+    if r.dim() == 3:  # [B, n, 1 | h], a per-item flow
+        return r.expand(batch, n, heads)
+    return r.reshape(-1)[0].expand(batch, n, heads) if r.numel() == 1 else r.expand(batch, n, heads)
+
+
+def _per_head(r: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A per-head factor [B, h] (or per item [B, n, h]) broadcast onto a state tensor."""
+    return r.reshape(*r.shape, *([1] * (like.dim() - r.dim())))
+
+
+class Fast:
+    """One memory's fast state for a batch of sequences."""
+
+    def __init__(self, spec, learn, theta: dict, within: bool):
+        self.spec, self.learn, self.within = spec, learn, within
+        self.theta = theta  # S_j
+        self.z = {k: torch.zeros_like(v) for k, v in theta.items()} if learn is not None and learn.rule == "momentum" else None
+        self.clear()
+        self.chunk = None  # this chunk's items, as recorded by `learn`
+
+    def clear(self):
+        self.acc = None  # Σ η_i ∇ℓ_i (or the implicit step's sums) since the period began
+        self.decay = None  # Π α_i since the period began, [B, h]
+        self.beta = None
+
+    # -- the items of one chunk
+    def record(self, key, value, lr, decay=None, beta=None, clip=None):
+        s, B, n = self.spec, key.shape[0], key.shape[1]
+        lr = as_rate(lr, B, n, s.heads, key)
+        theta = {k: v.detach() for k, v in self.theta.items()} if s.detach else self.theta
+        if self.learn.rule == "implicit":
+            terms = M.implicit_stats(key, value, lr, s.heads, per_item=self.within)
+        else:
+            terms = M.grads(s.kind, self.learn.objective, theta, key, value, lr, s.heads, s.act, s.residual,
+                            per_item=self.within)
+        cum = None
+        if self.within:  # cumulative sums: item t's state includes items up to t
+            cum = {k: v.cumsum(1) for k, v in terms.items()}
+            terms = {k: v[:, -1] for k, v in cum.items()}
+        if clip is not None:
+            terms = {k: _clip(v, clip) for k, v in terms.items()}
+        self.chunk = dict(terms=terms, cum=cum,
+                          decay=None if decay is None else as_rate(decay, B, n, s.heads, key).cumprod(1),
+                          beta=None if beta is None else as_rate(beta, B, n, s.heads, key).cumprod(1))
+
+    def end_chunk(self):
+        c, self.chunk = self.chunk, None
+        if c is None:
+            return
+        self.acc = c["terms"] if self.acc is None else {k: self.acc[k] + v for k, v in c["terms"].items()}
+        for name in ("decay", "beta"):
+            if c[name] is not None:
+                last = c[name][:, -1]
+                prev = getattr(self, name)
+                setattr(self, name, last if prev is None else prev * last)
+
+    # -- reading
+    def state_within(self) -> dict:
+        """Per-item states [B, n, h, ...]: S_j moved by the items up to each token
+        (design §6), with the period's decay so far."""
+        c = self.chunk
+        if self.learn.rule == "implicit":
+            sums = {k: v + (0 if self.acc is None else self.acc[k].unsqueeze(1)) for k, v in c["cum"].items()}
+            return {"W": M.implicit_solve(self.theta["W"].unsqueeze(1), sums["VK"], sums["KK"])}
+
+        def decayed(x: dict, factor_cum, factor_acc):
+            out = {}
+            for k, v in x.items():
+                f = 1.0
+                if factor_cum is not None:
+                    f = factor_cum if factor_acc is None else factor_cum * factor_acc.unsqueeze(1)
+                    f = _per_head(f, v.unsqueeze(1))
+                out[k] = v.unsqueeze(1) * f
+            return out
+
+        steps = {k: v + (0 if self.acc is None else self.acc[k].unsqueeze(1)) for k, v in c["cum"].items()}
+        base = decayed(self.theta, c["decay"], self.decay)
+        if self.z is None:
+            return {k: base[k] - steps[k] for k in base}
+        z = decayed(self.z, c["beta"], self.beta)
+        return {k: base[k] + z[k] - steps[k] for k in base}
+
+    # -- the boundary
+    def update(self) -> None:
+        """S_{j+1} from S_j and the period's sums (design §5)."""
+        if self.acc is None:
+            return
+        S, acc = self.theta, self.acc
+        if self.learn.rule == "implicit":
+            self.theta = {"W": M.implicit_solve(S["W"], acc["VK"], acc["KK"])}
+        else:
+            decayed = {k: v if self.decay is None else v * _per_head(self.decay, v) for k, v in S.items()}
+            if self.z is None:
+                self.theta = {k: decayed[k] - acc[k] for k in S}
+            else:
+                self.z = {k: v * (1.0 if self.beta is None else _per_head(self.beta, v)) - acc[k] for k, v in self.z.items()}
+                self.theta = {k: decayed[k] + self.z[k] for k in S}
+        self.clear()
+
+
+def _clip(t: torch.Tensor, max_norm: float) -> torch.Tensor:
+    """Clip each sequence's update to a norm of max_norm, with non-finite numbers as 0."""
+    t = torch.nan_to_num(t, nan=0.0, posinf=0.0, neginf=0.0)
+    norm = t.reshape(t.shape[0], -1).norm(dim=1).clamp(min=1e-12)
+    scale = (max_norm / norm).clamp(max=1.0)
+    return t * scale.reshape(-1, *([1] * (t.dim() - 1)))
+
+
+class Cache:
+    """An attention memory's state: the keys and values it has appended, with their
+    positions (design §2). Only as many as a window can still see are kept."""
+
+    def __init__(self, spec, learn, period: int):
+        self.spec, self.learn, self.period = spec, learn, period
+        self.K = self.V = self.pos = None
+        self.chunk = None
+
+    def record(self, key, value, start: int):
+        pos = torch.arange(start, start + key.shape[1], device=key.device)
+        self.chunk = (key, value, pos)
+
+    def read(self, q, start: int):
+        K, V, pos = self.chunk if self.chunk is not None else (q[:, :0], q[:, :0], torch.arange(0))
+        if self.K is not None:
+            K, V, pos = torch.cat([self.K, K], 1), torch.cat([self.V, V], 1), torch.cat([self.pos, pos])
+        q_pos = torch.arange(start, start + q.shape[1], device=q.device)
+        return M.attention(q, K, V, q_pos, pos, self.learn.read == "within", self.period, self.spec.window, self.spec.heads)
+
+    def end_chunk(self):
+        if self.chunk is None:
+            return
+        K, V, pos = self.chunk
+        self.chunk = None
+        if self.K is not None:
+            K, V, pos = torch.cat([self.K, K], 1), torch.cat([self.V, V], 1), torch.cat([self.pos, pos])
+        w = self.spec.window
+        if w is not None:  # a later query's window reaches back at most w + P items
+            keep = w + self.period
+            K, V, pos = K[:, -keep:], V[:, -keep:], pos[-keep:]
+        self.K, self.V, self.pos = K, V, pos
+
+    def update(self):
+        pass
+
+
+class LevelState:
+    """Everything one copy of a level carries from token to token of a batch of
+    sequences: its position, each memory's fast state, each conv's last inputs."""
+
+    def __init__(self, level, batch: int, options: dict):
+        spec = level.spec
+        self.name, self.spec, self.batch, self.options = level.key, spec, batch, options
+        self.pos = 0
+        self.period = spec.period.count if spec.scope == "sequence" else None
+        self.fast: dict[str, Fast | Cache] = {}
+        self.tails: dict[str, torch.Tensor] = {}
+        for m in spec.memories:
+            learn = spec.learn_of(m.name)
+            if m.kind == "attention":
+                self.fast[m.name] = Cache(m, learn, self.period or 1)
+                continue
+            theta = M.batched(level.theta0(m.name), batch)
+            within = learn is not None and learn.read == "within" and learn.objective != "task"
+            if learn is not None and learn.objective == "task" and self.period:
+                from .model import _differentiable
+                theta = _differentiable(theta)
+            self.fast[m.name] = Fast(m, learn if self.period else None, theta, within)
+
+    def detach(self) -> None:
+        """Cut the autograd history (inference): values stay, graphs go."""
+        def cut(x):
+            if x is None or not isinstance(x, (dict, torch.Tensor)):
+                return x
+            if isinstance(x, dict):
+                return {k: v.detach() for k, v in x.items()}
+            return x.detach()
+        for f in self.fast.values():
+            if isinstance(f, Cache):
+                f.K, f.V = cut(f.K), cut(f.V)
+                continue
+            task = f.learn is not None and f.learn.objective == "task"
+            f.theta, f.z, f.acc, f.decay, f.beta = cut(f.theta), cut(f.z), cut(f.acc), cut(f.decay), cut(f.beta)
+            if task:
+                f.theta = {k: v.requires_grad_() for k, v in f.theta.items()}
+        self.tails = {k: v.detach() for k, v in self.tails.items()}
+
+    # -- called by the compiled chunk step
+    def read(self, memory: str, e, start: bool = False):
+        """`memory(e)`: at S_j when read before (or `start`, for `self(...)` targets),
+        at each token's own state when read within."""
+        f = self.fast[memory]
+        if isinstance(f, Cache):
+            return f.read(e, self.pos)
+        s = f.spec
+        if f.within and not start and f.chunk is not None:
+            theta = f.state_within()
+            return M.merge_heads(_read_items(s, theta, M.split_heads(e, s.heads)))
+        return M.read(s.kind, f.theta, e, s.heads, s.act, s.residual)
+
+    def learn(self, memory: str, key, value, lr=1.0, decay=None, beta=None):
+        f = self.fast[memory]
+        if isinstance(f, Cache):
+            f.record(key, value, self.pos)
+        else:
+            f.record(key, value, lr, decay, beta, clip=self.options.get("inner_clip"))
+
+    def rates(self, memory: str, lr=1.0, decay=None, beta=None):
+        """The rates of a memory that learns on the outer task (applied by the model)."""
+        self.fast[memory].task_rates = (lr, decay, beta)
+
+    def conv(self, name: str, x, weight):
+        from .ops import conv, conv_tail
+        tail = self.tails.get(name)
+        if tail is None:
+            tail = conv_tail(x.shape[0], weight, x)
+        y, self.tails[name] = conv(x, weight, tail)
+        return y
+
+    # -- called by scan
+    def end_chunk(self, n: int):
+        for f in self.fast.values():
+            f.end_chunk()
+        self.pos += n
+        if self.period and self.pos % self.period == 0:
+            for name, f in self.fast.items():
+                if isinstance(f, Fast) and f.learn is not None and f.learn.objective != "task":
+                    f.update()
+                    self.check(name, f)
+
+    def check(self, name: str, f: Fast):
+        for t in f.theta.values():
+            bad = ~torch.isfinite(t.detach().reshape(t.shape[0], -1)).all(1)
+            if bad.any():
+                raise NonFiniteError(self.name, name, self.pos, int(bad.nonzero()[0, 0]))
+
+
+def _read_items(s, theta: dict, e):
+    """Each item read at its own state (per-item θ [B, n, h, ...])."""
+    if s.kind == "linear":
+        return M._mm(theta["W"], e)
+    return M.mlp_forward(theta, e, s.act, s.residual)[0]
+
+
+def pieces(pos: int, n: int, period: int | None):
+    """Cut tokens pos .. pos+n at multiples of the period: (offset, length) pairs."""
+    if not period:
+        yield 0, n
+        return
+    i = 0
+    while i < n:
+        step = min(period - (pos + i) % period, n - i)
+        yield i, step
+        i += step
+
+
+def scan(level, x: torch.Tensor, state) -> torch.Tensor:
+    """Run one level copy over a segment x [B, n, d] of its input stream, carrying
+    its fast state in the model state."""
+    ls = state.level(level, x.shape[0])
+    outs = []
+    for i, n in pieces(ls.pos, x.shape[1], ls.period):
+        outs.append(level.step(x[:, i:i + n], ls))
+        ls.end_chunk(n)
+    return torch.cat(outs, 1) if len(outs) > 1 else outs[0]

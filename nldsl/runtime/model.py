@@ -1,0 +1,246 @@
+"""Compiled modules and the model's segment scheduler (design §1, §4, §8, §11).
+
+`Level` and `Model` are ordinary nn.Modules holding the parameters; each also holds
+a torch.fx GraphModule over those same parameters with the code the backend wrote
+(`step` for a level: one chunk of one period; `segment` for the model: the blocks
+over a run of tokens). The GraphModules are not registered as children, so every
+parameter has one name in `state_dict`.
+
+The model runs a sequence in segments cut where a level learning on the outer task
+(`learn M : task`) reaches a period boundary: after each segment the scheduler takes
+the gradient of that period's next-token loss with respect to the level's state and
+applies the level's rule (chunk-wise test-time training, design §4).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from . import memory as M
+from .level import LevelState, pieces
+
+
+def register(module: nn.Module, path: str, value: torch.Tensor, buffer: bool = False) -> str:
+    """Register a parameter (or buffer) at a dotted path of spec names, making the
+    modules between. A spec name that nn.Module already uses (`eval`, `to`, ...) gets
+    a trailing `_`. Returns the path it was registered at."""
+    *parents, leaf = path.split(".")
+    real = []
+    for part in parents:
+        part = _free(module, part, container=True)
+        if part not in module._modules:
+            module.add_module(part, nn.Module())
+        module, real = module._modules[part], real + [part]
+    leaf = _free(module, leaf)
+    if buffer:
+        module.register_buffer(leaf, value)
+    else:
+        module.register_parameter(leaf, nn.Parameter(value))
+    return ".".join(real + [leaf])
+
+
+def _free(module: nn.Module, name: str, container: bool = False) -> str:
+    while hasattr(module, name) and not (container and name in module._modules):
+        name += "_"
+    return name
+
+
+class Level(nn.Module):
+    """One copy of a level: its outer parameters (flows' projections, convs, θ₀ of
+    its memories) and its chunk step."""
+
+    def __init__(self, spec, copy: int):
+        super().__init__()
+        self.spec, self.copy, self.key = spec, copy, f"{spec.name}.{copy}"
+        self.links: dict[str, tuple[Level, str]] = {}  # nested CMS: memory -> (source level, memory)
+        self.theta_paths: dict[str, dict[str, str]] = {}  # memory -> {W1: path of θ₀'s W1, ...}
+        for m in spec.memories:
+            if m.kind in ("attention", "elementwise") or "." in m.init:
+                continue
+            constant = m.fixed or spec.scope == "frozen"  # θ₀ is a constant (design §2, docs/semantics.md §3)
+            self.theta_paths[m.name] = {k: register(self, f"{m.name}.{k}", t, buffer=constant)
+                                        for k, t in M.initial_state(m.kind, m.state_shapes(), m.init).items()}
+
+    def attach(self, graph: fx.Graph) -> None:
+        self.__dict__["step"] = fx.GraphModule(self, graph, class_name=f"{self.spec.name}_step")
+
+    def theta0(self, memory: str) -> dict[str, torch.Tensor]:
+        if memory in self.links:
+            src, name = self.links[memory]
+            return src.theta0(name)
+        out = {}
+        for k, path in self.theta_paths[memory].items():
+            owner, _, leaf = path.rpartition(".")
+            out[k] = getattr(self.get_submodule(owner), leaf)  # a parameter, or a buffer when constant
+        return out
+
+    def print_readable(self, print_output: bool = True):
+        return self.step.print_readable(print_output)
+
+
+class ModelState:
+    """The fast state of a batch of sequences: every level copy's state, the position,
+    and the last prediction of the previous segment (for periods cut across calls)."""
+
+    def __init__(self, model: "Model", batch: int):
+        self.batch, self.pos, self.options = batch, 0, model.options
+        self.levels: dict[str, LevelState] = {}
+        self.last_logits = None
+
+    def detach(self) -> None:
+        for ls in self.levels.values():
+            ls.detach()
+        if self.last_logits is not None:
+            self.last_logits = self.last_logits.detach()
+
+    def level(self, level: Level, batch: int) -> LevelState:
+        if batch != self.batch:
+            raise ValueError(f"this state holds {self.batch} sequences, the input has {batch}")
+        ls = self.levels.get(level.key)
+        if ls is None:
+            ls = self.levels[level.key] = LevelState(level, batch, self.options)
+        return ls
+
+
+def _differentiable(theta: dict) -> dict:
+    """A task-learned state must be differentiable: its next gradient is taken with
+    respect to it."""
+    if all(t.requires_grad for t in theta.values()):
+        return theta
+    return {k: t.detach().requires_grad_() for k, t in theta.items()}
+
+
+class Model(nn.Module):
+    """A compiled model. `model(tokens, state=None) -> (logits, state)`: tokens [B, T];
+    `state=None` starts every sequence from the initial states; passing the returned
+    state back continues the sequences (two calls on halves equal one call)."""
+
+    def __init__(self, spec, inner_clip: float | None = None):
+        super().__init__()
+        self.spec = spec
+        self.consts = dict(spec.settings)
+        self.settings = dict(spec.settings)
+        self.options = {"inner_clip": inner_clip}
+        self.slots: dict[str, str] = {}  # level name -> attribute holding its copies
+
+    def add_level(self, name: str, copies: list) -> None:
+        slot = _free(self, name)
+        self.add_module(slot, nn.ModuleList(copies))
+        self.slots[name] = slot
+
+    def attach(self, graph: fx.Graph) -> None:
+        self.__dict__["segment"] = fx.GraphModule(self, graph, class_name=f"{self.spec.name}_segment")
+
+    def print_readable(self, print_output: bool = True):
+        return self.segment.print_readable(print_output)
+
+    # -- structure
+    def levels(self):
+        """Every level copy, in block order."""
+        for block in self.spec.blocks:
+            for name in block.levels:
+                yield from getattr(self, self.slots[name])
+
+    def link_sources(self) -> None:
+        """Nested CMS: a memory with `init: other.mem` starts from, and every period of
+        `other` restarts from, the same copy of that memory."""
+        for lv in self.levels():
+            for m in lv.spec.memories:
+                if "." in m.init:
+                    src_level, src_mem = m.init.split(".")
+                    lv.links[m.name] = (getattr(self, self.slots[src_level])[lv.copy], src_mem)
+
+    def task_levels(self):
+        return [lv for lv in self.levels() if any(l.objective == "task" for l in lv.spec.learns)
+                and lv.spec.scope == "sequence"]
+
+    def cut(self) -> int | None:
+        """Segment boundaries: every multiple of this many tokens (None: one segment)."""
+        periods = [lv.spec.period.count for lv in self.task_levels()]
+        periods += [src.spec.period.count for lv in self.levels() for src, _ in lv.links.values()
+                    if src.spec.scope == "sequence"]
+        return math.gcd(*periods) if periods else None
+
+    # -- running
+    def forward(self, tokens: torch.Tensor, state: ModelState | None = None):
+        if state is None:
+            state = ModelState(self, tokens.shape[0])
+        tasks = self.task_levels()
+        outer_grad = torch.is_grad_enabled()
+        outs = []
+        for i, n in pieces(state.pos, tokens.shape[1], self.cut()):
+            seg = tokens[:, i:i + n]
+            with torch.enable_grad() if tasks else contextlib.nullcontext():
+                logits = self.segment(seg, state)
+                if tasks:
+                    self._task_step(tasks, state, logits, seg, outer_grad)
+            state.pos += n
+            self._restart_nested(state)
+            if not outer_grad:  # inference: no graph kept from one segment to the next
+                state.detach()
+                logits = logits.detach()
+            outs.append(logits)
+        return (torch.cat(outs, 1) if len(outs) > 1 else outs[0]), state
+
+    def _task_step(self, tasks, state: ModelState, logits, seg, outer_grad: bool) -> None:
+        """Chunk-wise test-time training: each task level's memories take the gradient
+        of their period's next-token loss at S_j, summed over the pairs (t, t+1) that
+        lie inside one period, and update at the period's end."""
+        start, n = state.pos, seg.shape[1]
+        prev = state.last_logits
+        state.last_logits = logits[:, -1:]
+        for lv in tasks:
+            ls = state.level(lv, seg.shape[0])
+            P = ls.period
+            # predictions at positions p = start-1 .. start+n-2 for the token at p + 1
+            preds = logits[:, :-1] if prev is None else torch.cat([prev, logits[:, :-1]], 1)
+            targets = seg[:, 1:] if prev is None else seg
+            first = start if prev is None else start - 1
+            p = torch.arange(first, first + targets.shape[1])
+            keep = (p + 1) % P != 0  # both tokens inside one period
+            if keep.any():
+                loss = F.cross_entropy(preds[:, keep].reshape(-1, preds.shape[-1]), targets[:, keep].reshape(-1),
+                                       reduction="sum")
+            else:
+                loss = None
+            for name, f in ls.fast.items():
+                if f.learn is None or f.learn.objective != "task":
+                    continue
+                lr, decay, beta = getattr(f, "task_rates", (1.0, None, None))
+                names = list(f.theta)
+                if loss is not None:
+                    create = outer_grad and not f.spec.detach
+                    inputs = [f.theta[k] for k in names]
+                    grads = torch.autograd.grad(loss, inputs, create_graph=create, retain_graph=True,
+                                                allow_unused=True)
+                    terms = {k: (torch.zeros_like(t) if g is None else g) * lr for k, t, g in zip(names, inputs, grads)}
+                    f.acc = terms if f.acc is None else {k: f.acc[k] + v for k, v in terms.items()}
+                for attr, rate in (("decay", decay), ("beta", beta)):
+                    if rate is not None:
+                        factor = torch.as_tensor(rate) ** n
+                        setattr(f, attr, factor if getattr(f, attr) is None else getattr(f, attr) * factor)
+                if (start + n) % P == 0:
+                    f.update()
+                    ls.check(name, f)
+                    f.theta = _differentiable(f.theta)
+
+    def _restart_nested(self, state: ModelState) -> None:
+        for lv in self.levels():
+            for mem, (src, src_mem) in lv.links.items():
+                if src.spec.scope != "sequence" or state.pos % src.spec.period.count:
+                    continue
+                if lv.key in state.levels and src.key in state.levels:
+                    f = state.levels[lv.key].fast[mem]
+                    f.theta = dict(state.levels[src.key].fast[src_mem].theta)
+                    f.clear()
+                    if f.z is not None:
+                        f.z = {k: torch.zeros_like(v) for k, v in f.z.items()}
+
+    def loss(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Mean next-token cross-entropy of a batch of fresh sequences."""
+        logits, _ = self(tokens[:, :-1])
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))

@@ -1,0 +1,148 @@
+"""Flow functions: what the built-in calls of a spec compute (design §3).
+
+Token streams are [B, n, d] (a batch of sequences, n items of this chunk); a
+gradient stream in an optimizer is shaped like its parameter. Every function here
+is plain torch, differentiable, and the same in the compiled module and in
+emitted source.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+
+def _either(tensor_fn, number_fn):
+    """An elementwise function of a tensor or of a plain number (e.g. sqrt(rows(W)))."""
+    def f(x):
+        return tensor_fn(x) if torch.is_tensor(x) else number_fn(x)
+    f.__name__ = tensor_fn.__name__
+    return f
+
+
+def _sigmoid(x):
+    return 1 / (1 + math.exp(-x))
+
+
+silu = _either(F.silu, lambda x: x * _sigmoid(x))
+gelu = _either(F.gelu, lambda x: 0.5 * x * (1 + math.erf(x / math.sqrt(2))))
+relu = _either(F.relu, lambda x: max(x, 0.0))
+tanh = _either(torch.tanh, math.tanh)
+sigmoid = _either(torch.sigmoid, _sigmoid)
+softplus = _either(F.softplus, lambda x: math.log1p(math.exp(x)))
+exp = _either(torch.exp, math.exp)
+sqrt = _either(torch.sqrt, math.sqrt)
+abs = _either(torch.abs, lambda x: -x if x < 0 else x)
+sign = _either(torch.sign, lambda x: float((x > 0) - (x < 0)))
+
+
+def identity(x):
+    return x
+
+
+# activations of `mlp` memories, and their derivatives for closed-form gradients
+ACT = {"silu": F.silu, "gelu": F.gelu, "relu": F.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid,
+       "identity": identity}
+ACT_GRAD = {
+    "silu": lambda z: torch.sigmoid(z) * (1 + z * (1 - torch.sigmoid(z))),
+    "gelu": lambda z: 0.5 * (1 + torch.erf(z / math.sqrt(2))) + z * torch.exp(-0.5 * z * z) / math.sqrt(2 * math.pi),
+    "relu": lambda z: (z > 0).to(z.dtype),
+    "tanh": lambda z: 1 - torch.tanh(z) ** 2,
+    "sigmoid": lambda z: torch.sigmoid(z) * (1 - torch.sigmoid(z)),
+    "identity": torch.ones_like,
+}
+
+
+def proj(x, weight):
+    """An outer-level linear map (no bias), weight [d_out, d_in]."""
+    return x @ weight.T
+
+
+def l2norm(x, heads: int = 1, eps: float = 1e-6):
+    """Unit length per item, or per head slice with `heads`."""
+    shape = x.shape
+    x = x.reshape(*shape[:-1], heads, shape[-1] // heads)
+    x = x / (x.norm(dim=-1, keepdim=True) + eps)
+    return x.reshape(shape)
+
+
+def rmsnorm(x, weight, eps: float = 1e-6):
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+
+
+def conv(x, weight, tail):
+    """Causal depthwise convolution over time. weight [d, w]; `tail` holds the
+    w-1 items before this chunk (zeros at the start of a sequence), so a sequence
+    cut into chunks gives what one call gives. Returns (y, new tail)."""
+    w = weight.shape[1]
+    full = torch.cat([tail, x], dim=1)  # [B, w-1+n, d]
+    windows = full.unfold(1, w, 1)  # [B, n, d, w]: item t sees t-w+1 .. t
+    y = (windows * weight).sum(-1)
+    return y, full[:, full.shape[1] - (w - 1):]
+
+
+def conv_tail(batch: int, weight, like):
+    return like.new_zeros(batch, weight.shape[1] - 1, weight.shape[0])
+
+
+def learned(value):
+    return value
+
+
+def select(cond, a, b):
+    return a if cond else b
+
+
+def maximum(a, b):
+    if torch.is_tensor(a) and torch.is_tensor(b):
+        return torch.maximum(a, b)
+    if torch.is_tensor(a) or torch.is_tensor(b):
+        t, c = (a, b) if torch.is_tensor(a) else (b, a)
+        return torch.clamp(t, min=c)
+    return max(a, b)
+
+
+def minimum(a, b):
+    if torch.is_tensor(a) and torch.is_tensor(b):
+        return torch.minimum(a, b)
+    if torch.is_tensor(a) or torch.is_tensor(b):
+        t, c = (a, b) if torch.is_tensor(a) else (b, a)
+        return torch.clamp(t, max=c)
+    return min(a, b)
+
+
+def embed(tokens, weight):
+    return weight[tokens]
+
+
+def rows(W):
+    return W.shape[0] if W.dim() >= 1 else 1
+
+
+def cols(W):
+    return math.prod(W.shape[1:]) if W.dim() >= 2 else 1
+
+
+def newton_schulz(G, steps: int = 5, eps: float = 1e-7):
+    """Approximate orthogonalisation U Vᵀ of G = U S Vᵀ by the quintic Newton-Schulz
+    iteration X ← aX + (bA + cA²)X, A = XXᵀ, with the coefficients (3.4445, −4.7750,
+    2.0315) of Jordan et al.'s Muon. As there (and in torch.optim.Muon), X starts as
+    G / max(‖G‖_F, eps), the iteration runs in bfloat16 on the wide orientation, and
+    the result comes back in G's dtype. Tensors of more than two dimensions are
+    flattened to [rows, rest]; vectors are returned as they are."""
+    if G.dim() < 2:
+        return G
+    a, b, c = 3.4445, -4.7750, 2.0315
+    X = G.reshape(G.shape[0], -1).bfloat16()
+    tall = X.shape[0] > X.shape[1]
+    if tall:
+        X = X.T
+    X = X / X.norm().clamp(min=eps)
+    for _ in range(int(steps)):
+        A = X @ X.T
+        X = torch.addmm(X, torch.addmm(A, A, A, beta=b, alpha=c), X, beta=a)
+    if tall:
+        X = X.T
+    return X.reshape(G.shape).to(G.dtype)
