@@ -28,7 +28,10 @@ def as_rate(r, batch: int, n: int, heads: int, like: torch.Tensor) -> torch.Tens
 
 
 def _per_head(r: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """A per-head factor [B, h] (or per item [B, n, h]) broadcast onto a state tensor."""
+    """A per-head factor [B, h] (or per item [B, n, h]) broadcast onto a state tensor;
+    a number, or a tensor shaped like the state, as it is."""
+    if not torch.is_tensor(r) or r.dim() >= like.dim():
+        return r
     return r.reshape(*r.shape, *([1] * (like.dim() - r.dim())))
 
 
@@ -107,19 +110,25 @@ class Fast:
     # -- the boundary
     def update(self) -> None:
         """S_{j+1} from S_j and the period's sums (design §5)."""
-        if self.acc is None:
-            return
-        S, acc = self.theta, self.acc
-        if self.learn.rule == "implicit":
-            self.theta = {"W": M.implicit_solve(S["W"], acc["VK"], acc["KK"])}
-        else:
-            decayed = {k: v if self.decay is None else v * _per_head(self.decay, v) for k, v in S.items()}
-            if self.z is None:
-                self.theta = {k: decayed[k] - acc[k] for k in S}
-            else:
-                self.z = {k: v * (1.0 if self.beta is None else _per_head(self.beta, v)) - acc[k] for k, v in self.z.items()}
-                self.theta = {k: decayed[k] + self.z[k] for k in S}
+        if self.acc is not None:
+            self.theta, self.z = apply_rule(self.learn.rule, self.theta, self.z, self.acc, self.decay, self.beta)
         self.clear()
+
+
+def apply_rule(rule: str, S: dict, Z: dict | None, acc: dict, decay=None, beta=None):
+    """One boundary of an update rule (design §5), all gradients taken at S:
+    gd        S' = α S − Σ η ∇ℓ
+    momentum  Z' = β Z − Σ η ∇ℓ;  S' = α S + Z'
+    implicit  S' = (S + Σ η v kᵀ)(I + Σ η k kᵀ)⁻¹, the exact proximal step.
+    `acc` holds the sums; α and β are per-head [B, h], or tensors broadcast onto S.
+    Returns (S', Z')."""
+    if rule == "implicit":
+        return {"W": M.implicit_solve(S["W"], acc["VK"], acc["KK"])}, Z
+    decayed = {k: v if decay is None else v * _per_head(decay, v) for k, v in S.items()}
+    if Z is None:
+        return {k: decayed[k] - acc[k] for k in S}, None
+    Z = {k: v * (1.0 if beta is None else _per_head(beta, v)) - acc[k] for k, v in Z.items()}
+    return {k: decayed[k] + Z[k] for k in S}, Z
 
 
 def _clip(t: torch.Tensor, max_norm: float) -> torch.Tensor:
