@@ -165,6 +165,11 @@ class Model(nn.Module):
                     if src.spec.scope == "sequence"]
         return math.gcd(*periods) if periods else None
 
+    def task_span(self) -> int:
+        """Tokens after which every task level is at a boundary together: the exact
+        gradient of a period's loss reaches back through everything since it began."""
+        return math.lcm(*(lv.spec.period.count for lv in self.task_levels()))
+
     # -- running
     def forward(self, tokens: torch.Tensor, state: ModelState | None = None):
         if state is None:
@@ -180,8 +185,9 @@ class Model(nn.Module):
                     self._task_step(tasks, state, logits, seg, outer_grad)
             state.pos += n
             self._restart_nested(state)
-            if not outer_grad:  # inference: no graph kept from one segment to the next
-                state.detach()
+            if not outer_grad:  # inference: keep no graph, except what a task period still needs
+                if not tasks or state.pos % self.task_span() == 0:
+                    state.detach()
                 logits = logits.detach()
             outs.append(logits)
         return (torch.cat(outs, 1) if len(outs) > 1 else outs[0]), state
