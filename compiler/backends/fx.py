@@ -21,6 +21,7 @@ import torch.fx as fx
 from torch import nn
 
 from ...runtime import ops
+from ...runtime.desc import LevelDesc, MemoryDesc
 from ...runtime.level import scan
 from ...runtime.model import Level, Model, register
 from .. import ast
@@ -251,8 +252,23 @@ class _LevelBuild:
         return self.g
 
 
+def describe(spec: LevelSpec) -> LevelDesc:
+    """The runtime's plain description of a level (what emitted source writes out)."""
+    mems = []
+    for m in spec.memories:
+        l = spec.learn_of(m.name)
+        nested = "." in m.init
+        mems.append(MemoryDesc(
+            name=m.name, kind=m.kind, heads=m.heads, shapes=tuple(m.state_shapes().items()), act=m.act,
+            residual=m.residual, init="normal" if nested else m.init, constant=m.fixed or spec.scope == "frozen",
+            source=m.init if nested else None, detach=m.detach, window=m.window,
+            objective=l.objective if l else None, rule=l.rule if l else None, read=l.read if l else "before"))
+    return LevelDesc(name=spec.name, scope=spec.scope, period=spec.period.count if spec.period.kind == "tokens" else None,
+                     memories=tuple(mems))
+
+
 def build_level(spec: LevelSpec, copy: int, consts: dict) -> Level:
-    level = Level(spec, copy)
+    level = Level(describe(spec), copy, spec)
     level.attach(_LevelBuild(spec, consts, level).build())
     return level
 
@@ -309,13 +325,13 @@ class _ModelBuild:
 
 
 def build_model(spec: ModelSpec) -> Model:
-    model = Model(spec)
+    model = Model(spec.name, spec.settings, spec)
     for p in spec.params:  # embedding, final norm, head: names no spec can take
         register(model, p.name, init_param(p))
     for block in spec.blocks:
         for name in block.levels:
             lv = spec.level(name)
-            model.add_level(name, [build_level(lv, c, model.consts) for c in range(block.repeat)])
+            model.add_level(name, [build_level(lv, c, model.settings) for c in range(block.repeat)])
     model.link_sources()
     model.attach(_ModelBuild(spec, model).build())
     return model

@@ -38,10 +38,13 @@ def _per_head(r: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 class Fast:
     """One memory's fast state for a batch of sequences."""
 
-    def __init__(self, spec, learn, theta: dict, within: bool):
-        self.spec, self.learn, self.within = spec, learn, within
+    def __init__(self, mem, theta: dict, learns: bool):
+        self.mem = mem
+        self.objective = mem.objective if learns else None
+        self.rule = mem.rule if learns else None
+        self.within = self.objective in ("l2", "dot") and mem.read == "within"
         self.theta = theta  # S_j
-        self.z = {k: torch.zeros_like(v) for k, v in theta.items()} if learn is not None and learn.rule == "momentum" else None
+        self.z = {k: torch.zeros_like(v) for k, v in theta.items()} if self.rule == "momentum" else None
         self.clear()
         self.chunk = None  # this chunk's items, as recorded by `learn`
 
@@ -52,13 +55,13 @@ class Fast:
 
     # -- the items of one chunk
     def record(self, key, value, lr, decay=None, beta=None, clip=None):
-        s, B, n = self.spec, key.shape[0], key.shape[1]
+        s, B, n = self.mem, key.shape[0], key.shape[1]
         lr = as_rate(lr, B, n, s.heads, key)
         theta = {k: v.detach() for k, v in self.theta.items()} if s.detach else self.theta
-        if self.learn.rule == "implicit":
+        if self.rule == "implicit":
             terms = M.implicit_stats(key, value, lr, s.heads, per_item=self.within)
         else:
-            terms = M.grads(s.kind, self.learn.objective, theta, key, value, lr, s.heads, s.act, s.residual,
+            terms = M.grads(s.kind, self.objective, theta, key, value, lr, s.heads, s.act, s.residual,
                             per_item=self.within)
         cum = None
         if self.within:  # cumulative sums: item t's state includes items up to t
@@ -86,7 +89,7 @@ class Fast:
         """Per-item states [B, n, h, ...]: S_j moved by the items up to each token
         (design §6), with the period's decay so far."""
         c = self.chunk
-        if self.learn.rule == "implicit":
+        if self.rule == "implicit":
             sums = {k: v + (0 if self.acc is None else self.acc[k].unsqueeze(1)) for k, v in c["cum"].items()}
             return {"W": M.implicit_solve(self.theta["W"].unsqueeze(1), sums["VK"], sums["KK"])}
 
@@ -111,7 +114,7 @@ class Fast:
     def update(self) -> None:
         """S_{j+1} from S_j and the period's sums (design §5)."""
         if self.acc is not None:
-            self.theta, self.z = apply_rule(self.learn.rule, self.theta, self.z, self.acc, self.decay, self.beta)
+            self.theta, self.z = apply_rule(self.rule, self.theta, self.z, self.acc, self.decay, self.beta)
         self.clear()
 
 
@@ -131,6 +134,14 @@ def apply_rule(rule: str, S: dict, Z: dict | None, acc: dict, decay=None, beta=N
     return {k: decayed[k] + Z[k] for k in S}, Z
 
 
+def differentiable(theta: dict) -> dict:
+    """A task-learned state must be differentiable: its next gradient is taken with
+    respect to it."""
+    if all(t.requires_grad for t in theta.values()):
+        return theta
+    return {k: t.detach().requires_grad_() for k, t in theta.items()}
+
+
 def _clip(t: torch.Tensor, max_norm: float) -> torch.Tensor:
     """Clip each sequence's update to a norm of max_norm, with non-finite numbers as 0."""
     t = torch.nan_to_num(t, nan=0.0, posinf=0.0, neginf=0.0)
@@ -143,8 +154,8 @@ class Cache:
     """An attention memory's state: the keys and values it has appended, with their
     positions (design §2). Only as many as a window can still see are kept."""
 
-    def __init__(self, spec, learn, period: int):
-        self.spec, self.learn, self.period = spec, learn, period
+    def __init__(self, mem, period: int):
+        self.mem, self.period = mem, period
         self.K = self.V = self.pos = None
         self.chunk = None
 
@@ -157,7 +168,8 @@ class Cache:
         if self.K is not None:
             K, V, pos = torch.cat([self.K, K], 1), torch.cat([self.V, V], 1), torch.cat([self.pos, pos])
         q_pos = torch.arange(start, start + q.shape[1], device=q.device)
-        return M.attention(q, K, V, q_pos, pos, self.learn.read == "within", self.period, self.spec.window, self.spec.heads)
+        return M.attention(q, K, V, q_pos, pos, self.mem.read == "within", self.period, self.mem.window,
+                           self.mem.heads)
 
     def end_chunk(self):
         if self.chunk is None:
@@ -166,7 +178,7 @@ class Cache:
         self.chunk = None
         if self.K is not None:
             K, V, pos = torch.cat([self.K, K], 1), torch.cat([self.V, V], 1), torch.cat([self.pos, pos])
-        w = self.spec.window
+        w = self.mem.window
         if w is not None:  # a later query's window reaches back at most w + P items
             keep = w + self.period
             K, V, pos = K[:, -keep:], V[:, -keep:], pos[-keep:]
@@ -181,23 +193,20 @@ class LevelState:
     sequences: its position, each memory's fast state, each conv's last inputs."""
 
     def __init__(self, level, batch: int, options: dict):
-        spec = level.spec
-        self.name, self.spec, self.batch, self.options = level.key, spec, batch, options
+        desc = level.desc
+        self.name, self.batch, self.options = level.key, batch, options
         self.pos = 0
-        self.period = spec.period.count if spec.scope == "sequence" else None
+        self.period = desc.period if desc.scope == "sequence" else None
         self.fast: dict[str, Fast | Cache] = {}
         self.tails: dict[str, torch.Tensor] = {}
-        for m in spec.memories:
-            learn = spec.learn_of(m.name)
+        for m in desc.memories:
             if m.kind == "attention":
-                self.fast[m.name] = Cache(m, learn, self.period or 1)
+                self.fast[m.name] = Cache(m, self.period or 1)
                 continue
             theta = M.batched(level.theta0(m.name), batch)
-            within = learn is not None and learn.read == "within" and learn.objective != "task"
-            if learn is not None and learn.objective == "task" and self.period:
-                from .model import _differentiable
-                theta = _differentiable(theta)
-            self.fast[m.name] = Fast(m, learn if self.period else None, theta, within)
+            if m.objective == "task" and self.period:
+                theta = differentiable(theta)
+            self.fast[m.name] = Fast(m, theta, learns=self.period is not None)
 
     def detach(self) -> None:
         """Cut the autograd history (inference): values stay, graphs go."""
@@ -211,7 +220,7 @@ class LevelState:
             if isinstance(f, Cache):
                 f.K, f.V = cut(f.K), cut(f.V)
                 continue
-            task = f.learn is not None and f.learn.objective == "task"
+            task = f.objective == "task"
             f.theta, f.z, f.acc, f.decay, f.beta = cut(f.theta), cut(f.z), cut(f.acc), cut(f.decay), cut(f.beta)
             if task:
                 f.theta = {k: v.requires_grad_() for k, v in f.theta.items()}
@@ -224,7 +233,7 @@ class LevelState:
         f = self.fast[memory]
         if isinstance(f, Cache):
             return f.read(e, self.pos)
-        s = f.spec
+        s = f.mem
         if f.within and not start and f.chunk is not None:
             theta = f.state_within()
             return M.merge_heads(_read_items(s, theta, M.split_heads(e, s.heads)))
@@ -256,7 +265,7 @@ class LevelState:
         self.pos += n
         if self.period and self.pos % self.period == 0:
             for name, f in self.fast.items():
-                if isinstance(f, Fast) and f.learn is not None and f.learn.objective != "task":
+                if isinstance(f, Fast) and f.objective in ("l2", "dot"):
                     f.update()
                     self.check(name, f)
 

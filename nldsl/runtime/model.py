@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from . import memory as M
-from .level import LevelState, pieces
+from .desc import LevelDesc
+from .level import LevelState, differentiable, pieces
 
 
 def register(module: nn.Module, path: str, value: torch.Tensor, buffer: bool = False) -> str:
@@ -53,20 +54,20 @@ class Level(nn.Module):
     """One copy of a level: its outer parameters (flows' projections, convs, θ₀ of
     its memories) and its chunk step."""
 
-    def __init__(self, spec, copy: int):
+    def __init__(self, desc: LevelDesc, copy: int, spec=None):
         super().__init__()
-        self.spec, self.copy, self.key = spec, copy, f"{spec.name}.{copy}"
+        self.desc, self.copy, self.key = desc, copy, f"{desc.name}.{copy}"
+        self.spec = spec  # the checked LevelSpec, when compiled in this process
         self.links: dict[str, tuple[Level, str]] = {}  # nested CMS: memory -> (source level, memory)
         self.theta_paths: dict[str, dict[str, str]] = {}  # memory -> {W1: path of θ₀'s W1, ...}
-        for m in spec.memories:
-            if m.kind in ("attention", "elementwise") or "." in m.init:
+        for m in desc.memories:
+            if m.kind == "attention" or m.source is not None:
                 continue
-            constant = m.fixed or spec.scope == "frozen"  # θ₀ is a constant (design §2, docs/semantics.md §3)
-            self.theta_paths[m.name] = {k: register(self, f"{m.name}.{k}", t, buffer=constant)
-                                        for k, t in M.initial_state(m.kind, m.state_shapes(), m.init).items()}
+            self.theta_paths[m.name] = {k: register(self, f"{m.name}.{k}", t, buffer=m.constant)
+                                        for k, t in M.initial_state(m.kind, dict(m.shapes), m.init).items()}
 
     def attach(self, graph: fx.Graph) -> None:
-        self.__dict__["step"] = fx.GraphModule(self, graph, class_name=f"{self.spec.name}_step")
+        self.__dict__["step"] = fx.GraphModule(self, graph, class_name=f"{self.desc.name}_step")
 
     def theta0(self, memory: str) -> dict[str, torch.Tensor]:
         if memory in self.links:
@@ -106,24 +107,15 @@ class ModelState:
         return ls
 
 
-def _differentiable(theta: dict) -> dict:
-    """A task-learned state must be differentiable: its next gradient is taken with
-    respect to it."""
-    if all(t.requires_grad for t in theta.values()):
-        return theta
-    return {k: t.detach().requires_grad_() for k, t in theta.items()}
-
-
 class Model(nn.Module):
     """A compiled model. `model(tokens, state=None) -> (logits, state)`: tokens [B, T];
     `state=None` starts every sequence from the initial states; passing the returned
     state back continues the sequences (two calls on halves equal one call)."""
 
-    def __init__(self, spec, inner_clip: float | None = None):
+    def __init__(self, name: str, settings: dict, spec=None, inner_clip: float | None = None):
         super().__init__()
-        self.spec = spec
-        self.consts = dict(spec.settings)
-        self.settings = dict(spec.settings)
+        self.name, self.spec = name, spec  # spec: the checked ModelSpec, when compiled in this process
+        self.settings = dict(settings)
         self.options = {"inner_clip": inner_clip}
         self.slots: dict[str, str] = {}  # level name -> attribute holding its copies
 
@@ -133,7 +125,7 @@ class Model(nn.Module):
         self.slots[name] = slot
 
     def attach(self, graph: fx.Graph) -> None:
-        self.__dict__["segment"] = fx.GraphModule(self, graph, class_name=f"{self.spec.name}_segment")
+        self.__dict__["segment"] = fx.GraphModule(self, graph, class_name=f"{self.name}_segment")
 
     def print_readable(self, print_output: bool = True):
         return self.segment.print_readable(print_output)
@@ -141,34 +133,33 @@ class Model(nn.Module):
     # -- structure
     def levels(self):
         """Every level copy, in block order."""
-        for block in self.spec.blocks:
-            for name in block.levels:
-                yield from getattr(self, self.slots[name])
+        for slot in self.slots.values():
+            yield from getattr(self, slot)
 
     def link_sources(self) -> None:
         """Nested CMS: a memory with `init: other.mem` starts from, and every period of
         `other` restarts from, the same copy of that memory."""
         for lv in self.levels():
-            for m in lv.spec.memories:
-                if "." in m.init:
-                    src_level, src_mem = m.init.split(".")
+            for m in lv.desc.memories:
+                if m.source is not None:
+                    src_level, src_mem = m.source.split(".")
                     lv.links[m.name] = (getattr(self, self.slots[src_level])[lv.copy], src_mem)
 
     def task_levels(self):
-        return [lv for lv in self.levels() if any(l.objective == "task" for l in lv.spec.learns)
-                and lv.spec.scope == "sequence"]
+        return [lv for lv in self.levels() if any(m.objective == "task" for m in lv.desc.memories)
+                and lv.desc.scope == "sequence"]
 
     def cut(self) -> int | None:
         """Segment boundaries: every multiple of this many tokens (None: one segment)."""
-        periods = [lv.spec.period.count for lv in self.task_levels()]
-        periods += [src.spec.period.count for lv in self.levels() for src, _ in lv.links.values()
-                    if src.spec.scope == "sequence"]
+        periods = [lv.desc.period for lv in self.task_levels()]
+        periods += [src.desc.period for lv in self.levels() for src, _ in lv.links.values()
+                    if src.desc.scope == "sequence"]
         return math.gcd(*periods) if periods else None
 
     def task_span(self) -> int:
         """Tokens after which every task level is at a boundary together: the exact
         gradient of a period's loss reaches back through everything since it began."""
-        return math.lcm(*(lv.spec.period.count for lv in self.task_levels()))
+        return math.lcm(*(lv.desc.period for lv in self.task_levels()))
 
     # -- running
     def forward(self, tokens: torch.Tensor, state: ModelState | None = None):
@@ -214,12 +205,12 @@ class Model(nn.Module):
             else:
                 loss = None
             for name, f in ls.fast.items():
-                if f.learn is None or f.learn.objective != "task":
+                if f.objective != "task":
                     continue
                 lr, decay, beta = getattr(f, "task_rates", (1.0, None, None))
                 names = list(f.theta)
                 if loss is not None:
-                    create = outer_grad and not f.spec.detach
+                    create = outer_grad and not f.mem.detach
                     inputs = [f.theta[k] for k in names]
                     grads = torch.autograd.grad(loss, inputs, create_graph=create, retain_graph=True,
                                                 allow_unused=True)
@@ -232,12 +223,12 @@ class Model(nn.Module):
                 if (start + n) % P == 0:
                     f.update()
                     ls.check(name, f)
-                    f.theta = _differentiable(f.theta)
+                    f.theta = differentiable(f.theta)
 
     def _restart_nested(self, state: ModelState) -> None:
         for lv in self.levels():
             for mem, (src, src_mem) in lv.links.items():
-                if src.spec.scope != "sequence" or state.pos % src.spec.period.count:
+                if src.desc.scope != "sequence" or state.pos % src.desc.period:
                     continue
                 if lv.key in state.levels and src.key in state.levels:
                     f = state.levels[lv.key].fast[mem]
@@ -250,3 +241,12 @@ class Model(nn.Module):
         """Mean next-token cross-entropy of a batch of fresh sequences."""
         logits, _ = self(tokens[:, :-1])
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
+
+    # -- the outer optimizer
+    def configure_optimizer(self):
+        """The optimizer that training uses (design §1, §11): one optimizer per
+        `optimizer ... for GROUP` line of the spec, the parameters of cross-sequence
+        levels stepped every ⌈P / (batch·context)⌉ steps on their averaged gradients.
+        See `nldsl.runtime.optim.outer_optimizer`."""
+        from .optim import outer_optimizer
+        return outer_optimizer(self)

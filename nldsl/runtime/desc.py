@@ -1,0 +1,33 @@
+"""What the runtime needs to know of a level: plain, literal data.
+
+The backend fills these from the checked spec; emitted source writes them as
+literals, so a standalone model file needs nothing but torch and this runtime."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class MemoryDesc:
+    name: str
+    kind: str  # linear | mlp | attention
+    heads: int = 1
+    shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()  # θ's tensors, one copy: (("W2", (h, k, i)), ...)
+    act: str = "silu"
+    residual: bool = False
+    init: str = "normal"  # zeros | ones | normal | identity
+    constant: bool = False  # θ₀ is a buffer (`fixed`, or a frozen level), not an outer parameter
+    source: str | None = None  # nested CMS: `level.memory` whose state this one starts from
+    detach: bool = False
+    window: int | None = None
+    objective: str | None = None  # l2 | dot | task; None: never learns
+    rule: str | None = None  # gd | momentum | implicit | append
+    read: str = "before"
+
+
+@dataclass(frozen=True)
+class LevelDesc:
+    name: str
+    scope: str  # sequence | cross | outer | frozen
+    period: int | None  # tokens, for every level with a period
+    memories: tuple[MemoryDesc, ...] = ()
