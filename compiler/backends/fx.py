@@ -23,7 +23,7 @@ from torch import nn
 from ...runtime import ops
 from ...runtime.desc import LevelDesc, MemoryDesc
 from ...runtime.level import scan
-from ...runtime.model import Level, Model, register
+from ...runtime.model import Level, Model, init, register
 from .. import ast
 from ..spec import LevelSpec, ModelSpec, OuterParam, unique_name
 
@@ -65,7 +65,9 @@ class Exprs:
         self.taken.add(name)
         if name not in self.params:
             raise BackendError(f"no parameter `{name}` in the checked spec ({_where(span)})")
-        path = register(self.module, self.target(name), init_param(self.params[name], value))
+        p = self.params[name]
+        path = register(self.module, self.target(name), init(p.role, p.shape, value))
+        self.module.__dict__.setdefault("__made__", []).append((path, p.role, p.shape, value))
         return _locate(self.g.get_attr(path), span)
 
     def __call__(self, e, owner: str, this: str | None = None):
@@ -157,21 +159,6 @@ def _locate(node: fx.Node, span) -> fx.Node:
 
 
 # ------------------------------------------------------------------ parameters
-def init_param(p: OuterParam, value: float | None = None) -> torch.Tensor:
-    """Outer parameters start as: projections U(±1/√d_in) like nn.Linear, convs
-    U(±1/√w), norm scales 1, embedding and head N(0, 0.02²) as in GPT-2, `learned(c)` c."""
-    if p.role in ("proj", "conv"):
-        bound = 1 / math.sqrt(p.shape[-1])
-        return torch.empty(p.shape).uniform_(-bound, bound)
-    if p.role == "norm":
-        return torch.ones(p.shape)
-    if p.role in ("embedding", "head"):
-        return torch.randn(p.shape) * 0.02
-    if p.role == "scalar":
-        return torch.full(p.shape, float(value))
-    raise BackendError(f"no initialiser for {p.role} parameter `{p.name}`")
-
-
 def _local(name: str) -> str:
     """A spec parameter name inside its level or block copy: `titans.q.proj` -> `q.proj`."""
     return name.split(".", 1)[1]
@@ -327,7 +314,7 @@ class _ModelBuild:
 def build_model(spec: ModelSpec) -> Model:
     model = Model(spec.name, spec.settings, spec)
     for p in spec.params:  # embedding, final norm, head: names no spec can take
-        register(model, p.name, init_param(p))
+        register(model, p.name, init(p.role, p.shape))
     for block in spec.blocks:
         for name in block.levels:
             lv = spec.level(name)

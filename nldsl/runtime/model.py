@@ -25,6 +25,21 @@ from .desc import LevelDesc
 from .level import LevelState, differentiable, pieces
 
 
+def init(role: str, shape: tuple[int, ...], value: float | None = None) -> torch.Tensor:
+    """How an outer parameter starts: projections U(±1/√d_in) like nn.Linear, convs
+    U(±1/√w), norm scales 1, embedding and head N(0, 0.02²) as in GPT-2, `learned(c)` c."""
+    if role in ("proj", "conv"):
+        bound = 1 / math.sqrt(shape[-1])
+        return torch.empty(shape).uniform_(-bound, bound)
+    if role == "norm":
+        return torch.ones(shape)
+    if role in ("embedding", "head"):
+        return torch.randn(shape) * 0.02
+    if role == "scalar":
+        return torch.full(shape, float(value))
+    raise ValueError(f"no initialiser for a {role} parameter")
+
+
 def register(module: nn.Module, path: str, value: torch.Tensor, buffer: bool = False) -> str:
     """Register a parameter (or buffer) at a dotted path of spec names, making the
     modules between. A spec name that nn.Module already uses (`eval`, `to`, ...) gets
@@ -53,6 +68,8 @@ def _free(module: nn.Module, name: str, container: bool = False) -> str:
 class Level(nn.Module):
     """One copy of a level: its outer parameters (flows' projections, convs, θ₀ of
     its memories) and its chunk step."""
+
+    step = None  # the chunk step: set by `attach`, or a method in emitted source
 
     def __init__(self, desc: LevelDesc, copy: int, spec=None):
         super().__init__()
@@ -111,6 +128,8 @@ class Model(nn.Module):
     """A compiled model. `model(tokens, state=None) -> (logits, state)`: tokens [B, T];
     `state=None` starts every sequence from the initial states; passing the returned
     state back continues the sequences (two calls on halves equal one call)."""
+
+    segment = None  # the blocks over a run of tokens: set by `attach`, or a method in emitted source
 
     def __init__(self, name: str, settings: dict, spec=None, inner_clip: float | None = None):
         super().__init__()
