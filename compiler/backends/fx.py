@@ -13,10 +13,8 @@ named after the spec's names and carry their `.nl` span in `node.meta["nl_span"]
 from __future__ import annotations
 
 import linecache
-import math
 import operator
 
-import torch
 import torch.fx as fx
 from torch import nn
 
