@@ -793,6 +793,10 @@ class Checker:
                 else:
                     rates[a.key] = a.value
                     self.expect_rate(a.value, mem, env, f"`{a.key}`")
+                    if obj == "task" and not _per_period(a.value, env):
+                        self.err("NL130", f"rate `{a.key}` of a `task` objective is one number per period: a constant "
+                                 "or `learned(c)`, not a value of each token", a.value.span,
+                                 "the period's gradient is of the whole chunk's loss")
             for r in required:
                 if r not in rates:
                     self.err("NL114", f"`{rule_name}` needs `{r}:`", s.rule.span)
@@ -1199,6 +1203,17 @@ def _constant(e, env: Env) -> bool:
             if n.id in env.values or not (n.id in env.consts or n.id in ("true", "false")):
                 return False
         elif not isinstance(n, (ast.Number, ast.BinOp, ast.Neg)):
+            return False
+    return True
+
+
+def _per_period(e, env: Env) -> bool:
+    """Whether a rate is the same for every token: numbers, constants, `learned(c)`,
+    and arithmetic or elementwise functions of them."""
+    for n in ast.walk(e):
+        if isinstance(n, ast.Name) and not (n.id in env.consts or n.id in ("true", "false")):
+            return False
+        if isinstance(n, ast.Call) and n.func != "learned" and n.func not in ELEMENTWISE:
             return False
     return True
 
