@@ -1,4 +1,4 @@
-"""The `nldsl` command: check, fmt, ir, stats, graph.
+"""The `nldsl` command: check, fmt, ir, stats, graph, compile, train, eval, generate.
 
 A user's mistake prints located diagnostics and exits 1; only a bug in nldsl itself
 prints a traceback (and says so).
@@ -155,6 +155,112 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
+def cmd_compile(args) -> int:
+    """The model as one standalone Python file (needs torch and nldsl.runtime only)."""
+    from .api import compile as compile_model
+    from .compiler.backends.python import emit
+    from .train import TrainError, parse_overrides
+    try:
+        overrides = parse_overrides(args.set) or {}
+    except TrainError as e:
+        return _fail(str(e))
+    try:
+        model = compile_model(Path(args.file), name=args.name, **overrides)
+    except ValueError as e:  # no such model
+        return _fail(str(e))
+    source = emit(model)
+    if args.output is None:
+        sys.stdout.write(source)
+    else:
+        _atomic_write(Path(args.output), source.encode())
+        print(f"wrote {args.output}")
+    return 0
+
+
+def _run_errors(fn):
+    """Training commands: the user's mistakes there (data, checkpoints, divergence) are one `error:` line."""
+    def run(args) -> int:
+        from .train import user_errors
+        try:
+            return fn(args)
+        except user_errors() as e:
+            return _fail(str(e))
+    return run
+
+
+@_run_errors
+def cmd_train(args) -> int:
+    from .train import parse_overrides, train
+    train(args.file, data=args.data, steps=args.steps, out_dir=args.out, resume=args.resume,
+          overrides=parse_overrides(args.set), seed=args.seed, eval_every=args.eval_every,
+          eval_batches=args.eval_batches, ckpt_every=args.ckpt_every, sample=args.sample, quiet=args.quiet)
+    return 0
+
+
+def _ckpt_dir(args) -> Path:
+    """--ckpt, else the folder `train` writes the run of FILE into."""
+    from .train import TrainError, default_out
+    if args.ckpt is None and args.file is None:
+        raise TrainError("give the run's folder with --ckpt DIR (or the FILE it was trained from)")
+    return Path(args.ckpt) if args.ckpt is not None else default_out(args.file)
+
+
+@_run_errors
+def cmd_eval(args) -> int:
+    from .data import Corpus
+    from .train import describe, evaluate, load_run
+    ckpt_dir = _ckpt_dir(args)
+    model, ckpt = load_run(ckpt_dir, args.file)
+    data = args.data or ckpt.data
+    corpus = Corpus.load(data)
+    corpus.require(int(model.settings["context"]))
+    loss = evaluate(model, corpus, args.eval_batches or ckpt.eval_batches)
+    print(f"{ckpt_dir} (step {ckpt.step}), held-out {data}: {describe(loss)}")
+    return 0
+
+
+@_run_errors
+def cmd_generate(args) -> int:
+    from .train import generate, load_run
+    model, _ = load_run(_ckpt_dir(args), args.file)
+    prompt = args.prompt.encode()
+    out = generate(model, prompt, args.n, temperature=args.temperature, top_k=args.top_k, seed=args.seed)
+    print((prompt + out).decode("utf-8", errors="replace"))
+    return 0
+
+
+def _add_run_commands(sub) -> None:
+    t = sub.add_parser("train", help="train a model on bytes (checkpoints, resumable)")
+    t.add_argument("file", metavar="FILE")
+    t.add_argument("--data", help="`pydoc` (Python's help text, the default) or a text file")
+    t.add_argument("--steps", type=int, default=1000, metavar="N", help="train up to step N (default 1000)")
+    t.add_argument("--out", metavar="DIR", help="the run's folder (default: runs/<FILE's name>)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    t.add_argument("--seed", type=int, metavar="N", help="initialisation and batches (default 0; a resumed run keeps its own)")
+    t.add_argument("--eval-every", type=int, default=100, metavar="N", help="held-out loss every N steps (default 100; 0: at the start and end only)")
+    t.add_argument("--eval-batches", type=int, default=8, metavar="N", help="held-out batches per evaluation (default 8)")
+    t.add_argument("--ckpt-every", type=int, default=100, metavar="N", help="checkpoint every N steps (default 100; 0: at the end only)")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a model setting, e.g. --set dim=64 (repeatable)")
+    t.add_argument("--sample", type=int, default=200, metavar="N", help="bytes to sample at the end (default 200; 0: none)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(run=cmd_train)
+
+    e = sub.add_parser("eval", help="held-out loss and bits per byte of a checkpoint")
+    g = sub.add_parser("generate", help="sample text from a checkpoint")
+    for s in (e, g):
+        s.add_argument("file", metavar="FILE", nargs="?", help="the spec (default: the one stored in the checkpoint)")
+        s.add_argument("--ckpt", metavar="DIR", help="the run's folder (default: runs/<FILE's name>)")
+    e.add_argument("--data", help="`pydoc` or a text file (default: the run's data)")
+    e.add_argument("--eval-batches", type=int, metavar="N", help="held-out batches (default: as many as the run used)")
+    e.set_defaults(run=cmd_eval)
+    g.add_argument("--prompt", default="\n", metavar="TEXT", help="the text to continue (default: a newline)")
+    g.add_argument("-n", type=int, default=200, help="bytes to generate (default 200)")
+    g.add_argument("--temperature", type=float, default=0.8, metavar="T", help="0 picks the likeliest byte (default 0.8)")
+    g.add_argument("--top-k", type=int, metavar="K", help="sample among the K likeliest bytes only")
+    g.add_argument("--seed", type=int, default=0, metavar="N", help="the same seed draws the same text (default 0)")
+    g.set_defaults(run=cmd_generate)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nldsl", description="A compiler for Nested Learning specs (.nl files).")
     sub = p.add_subparsers(dest="command", required=True)
@@ -181,6 +287,13 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "graph":
             s.add_argument("-o", "--output", help="out.dot (or .gv), out.svg, out.png or out.pdf (default: DOT on stdout)")
         s.set_defaults(run=fn)
+    k = sub.add_parser("compile", help="write the model as a standalone Python file")
+    k.add_argument("file", metavar="FILE")
+    k.add_argument("-o", "--output", metavar="model.py", help="where to write it (default: stdout)")
+    k.add_argument("--name", help="which model of the file (default: the first)")
+    k.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a model setting, e.g. --set dim=64")
+    k.set_defaults(run=cmd_compile)
+    _add_run_commands(sub)
     return p
 
 

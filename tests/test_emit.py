@@ -82,3 +82,25 @@ def test_emitted_model_trains(tmp_path):
     loss = model.loss(tokens)
     loss.backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+def test_cli_compile_writes_the_same_file_twice(tmp_path, capsys):
+    from nldsl import cli
+    a, b = tmp_path / "a.py", tmp_path / "b.py"
+    assert cli.main(["compile", str(EXAMPLES / "titans.nl"), "-o", str(a), "--set", "dim=32"]) == 0
+    assert cli.main(["compile", str(EXAMPLES / "titans.nl"), "-o", str(b), "--set", "dim=32"]) == 0
+    assert a.read_bytes() == b.read_bytes()
+    assert "register(self, 'q.proj', init('proj', (32, 32)))" in a.read_text()
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["compile", str(EXAMPLES / "cms.nl"), "--name", "nope"], "no model named `nope`"),
+    (["compile", str(EXAMPLES / "optim" / "adam.nl")], "defines no model"),
+    (["compile", str(EXAMPLES / "hope.nl"), "--set", "dim=3x"], "is not a number"),
+    (["compile", str(EXAMPLES / "hope.nl"), "--set", "dim=30"], "error[NL131]"),
+])
+def test_cli_compile_user_errors(argv, message, capsys):
+    from nldsl import cli
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
