@@ -1,6 +1,7 @@
 """The Python API: compile a spec into a trainable module or an optimizer."""
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 
 from .compiler.driver import check
@@ -30,4 +31,61 @@ def compile(source: str | Path, *, name: str | None = None, inner_clip: float | 
     return model
 
 
-__all__ = ["compile", "NLError"]
+def _optimizer_spec(source, name: str | None, hparams: dict):
+    """The checked spec of one optimizer definition with `hparams` in place of its
+    defaults. The whole file is checked first; then the chosen definition is checked
+    again with the new values, since sizes and later defaults may depend on them
+    (`hidden` in dmgd.nl)."""
+    from .compiler.check import Checker
+    from .compiler.diagnostics import Report
+    from .compiler.driver import load
+
+    program = check(source)  # every error of the file, as NLError
+    where = "the spec" if not (isinstance(source, Path) or str(source).endswith(".nl")) else str(source)
+    if name is None:
+        if not program.optimizers:
+            raise ValueError(f"{where} defines no optimizer")
+        name = program.optimizers[0].name
+    loaded = load(source)
+    report = Report()
+    checker = Checker(loaded, report)
+    visible = checker.visible_optimizers(loaded.root)  # the root file's and its imports'
+    found = visible.get(name)
+    if found is None:
+        close = difflib.get_close_matches(name, list(visible), n=1)
+        hint = f"; did you mean `{close[0]}`?" if close else f" (it defines: {', '.join(visible) or 'none'})"
+        raise ValueError(f"{where} defines no optimizer named `{name}`{hint}")
+    definition, file = found
+    known = [p.name for p in definition.params]
+    values = {}
+    for key, value in hparams.items():
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"did you mean `{close[0]}`?" if close else f"its hyperparameters: {', '.join(known) or 'none'}"
+            raise ValueError(f"optimizer `{name}` has no hyperparameter `{key}`; {hint}")
+        if isinstance(value, bool):
+            value = float(value)  # `true` / `false` in a spec
+        elif isinstance(value, (int, float)):
+            value = float(value)
+        else:
+            raise TypeError(f"hyperparameter `{key}` of optimizer `{name}` must be a number or a bool, "
+                            f"not {type(value).__name__}")
+        values[key] = value
+    spec = checker.optimizer(definition, file, values)
+    report.raise_if_errors()
+    return spec
+
+
+def compile_optimizer(source: str | Path, params, *, name: str | None = None, **hparams):
+    """An optimizer spec (a path, or the text itself) -> a `torch.optim.Optimizer` over
+    `params` (tensors or parameter groups, as for any torch optimizer).
+
+    `name` picks an optimizer definition (default: the first one defined in the file);
+    `hparams` replace its defaults (`lr=3e-4, nesterov=True`). The hyperparameters are
+    constants of the compiled step. See docs/optimizers.md."""
+    from .runtime.optim import SpecOptimizer
+
+    return SpecOptimizer(params, _optimizer_spec(source, name, hparams))
+
+
+__all__ = ["compile", "compile_optimizer", "NLError"]
