@@ -29,7 +29,7 @@ demo: setup
 	@mkdir -p out
 	$(BIN)/nldsl graph examples/hope.nl -o out/hope.svg || echo "(the diagram was written as DOT text: out/hope.dot)"
 	rm -rf out/hope
-	$(BIN)/nldsl train examples/hope.nl --set dim=96 --set context=128 --steps 200 --eval-every 50 --out out/hope
+	$(BIN)/nldsl train examples/hope.nl --set dim=96 --set context=128 --steps 150 --eval-every 50 --out out/hope
 
 test: setup
 	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q
