@@ -6,14 +6,13 @@ prints a traceback (and says so).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 from .compiler import passes
 from .compiler.diagnostics import NLError, Report, render
 from .compiler.driver import check as check_source
+from .files import atomic_write
 
 
 def _report_errors(e: NLError, fmt: str) -> int:
@@ -105,13 +104,13 @@ def cmd_graph(args) -> int:
             data = render_dot(dot, fmt)
         except DotMissing as e:
             fallback = out.with_suffix(".dot")
-            _atomic_write(fallback, dot.encode())
+            atomic_write(fallback, dot.encode())
             print(f"note: {e}\nwrote DOT text to {fallback} instead", file=sys.stderr)
             return 1
     if out is None:
         sys.stdout.write(dot)
     else:
-        _atomic_write(out, data)
+        atomic_write(out, data)
         print(f"wrote {out}")
     return 0
 
@@ -135,24 +134,9 @@ def cmd_fmt(args) -> int:
             print(f"{f}: would be reformatted")
             status = 1
         else:
-            _atomic_write(path, formatted.encode())
+            atomic_write(path, formatted.encode())
             print(f"formatted {f}")
     return status
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file ordinary permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def cmd_compile(args) -> int:
@@ -172,7 +156,7 @@ def cmd_compile(args) -> int:
     if args.output is None:
         sys.stdout.write(source)
     else:
-        _atomic_write(Path(args.output), source.encode())
+        atomic_write(Path(args.output), source.encode())
         print(f"wrote {args.output}")
     return 0
 

@@ -13,9 +13,7 @@ import csv
 import io
 import json
 import math
-import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +23,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .data import PYDOC, Corpus, DataError
+from .files import atomic_write
 
 CHECKPOINT = "model.safetensors"
 FORMAT = "nldsl-run/1"
@@ -295,33 +294,6 @@ def load_run(ckpt_dir: str | Path, spec_path: str | Path | None = None):
     model.eval()
     return model, ckpt
 
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """A temporary file beside `path`, fsynced, then renamed over it: a crash at any moment
-    leaves the old file or the new one, never a torn one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file ordinary permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable
-        dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-
-
-# --- training ----------------------------------------------------------------------
 
 class _NonFiniteLoss(ArithmeticError):
     pass
