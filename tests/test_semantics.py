@@ -32,6 +32,11 @@ def run_level(model, name: str, x: torch.Tensor, state=None):
     return scan(level_of(model, name), x, state), state
 
 
+def qkv(lv, x: torch.Tensor):
+    """The flows q, k, v = proj(x) of a level, computed here from its weights."""
+    return tuple(x @ getattr(lv, n).proj.T for n in "qkv")
+
+
 def heads(t: torch.Tensor, h: int) -> torch.Tensor:  # [B, T, d] -> [B, h, T, d/h]
     return t.reshape(t.shape[0], t.shape[1], h, -1).transpose(1, 2)
 
@@ -187,7 +192,7 @@ def test_mlp_memory_with_momentum_equals_autograd_loop():
     lv = level_of(model, "L")
     x = torch.randn(2, 12, 8, dtype=torch.float64)
     y, _ = run_level(model, "L", x)
-    q, k, v = x @ lv.q.proj.T, x @ lv.k.proj.T, x @ lv.v.proj.T
+    q, k, v = qkv(lv, x)
     lr = 0.1 * torch.sigmoid(x @ lv.lr.proj.T)[..., 0]
 
     def mlp(th, e):
@@ -223,7 +228,7 @@ def test_implicit_rule_with_unit_keys_rescales_the_rate():
     lv = level_of(model, "L")
     x = torch.randn(1, 6, 8, dtype=torch.float64)
     y, st = run_level(model, "L", x)
-    q, k, v = x @ lv.q.proj.T, x @ lv.k.proj.T, x @ lv.v.proj.T
+    q, k, v = qkv(lv, x)
     k = k / (k.norm(dim=-1, keepdim=True) + 1e-6)  # l2norm, unit up to its 1e-6
     assert torch.allclose(k.norm(dim=-1), torch.ones(1, 6, dtype=torch.float64), atol=1e-5)
     S = lv.M.W[0].detach().clone()
@@ -299,6 +304,16 @@ def test_streaming_equals_one_call(example, cut):
             steps = [model(tokens[:, i:i + 1], st)[0] for i in range(cut, cut + 6)]
             torch.testing.assert_close(torch.cat(steps, 1), whole[:, cut:cut + 6], atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(torch.cat([first, second], 1), whole, atol=1e-5, rtol=1e-4)
+
+
+def test_a_conv_in_a_block_carries_over_between_calls():
+    model = nldsl.compile(spec("outer { memory f : mlp(dim) }", block="x = x + L(conv(rmsnorm(x), 3))"))
+    tokens = torch.randint(0, 32, (2, 9))
+    with torch.no_grad():
+        whole, _ = model(tokens)
+        first, state = model(tokens[:, :4])
+        second, _ = model(tokens[:, 4:], state)
+    torch.testing.assert_close(torch.cat([first, second], 1), whole)
 
 
 def test_streaming_with_gradients_equals_one_call():
@@ -379,7 +394,7 @@ def test_detach_gives_the_first_order_gradient():
     probe = torch.randn(1, 5, 8, dtype=torch.float64)
     y, _ = run_level(model, "L", x)
     ours = torch.autograd.grad((y * probe).sum(), lv.M.W)[0]
-    q, k, v = (x @ getattr(lv, n).proj.T for n in "qkv")
+    q, k, v = qkv(lv, x)
     S0 = lv.M.W[0].detach().clone().requires_grad_()
     S, out = S0, []
     for t in range(5):

@@ -108,9 +108,9 @@ class Exprs:
         args = [self(p, owner, this) for p in pos]
         if f == "proj":
             return self.call(ops.proj, (args[0], self.param(owner, "proj", span)), span=span)
-        if f == "conv":
-            name = unique_name(f"{owner}.conv", self.taken)
-            return self.call("conv", (self.st, name, args[0], self.param(owner, "conv", span)), span=span, method=True)
+        if f == "conv":  # its weight's path also names the inputs it carries over (`st.conv`)
+            weight = self.param(owner, "conv", span)
+            return self.call("conv", (self.st, weight.target, args[0], weight), span=span, method=True)
         if f == "rmsnorm":
             eps = self(kw["eps"], owner) if "eps" in kw else 1e-6
             return self.call(ops.rmsnorm, (args[0], self.param(owner, "rmsnorm", span), eps), span=span)
@@ -184,7 +184,7 @@ class _Memories:
 
 class _LevelBuild:
     def __init__(self, spec: LevelSpec, consts: dict, level: Level):
-        self.spec, self.consts = spec, consts
+        self.spec = spec
         self.mem_specs = {m.name: m for m in spec.memories}
         self.flows = {f.name: f for f in spec.flows}
         self.g = fx.Graph()

@@ -158,8 +158,7 @@ def emit(model) -> str:
     out.append(f'    """model {model.name} ({Path(spec.file).name})."""\n')
     out.append("    def __init__(self, inner_clip: float | None = None):")
     out.append(f"        super().__init__({model.name!r}, {dict(model.settings)!r}, inner_clip=inner_clip)")
-    for p in spec.params:
-        out.append(f"        register(self, {p.name!r}, init({p.role!r}, {tuple(p.shape)!r}))")
+    out += _registers([(p.name, p.role, p.shape, None) for p in spec.params])
     for name, slot in model.slots.items():
         copies = len(getattr(model, slot))
         out.append(f"        self.add_level({name!r}, [{classes[name]}(c) for c in range({copies})])")

@@ -16,6 +16,7 @@ import torch
 
 from . import memory as M
 from .errors import NonFiniteError
+from .ops import conv, conv_tail
 
 
 def as_rate(r, batch: int, n: int, heads: int, like: torch.Tensor) -> torch.Tensor:
@@ -89,9 +90,10 @@ class Fast:
         """Per-item states [B, n, h, ...]: S_j moved by the items up to each token
         (design §6), with the period's decay so far."""
         c = self.chunk
+        # the period's sums up to each item: this chunk's running sums on top of earlier chunks'
+        steps = {k: v + (0 if self.acc is None else self.acc[k].unsqueeze(1)) for k, v in c["cum"].items()}
         if self.rule == "implicit":
-            sums = {k: v + (0 if self.acc is None else self.acc[k].unsqueeze(1)) for k, v in c["cum"].items()}
-            return {"W": M.implicit_solve(self.theta["W"].unsqueeze(1), sums["VK"], sums["KK"])}
+            return {"W": M.implicit_solve(self.theta["W"].unsqueeze(1), steps["VK"], steps["KK"])}
 
         def decayed(x: dict, factor_cum, factor_acc):
             out = {}
@@ -103,7 +105,6 @@ class Fast:
                 out[k] = v.unsqueeze(1) * f
             return out
 
-        steps = {k: v + (0 if self.acc is None else self.acc[k].unsqueeze(1)) for k, v in c["cum"].items()}
         base = decayed(self.theta, c["decay"], self.decay)
         if self.z is None:
             return {k: base[k] - steps[k] for k in base}
@@ -188,17 +189,35 @@ class Cache:
         pass
 
 
-class LevelState:
+class Carry:
+    """The last inputs of each causal conv, carried from one call of a graph to the
+    next, so cutting a sequence changes nothing (a level's flows, a block's calls)."""
+
+    def __init__(self):
+        self.tails: dict[str, torch.Tensor] = {}
+
+    def conv(self, name: str, x, weight):
+        tail = self.tails.get(name)
+        if tail is None:
+            tail = conv_tail(x.shape[0], weight, x)
+        y, self.tails[name] = conv(x, weight, tail)
+        return y
+
+    def detach(self) -> None:
+        self.tails = {k: v.detach() for k, v in self.tails.items()}
+
+
+class LevelState(Carry):
     """Everything one copy of a level carries from token to token of a batch of
     sequences: its position, each memory's fast state, each conv's last inputs."""
 
     def __init__(self, level, batch: int, options: dict):
+        super().__init__()
         desc = level.desc
         self.name, self.batch, self.options = level.key, batch, options
         self.pos = 0
         self.period = desc.period if desc.scope == "sequence" else None
         self.fast: dict[str, Fast | Cache] = {}
-        self.tails: dict[str, torch.Tensor] = {}
         for m in desc.memories:
             if m.kind == "attention":
                 self.fast[m.name] = Cache(m, self.period or 1)
@@ -220,11 +239,10 @@ class LevelState:
             if isinstance(f, Cache):
                 f.K, f.V = cut(f.K), cut(f.V)
                 continue
-            task = f.objective == "task"
             f.theta, f.z, f.acc, f.decay, f.beta = cut(f.theta), cut(f.z), cut(f.acc), cut(f.decay), cut(f.beta)
-            if task:
-                f.theta = {k: v.requires_grad_() for k, v in f.theta.items()}
-        self.tails = {k: v.detach() for k, v in self.tails.items()}
+            if f.objective == "task":
+                f.theta = differentiable(f.theta)
+        super().detach()
 
     # -- called by the compiled chunk step
     def read(self, memory: str, e, start: bool = False):
@@ -234,10 +252,8 @@ class LevelState:
         if isinstance(f, Cache):
             return f.read(e, self.pos)
         s = f.mem
-        if f.within and not start and f.chunk is not None:
-            theta = f.state_within()
-            return M.merge_heads(_read_items(s, theta, M.split_heads(e, s.heads)))
-        return M.read(s.kind, f.theta, e, s.heads, s.act, s.residual)
+        theta = f.state_within() if f.within and not start and f.chunk is not None else f.theta
+        return M.read(s.kind, theta, e, s.heads, s.act, s.residual)
 
     def learn(self, memory: str, key, value, lr=1.0, decay=None, beta=None):
         f = self.fast[memory]
@@ -249,14 +265,6 @@ class LevelState:
     def rates(self, memory: str, lr=1.0, decay=None, beta=None):
         """The rates of a memory that learns on the outer task (applied by the model)."""
         self.fast[memory].task_rates = (lr, decay, beta)
-
-    def conv(self, name: str, x, weight):
-        from .ops import conv, conv_tail
-        tail = self.tails.get(name)
-        if tail is None:
-            tail = conv_tail(x.shape[0], weight, x)
-        y, self.tails[name] = conv(x, weight, tail)
-        return y
 
     # -- called by scan
     def end_chunk(self, n: int):
@@ -274,13 +282,6 @@ class LevelState:
             bad = ~torch.isfinite(t.detach().reshape(t.shape[0], -1)).all(1)
             if bad.any():
                 raise NonFiniteError(self.name, name, self.pos, int(bad.nonzero()[0, 0]))
-
-
-def _read_items(s, theta: dict, e):
-    """Each item read at its own state (per-item θ [B, n, h, ...])."""
-    if s.kind == "linear":
-        return M._mm(theta["W"], e)
-    return M.mlp_forward(theta, e, s.act, s.residual)[0]
 
 
 def pieces(pos: int, n: int, period: int | None):

@@ -79,7 +79,8 @@ def mlp_forward(theta: dict, e: torch.Tensor, act: str, residual: bool):
 
 
 def read(kind: str, theta: dict, e: torch.Tensor, heads: int, act: str = "silu", residual: bool = False):
-    """M(e) for a token stream e [B, n, d_in] -> [B, n, d_out]."""
+    """M(e) for a token stream e [B, n, d_in] -> [B, n, d_out], at one state per
+    sequence or at each item's own state (per-item θ)."""
     e = split_heads(e, heads)
     if kind == "linear":
         y = _mm(theta["W"], e)

@@ -22,7 +22,7 @@ from torch import fx, nn
 
 from . import memory as M
 from .desc import LevelDesc
-from .level import LevelState, differentiable, pieces
+from .level import Carry, LevelState, differentiable, pieces
 
 
 def init(role: str, shape: tuple[int, ...], value: float | None = None) -> torch.Tensor:
@@ -100,16 +100,19 @@ class Level(nn.Module):
         return self.step.print_readable(print_output)
 
 
-class ModelState:
+class ModelState(Carry):
     """The fast state of a batch of sequences: every level copy's state, the position,
-    and the last prediction of the previous segment (for periods cut across calls)."""
+    the last prediction of the previous segment (for periods cut across calls), and
+    the inputs the blocks' convs carry over."""
 
     def __init__(self, model: "Model", batch: int):
+        super().__init__()
         self.batch, self.pos, self.options = batch, 0, model.options
         self.levels: dict[str, LevelState] = {}
         self.last_logits = None
 
     def detach(self) -> None:
+        super().detach()
         for ls in self.levels.values():
             ls.detach()
         if self.last_logits is not None:
@@ -185,6 +188,7 @@ class Model(nn.Module):
         if state is None:
             state = ModelState(self, tokens.shape[0])
         tasks = self.task_levels()
+        span = self.task_span() if tasks else 1
         outer_grad = torch.is_grad_enabled()
         outs = []
         for i, n in pieces(state.pos, tokens.shape[1], self.cut()):
@@ -196,7 +200,7 @@ class Model(nn.Module):
             state.pos += n
             self._restart_nested(state)
             if not outer_grad:  # inference: keep no graph, except what a task period still needs
-                if not tasks or state.pos % self.task_span() == 0:
+                if state.pos % span == 0:
                     state.detach()
                 logits = logits.detach()
             outs.append(logits)
@@ -209,20 +213,24 @@ class Model(nn.Module):
         start, n = state.pos, seg.shape[1]
         prev = state.last_logits
         state.last_logits = logits[:, -1:]
+        # predictions at positions p = first .. start+n-2, each for the token at p + 1
+        preds = logits[:, :-1] if prev is None else torch.cat([prev, logits[:, :-1]], 1)
+        targets = seg[:, 1:] if prev is None else seg
+        first = start if prev is None else start - 1
+        after = torch.arange(first, first + targets.shape[1]) + 1
+        losses: dict[int, torch.Tensor | None] = {}  # one loss per period length, shared by its levels
+
+        def period_loss(P: int):
+            if P not in losses:
+                keep = after % P != 0  # both tokens inside one period
+                losses[P] = F.cross_entropy(preds[:, keep].reshape(-1, preds.shape[-1]), targets[:, keep].reshape(-1),
+                                            reduction="sum") if keep.any() else None
+            return losses[P]
+
         for lv in tasks:
             ls = state.level(lv, seg.shape[0])
             P = ls.period
-            # predictions at positions p = start-1 .. start+n-2 for the token at p + 1
-            preds = logits[:, :-1] if prev is None else torch.cat([prev, logits[:, :-1]], 1)
-            targets = seg[:, 1:] if prev is None else seg
-            first = start if prev is None else start - 1
-            p = torch.arange(first, first + targets.shape[1])
-            keep = (p + 1) % P != 0  # both tokens inside one period
-            if keep.any():
-                loss = F.cross_entropy(preds[:, keep].reshape(-1, preds.shape[-1]), targets[:, keep].reshape(-1),
-                                       reduction="sum")
-            else:
-                loss = None
+            loss = period_loss(P)
             for name, f in ls.fast.items():
                 if f.objective != "task":
                     continue

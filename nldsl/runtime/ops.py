@@ -95,22 +95,21 @@ def select(cond, a, b):
     return a if cond else b
 
 
-def maximum(a, b):
-    if torch.is_tensor(a) and torch.is_tensor(b):
-        return torch.maximum(a, b)
-    if torch.is_tensor(a) or torch.is_tensor(b):
-        t, c = (a, b) if torch.is_tensor(a) else (b, a)
-        return torch.clamp(t, min=c)
-    return max(a, b)
+def _extreme(tensors, bound: str, numbers, name: str):
+    """max or min of two tensors, a tensor and a number (a clamp), or two numbers."""
+    def f(a, b):
+        if torch.is_tensor(a) and torch.is_tensor(b):
+            return tensors(a, b)
+        if torch.is_tensor(a) or torch.is_tensor(b):
+            t, c = (a, b) if torch.is_tensor(a) else (b, a)
+            return torch.clamp(t, **{bound: c})
+        return numbers(a, b)
+    f.__name__ = name
+    return f
 
 
-def minimum(a, b):
-    if torch.is_tensor(a) and torch.is_tensor(b):
-        return torch.minimum(a, b)
-    if torch.is_tensor(a) or torch.is_tensor(b):
-        t, c = (a, b) if torch.is_tensor(a) else (b, a)
-        return torch.clamp(t, max=c)
-    return min(a, b)
+maximum = _extreme(torch.maximum, "min", max, "maximum")
+minimum = _extreme(torch.minimum, "max", min, "minimum")
 
 
 def embed(tokens, weight):
