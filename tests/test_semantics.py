@@ -213,6 +213,150 @@ def test_mlp_memory_with_momentum_equals_autograd_loop():
     torch.testing.assert_close(y, out)
 
 
+def test_self_modifying_titans_equals_a_loop_over_periods():
+    """HOPE's titans level (design §7), written from its equations: per period, every
+    memory is read at S_j; q, k, v pass a causal width-4 conv over the whole stream;
+    each memory takes the autograd gradient of Σ η_t/2 ‖M(k_t) − M(v_t)‖² (target
+    held constant) at S_j and decays by the product of the period's α_t, per head."""
+    model = nldsl.compile(EXAMPLES / "hope.nl", dim=8, heads=2, depth=1, context=64).double()
+    lv = level_of(model, "titans")
+    B, T, d, h, P = 2, 40, 8, 2, 16  # 40: the last period is cut short
+    x = torch.randn(B, T, d, dtype=torch.float64)
+    y, st = run_level(model, "titans", x)
+
+    names = ("k", "v", "mem", "eta", "alpha")
+
+    def mem(th, e, residual):  # [.., d] -> [.., h, o]: per head e + W1 silu(W2 e)
+        e = e.reshape(*e.shape[:-1], h, d // h)
+        out = torch.einsum("hok,...hk->...ho", th["W1"], F.silu(torch.einsum("hki,...hi->...hk", th["W2"], e)))
+        return out + e if residual else out
+
+    def causal_conv(seq, w):  # seq [n, d], w [d, 4]: y_t = Σ_s w[:, s] seq_{t-3+s}
+        padded = torch.cat([seq.new_zeros(3, d), seq])
+        return torch.stack([(padded[t:t + 4].T * w).sum(-1) for t in range(len(seq))])
+
+    def unit(e):  # l2norm per head
+        e = e.reshape(*e.shape[:-1], h, d // h)
+        return (e / (e.norm(dim=-1, keepdim=True) + 1e-6)).flatten(-2)
+
+    q_all = x @ lv.q.proj.T
+    out = torch.zeros_like(x)
+    for b in range(B):
+        th = {n: {w: getattr(getattr(lv, n), w).detach().clone() for w in ("W1", "W2")} for n in names}
+        kx, vx = [], []
+        for j in range(0, T, P):
+            span = range(j, min(j + P, T))
+            xs = x[b, j:span.stop]
+            kx.append(mem(th["k"], xs, True).flatten(-2))
+            vx.append(mem(th["v"], xs, True).flatten(-2))
+            n = len(span)
+            q = unit(causal_conv(q_all[b, :span.stop], lv.q.conv)[-n:])
+            key = unit(causal_conv(torch.cat(kx), lv.key_.conv)[-n:])
+            val = causal_conv(torch.cat(vx), lv.val.conv)[-n:]
+            lr = 0.02 * F.softplus(mem(th["eta"], xs, False)[..., 0])  # [n, h]
+            keep = torch.sigmoid(mem(th["alpha"], xs, False)[..., 0])
+            out[b, j:span.stop] = mem(th["mem"], q, True).flatten(-2)
+            new = {}
+            for name in names:
+                target = mem(th[name], val, name not in ("eta", "alpha")).detach()
+                leaves = {w: t.clone().requires_grad_() for w, t in th[name].items()}
+                loss = (lr[..., None] * 0.5 * (mem(leaves, key, name not in ("eta", "alpha")) - target) ** 2).sum()
+                g = dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values()))))
+                decay = keep.prod(0)[:, None, None]
+                new[name] = {w: decay * th[name][w] - g[w] for w in th[name]}
+            if span.stop - j == P:  # a period cut short by the stream's end waits for its boundary
+                th = new
+        for name in names:
+            for w in ("W1", "W2"):
+                torch.testing.assert_close(st.levels["titans.0"].fast[name].theta[w][b], th[name][w])
+    torch.testing.assert_close(y, out)
+
+
+@pytest.mark.parametrize("value", [0.1, 0.3])
+def test_a_learned_rate_is_an_outer_scalar(value):
+    """`lr: learned(0.1)`: one scalar of the outer level, starting at 0.1; the output
+    and its gradient to the scalar equal the period loop's with that rate."""
+    text = spec("""every 4 tokens {
+    memory M : linear(dim, init: normal)
+    flow q = proj(x)
+    flow k = proj(x)
+    flow v = proj(x)
+    learn M : l2(k, v) by gd(lr: learned(0.1), decay: 0.9)
+    out M(q)
+  }""")
+    model = nldsl.compile(text).double()
+    lv = level_of(model, "L")
+    rate = lv.M.lr.learned
+    assert rate.item() == pytest.approx(0.1) and rate.requires_grad
+    with torch.no_grad():
+        rate.fill_(value)
+    x = torch.randn(2, 10, 8, dtype=torch.float64)
+    y, _ = run_level(model, "L", x)
+    ref_rate = torch.tensor(value, dtype=torch.float64, requires_grad=True)
+    ref = _mini_batch_reference(x, lv.q.proj, lv.k.proj, lv.v.proj, lv.M.W[0], ref_rate, 4, 0.9)
+    torch.testing.assert_close(y, ref)
+    probe = torch.randn_like(y)
+    (got,) = torch.autograd.grad((y * probe).sum(), [rate])
+    (want,) = torch.autograd.grad((ref * probe).sum(), [ref_rate])
+    torch.testing.assert_close(got, want)
+
+
+def test_independent_cms_with_a_frozen_level_is_plain_torch():
+    """The `independent` CMS wiring x + w_a a(h) + w_b b(h) with `learned` weights,
+    then a `frozen` linear level, against the same model written in plain torch: equal
+    logits and gradients; an optimizer step moves the weights and leaves the frozen
+    level as it was (a buffer, never a parameter)."""
+    text = """model m {
+  vocab 32
+  dim 8
+  context 8
+  level a outer { memory f : mlp(dim, hidden: 16) }
+  level b outer { memory f : mlp(dim, hidden: 16) }
+  level t frozen { memory f : linear(dim, init: normal) }
+  block {
+    h = rmsnorm(x)
+    x = x + learned(0.5) * a(h) + learned(2) * b(h)
+    x = t(x)
+  }
+  objective next_token
+  optimizer adam(lr: 1e-2)
+}"""
+    model = nldsl.compile(text).double()
+    P = dict(model.named_parameters())
+    frozen = model.get_buffer("t.0.f.W")
+    assert not any(p is frozen for p in P.values())
+    assert P["block0.0.x.learned"].item() == 0.5 and P["block0.0.x.learned_1"].item() == 2.0
+
+    def norm(x, w):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * w
+
+    def mlp(name, x):
+        return F.silu(x @ P[f"{name}.0.f.W2"][0].T) @ P[f"{name}.0.f.W1"][0].T
+
+    tokens = torch.randint(0, 32, (3, 8))
+    x = F.embedding(tokens, P["embed"])
+    h = norm(x, P["block0.0.h.rmsnorm"])
+    x = x + P["block0.0.x.learned"] * mlp("a", h) + P["block0.0.x.learned_1"] * mlp("b", h)
+    x = x @ frozen[0].T
+    want = norm(x, P["norm"]) @ P["head"].T
+    got, _ = model(tokens)
+    torch.testing.assert_close(got, want)
+    probe = torch.randn_like(got)
+    names = list(P)
+    g_got = torch.autograd.grad((got * probe).sum(), [P[n] for n in names])
+    g_want = torch.autograd.grad((want * probe).sum(), [P[n] for n in names])
+    for n, a, b in zip(names, g_got, g_want):
+        torch.testing.assert_close(a, b, msg=n)
+
+    before = frozen.clone()
+    weights = {n: p.detach().clone() for n, p in P.items()}
+    opt = model.configure_optimizer()
+    model.loss(tokens).backward()
+    opt.step()
+    assert torch.equal(model.get_buffer("t.0.f.W"), before)
+    assert all(not torch.equal(P[n], weights[n]) for n in ("block0.0.x.learned", "a.0.f.W1", "embed"))
+
+
 def test_implicit_rule_with_unit_keys_rescales_the_rate():
     """Period 1: the exact proximal step is a delta rule with η' = η/(1+η‖k‖²)
     (Sherman-Morrison), η/(1+η) for unit keys, the paper's η'."""

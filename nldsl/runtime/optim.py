@@ -314,7 +314,8 @@ def outer_optimizer(model, seed: int = 0) -> MultiRateOptimizer:
 
     if model.spec is None:
         raise ValueError(f"model `{model.name}` carries no checked spec (it was not compiled in this process), "
-                         "so its `optimizer` lines are unknown: compile the spec with nldsl.compile")
+                         "so its `optimizer` lines are unknown: compile the spec with nldsl.compile, or build an "
+                         "optimizer with nldsl.compile_optimizer(path, model.parameters())")
     batch, context = int(model.settings.get("batch", 8)), int(model.settings.get("context", 512))
     every: dict[int, int] = {}
     for lv in model.levels():
