@@ -17,17 +17,19 @@ def _model_spec(source, name: str | None, overrides: dict):
     return models[0]
 
 
-def compile(source: str | Path, *, name: str | None = None, inner_clip: float | None = None, **overrides):
+def compile(source: str | Path, *, name: str | None = None, inner_clip: float | None = None, fused: bool = True,
+            **overrides):
     """A `.nl` spec (a path, or the text itself) -> a trainable `nn.Module`.
 
     `overrides` replace model settings (`dim=64, context=128`); `name` picks a model
     when the file defines several; `inner_clip` clips every inner update to that norm
-    per sequence instead of stopping at a NaN or Inf."""
+    per sequence instead of stopping at a NaN or Inf; `fused=False` runs the
+    reference path, one period at a time (docs/performance.md)."""
     from .compiler.backends.fx import build_model
 
     spec = _model_spec(source, name, overrides)
     model = build_model(spec)
-    model.options["inner_clip"] = inner_clip
+    model.options.update(inner_clip=inner_clip, fused=fused)
     return model
 
 

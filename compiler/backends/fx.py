@@ -12,6 +12,7 @@ named after the spec's names and carry their `.nl` span in `node.meta["nl_span"]
 """
 from __future__ import annotations
 
+import dataclasses
 import linecache
 import operator
 
@@ -249,12 +250,58 @@ def describe(spec: LevelSpec) -> LevelDesc:
             source=m.init if nested else None, detach=m.detach, window=m.window,
             objective=l.objective if l else None, rule=l.rule if l else None, read=l.read if l else "before"))
     return LevelDesc(name=spec.name, scope=spec.scope, period=spec.period.count if spec.period.kind == "tokens" else None,
-                     memories=tuple(mems))
+                     memories=tuple(mems), tile=int(spec.hints.get("tile", 64)))
+
+
+def _calls(graph: fx.Graph, method: str):
+    return [n for n in graph.nodes if n.op == "call_method" and n.target == method]
+
+
+def _ancestors(node: fx.Node) -> set[fx.Node]:
+    seen, todo = set(), list(node.all_input_nodes)
+    while todo:
+        n = todo.pop()
+        if n not in seen:
+            seen.add(n)
+            todo.extend(n.all_input_nodes)
+    return seen
+
+
+def parallel(graph: fx.Graph, desc: LevelDesc) -> bool:
+    """Whether whole periods can run in one call of the step (the fused path): no item a
+    memory learns from depends on a read of a memory that learns inside the sequence,
+    and each such memory is read at most once. Self-modifying levels, whose keys and
+    values come from memories of their own, are not."""
+    if desc.scope != "sequence" or desc.period is None:
+        return False
+    learning = {m.name for m in desc.memories if m.objective in ("l2", "dot")}
+    reads = [n for n in _calls(graph, "read") if n.args[1] in learning]
+    if any(sum(n.args[1] == m and not n.kwargs.get("start") for n in reads) > 1 for m in learning):
+        return False
+    return not any(set(reads) & _ancestors(n) for n in _calls(graph, "learn"))
+
+
+def _learn_first(graph: fx.Graph) -> None:
+    """Order the step so that every `learn` (and what it needs) comes before anything
+    else: a read then finds its memory's items of the chunk already recorded, which the
+    fused path needs to answer it for whole periods at once. Reads at S_j, those of
+    `read before` and `self(...)`, do not depend on the order."""
+    first = set()
+    for n in _calls(graph, "learn"):
+        first |= _ancestors(n) | {n}
+    nodes = [n for n in graph.nodes if n.op not in ("placeholder", "output")]
+    cursor = [n for n in graph.nodes if n.op == "placeholder"][-1]
+    for n in [n for n in nodes if n in first] + [n for n in nodes if n not in first]:
+        cursor.append(n)
+        cursor = n
 
 
 def build_level(spec: LevelSpec, copy: int, consts: dict) -> Level:
     level = Level(describe(spec), copy, spec)
-    level.attach(_LevelBuild(spec, consts, level).build())
+    graph = _LevelBuild(spec, consts, level).build()
+    _learn_first(graph)
+    level.desc = dataclasses.replace(level.desc, parallel=parallel(graph, level.desc))
+    level.attach(graph)
     return level
 
 

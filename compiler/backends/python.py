@@ -156,8 +156,8 @@ def emit(model) -> str:
     seg = _Printer(model.segment.graph)
     out.append(f"\nclass {cls}(Model):")
     out.append(f'    """model {model.name} ({Path(spec.file).name})."""\n')
-    out.append("    def __init__(self, inner_clip: float | None = None):")
-    out.append(f"        super().__init__({model.name!r}, {dict(model.settings)!r}, inner_clip=inner_clip)")
+    out.append("    def __init__(self, inner_clip: float | None = None, fused: bool = True):")
+    out.append(f"        super().__init__({model.name!r}, {dict(model.settings)!r}, inner_clip=inner_clip, fused=fused)")
     out += _registers([(p.name, p.role, p.shape, None) for p in spec.params])
     for name, slot in model.slots.items():
         copies = len(getattr(model, slot))

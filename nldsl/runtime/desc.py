@@ -31,3 +31,5 @@ class LevelDesc:
     scope: str  # sequence | cross | outer | frozen
     period: int | None  # tokens, for every level with a period
     memories: tuple[MemoryDesc, ...] = ()
+    parallel: bool = False  # no learning memory's read feeds an item: whole periods run in one step call
+    tile: int = 64  # the tile of chunk-parallel memories (a schedule choice; results do not depend on it)

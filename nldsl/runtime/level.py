@@ -16,16 +16,8 @@ import torch
 
 from . import memory as M
 from .errors import NonFiniteError
+from .fused import run_span
 from .ops import conv, conv_tail
-
-
-def as_rate(r, batch: int, n: int, heads: int, like: torch.Tensor) -> torch.Tensor:
-    """A rate (a number, a learned scalar, or one value per item or per item and
-    head) as [B, n, h]."""
-    r = torch.as_tensor(r, dtype=like.dtype, device=like.device)
-    if r.dim() == 3:  # [B, n, 1 | h], a per-item flow
-        return r.expand(batch, n, heads)
-    return r.reshape(-1)[0].expand(batch, n, heads) if r.numel() == 1 else r.expand(batch, n, heads)
 
 
 def _per_head(r: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -57,7 +49,7 @@ class Fast:
     # -- the items of one chunk
     def record(self, key, value, lr, decay=None, beta=None, clip=None):
         s, B, n = self.mem, key.shape[0], key.shape[1]
-        lr = as_rate(lr, B, n, s.heads, key)
+        lr = M.as_rate(lr, B, n, s.heads, key)
         theta = {k: v.detach() for k, v in self.theta.items()} if s.detach else self.theta
         if self.rule == "implicit":
             terms = M.implicit_stats(key, value, lr, s.heads, per_item=self.within)
@@ -71,8 +63,8 @@ class Fast:
         if clip is not None:
             terms = {k: _clip(v, clip) for k, v in terms.items()}
         self.chunk = dict(terms=terms, cum=cum,
-                          decay=None if decay is None else as_rate(decay, B, n, s.heads, key).cumprod(1),
-                          beta=None if beta is None else as_rate(beta, B, n, s.heads, key).cumprod(1))
+                          decay=None if decay is None else M.as_rate(decay, B, n, s.heads, key).cumprod(1),
+                          beta=None if beta is None else M.as_rate(beta, B, n, s.heads, key).cumprod(1))
 
     def end_chunk(self):
         c, self.chunk = self.chunk, None
@@ -217,6 +209,7 @@ class LevelState(Carry):
         self.name, self.batch, self.options = level.key, batch, options
         self.pos = 0
         self.period = desc.period if desc.scope == "sequence" else None
+        self.fused = bool(options.get("fused")) and desc.parallel and self.period is not None
         self.fast: dict[str, Fast | Cache] = {}
         for m in desc.memories:
             if m.kind == "attention":
@@ -277,31 +270,63 @@ class LevelState(Carry):
                     f.update()
                     self.check(name, f)
 
-    def check(self, name: str, f: Fast):
+    # -- called by the fused path (runtime/fused.py)
+    def snapshot(self):
+        fast = {k: (f.theta, f.z) for k, f in self.fast.items() if isinstance(f, Fast)}
+        return self.pos, dict(self.tails), fast
+
+    def restore(self, saved) -> None:
+        self.pos, self.tails, fast = saved
+        for k, f in self.fast.items():
+            f.chunk = None
+            if k in fast:
+                f.theta, f.z = fast[k]
+                f.clear()
+
+    def end_span(self, n: int, learned) -> None:
+        """After whole periods: check the states the span moved, then keep its caches."""
+        for name in learned:
+            self.check(name, self.fast[name], self.pos + n)
+        for f in self.fast.values():
+            f.end_chunk()
+        self.pos += n
+
+    def check(self, name: str, f: Fast, pos: int | None = None):
         for t in f.theta.values():
             bad = ~torch.isfinite(t.detach().reshape(t.shape[0], -1)).all(1)
             if bad.any():
-                raise NonFiniteError(self.name, name, self.pos, int(bad.nonzero()[0, 0]))
+                raise NonFiniteError(self.name, name, self.pos if pos is None else pos, int(bad.nonzero()[0, 0]))
 
 
-def pieces(pos: int, n: int, period: int | None):
-    """Cut tokens pos .. pos+n at multiples of the period: (offset, length) pairs."""
+def pieces(pos: int, n: int, period: int | None, whole: bool = False):
+    """Cut tokens pos .. pos+n at multiples of the period: (offset, length, whole)
+    triples. With `whole`, a run of whole periods is one piece (whole = True)."""
     if not period:
-        yield 0, n
+        yield 0, n, False
         return
     i = 0
     while i < n:
         step = min(period - (pos + i) % period, n - i)
-        yield i, step
+        if whole and step == period:
+            step = (n - i) // period * period
+            yield i, step, True
+        else:
+            yield i, step, False
         i += step
 
 
 def scan(level, x: torch.Tensor, state) -> torch.Tensor:
     """Run one level copy over a segment x [B, n, d] of its input stream, carrying
-    its fast state in the model state."""
+    its fast state in the model state: one call of the step per period, or, on the
+    fused path, one call for each run of whole periods."""
     ls = state.level(level, x.shape[0])
     outs = []
-    for i, n in pieces(ls.pos, x.shape[1], ls.period):
-        outs.append(level.step(x[:, i:i + n], ls))
-        ls.end_chunk(n)
+    for i, n, whole in pieces(ls.pos, x.shape[1], ls.period, ls.fused):
+        y = run_span(level, x[:, i:i + n], ls) if whole else None
+        if y is None:  # the reference: one period at a time
+            for j, m, _ in pieces(ls.pos, n, ls.period):
+                outs.append(level.step(x[:, i + j:i + j + m], ls))
+                ls.end_chunk(m)
+        else:
+            outs.append(y)
     return torch.cat(outs, 1) if len(outs) > 1 else outs[0]

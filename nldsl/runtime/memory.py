@@ -89,6 +89,15 @@ def read(kind: str, theta: dict, e: torch.Tensor, heads: int, act: str = "silu",
     return merge_heads(y)
 
 
+def as_rate(r, batch: int, n: int, heads: int, like: torch.Tensor) -> torch.Tensor:
+    """A rate (a number, a learned scalar, or one value per item or per item and
+    head) as [B, n, h]."""
+    r = torch.as_tensor(r, dtype=like.dtype, device=like.device)
+    if r.dim() == 3:  # [B, n, 1 | h], a per-item flow
+        return r.expand(batch, n, heads)
+    return r.reshape(-1)[0].expand(batch, n, heads) if r.numel() == 1 else r.expand(batch, n, heads)
+
+
 # ----------------------------------------------------------------- gradients
 def _outer(r: torch.Tensor, e: torch.Tensor, per_item: bool) -> torch.Tensor:
     """Σ_n r eᵀ per head ([B, h, o, i]), or each item's r eᵀ ([B, n, h, o, i])."""

@@ -134,11 +134,11 @@ class Model(nn.Module):
 
     segment = None  # the blocks over a run of tokens: set by `attach`, or a method in emitted source
 
-    def __init__(self, name: str, settings: dict, spec=None, inner_clip: float | None = None):
+    def __init__(self, name: str, settings: dict, spec=None, inner_clip: float | None = None, fused: bool = True):
         super().__init__()
         self.name, self.spec = name, spec  # spec: the checked ModelSpec, when compiled in this process
         self.settings = dict(settings)
-        self.options = {"inner_clip": inner_clip}
+        self.options = {"inner_clip": inner_clip, "fused": fused}
         self.slots: dict[str, str] = {}  # level name -> attribute holding its copies
 
     def add_level(self, name: str, copies: list) -> None:
@@ -191,7 +191,7 @@ class Model(nn.Module):
         span = self.task_span() if tasks else 1
         outer_grad = torch.is_grad_enabled()
         outs = []
-        for i, n in pieces(state.pos, tokens.shape[1], self.cut()):
+        for i, n, _ in pieces(state.pos, tokens.shape[1], self.cut()):
             seg = tokens[:, i:i + n]
             with torch.enable_grad() if tasks else contextlib.nullcontext():
                 logits = self.segment(seg, state)

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 
 from . import memory as M
-from .level import apply_rule, as_rate
+from .level import apply_rule
 
 
 @dataclass(frozen=True)
@@ -137,7 +137,7 @@ class ParamStep:
             raise TypeError(f"memory `{s.name}` ({s.kind}) learns from keys: write `{mem.learn.objective}(k, v)`")
         k, v = _items(key), _items(value)
         rate = torch.as_tensor(lr, dtype=k.dtype, device=k.device)
-        rate = as_rate(rate.reshape(1, -1, 1) if rate.numel() > 1 else rate, 1, k.shape[1], s.heads, k)
+        rate = M.as_rate(rate.reshape(1, -1, 1) if rate.numel() > 1 else rate, 1, k.shape[1], s.heads, k)
         if mem.learn.rule == "implicit":
             terms = M.implicit_stats(k, v, rate, s.heads)
         else:

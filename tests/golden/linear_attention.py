@@ -14,7 +14,7 @@ from nldsl.runtime.model import Level, Model, init, register
 class AttnLevel(Level):
     """level attn (linear_attention.nl:11)."""
 
-    DESC = LevelDesc(name='attn', scope='sequence', period=1, memories=(
+    DESC = LevelDesc(name='attn', scope='sequence', period=1, parallel=True, memories=(
         MemoryDesc(name='S', kind='linear', heads=2, shapes=(('W', (2, 32, 32)),), init='zeros', constant=True, objective='dot', rule='gd', read='within'),
     ))
 
@@ -26,14 +26,14 @@ class AttnLevel(Level):
         register(self, 'out.proj', init('proj', (64, 64)))
 
     def step(self, x, st):
-        # linear_attention.nl:13  flow q = proj(x)
-        q = ops.proj(x, self.q.proj)
         # linear_attention.nl:14  flow k = proj(x)
         k = ops.proj(x, self.k.proj)
         # linear_attention.nl:15  flow v = proj(x)
         v = ops.proj(x, self.v.proj)
         # linear_attention.nl:16  learn S : dot(k, v) by gd(lr: 1) read within
         S_learn = st.learn('S', k, v, lr=1)
+        # linear_attention.nl:13  flow q = proj(x)
+        q = ops.proj(x, self.q.proj)
         # linear_attention.nl:17  out proj(S(q))
         S_read = st.read('S', q)
         proj_3 = ops.proj(S_read, self.out.proj)
@@ -59,8 +59,8 @@ class FfnLevel(Level):
 class LinearAttentionModel(Model):
     """model linear_attention (linear_attention.nl)."""
 
-    def __init__(self, inner_clip: float | None = None):
-        super().__init__('linear_attention', {'vocab': 256.0, 'dim': 64.0, 'heads': 2.0, 'depth': 2.0, 'context': 128.0, 'batch': 8.0}, inner_clip=inner_clip)
+    def __init__(self, inner_clip: float | None = None, fused: bool = True):
+        super().__init__('linear_attention', {'vocab': 256.0, 'dim': 64.0, 'heads': 2.0, 'depth': 2.0, 'context': 128.0, 'batch': 8.0}, inner_clip=inner_clip, fused=fused)
         register(self, 'embed', init('embedding', (256, 64)))
         register(self, 'norm', init('norm', (64,)))
         register(self, 'head', init('head', (256, 64)))

@@ -1,0 +1,113 @@
+"""The fused path: a level whose memories learn from items that no learning memory's
+read produces (its `desc.parallel`, decided by the compiler) runs a whole run of
+periods in one call of its chunk step (design §6, docs/performance.md).
+
+The step is the reference's own graph; only the state it calls differs. `Span`
+takes each memory's items for the whole run when the step calls `learn`, and
+answers the step's one read of that memory with the reads of every token:
+
+- a `linear` memory on `l2` or `dot` by `gd` (or `implicit` with period 1, a delta
+  rule with η/(1+η‖k‖²)) in chunk-parallel form (`chunked.delta_rule`);
+- any other memory by a loop over periods that does only the memory's own algebra
+  (one batched gradient per period for all sequences and heads);
+- attention memories and memories that do not learn as the reference does.
+
+A run of periods with a non-finite state is replayed on the reference path, which
+names the token where it happened.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import chunked
+from . import memory as M
+from .errors import NonFiniteError
+
+
+def _part(r, sl: slice):
+    """A rate's values for some items: a per-item tensor [B, n, .] is cut, anything else kept."""
+    return r[:, sl] if torch.is_tensor(r) and r.dim() == 3 else r
+
+
+def chunkable(f, period: int, clip) -> bool:
+    m = f.mem
+    return (m.kind == "linear" and f.objective in ("l2", "dot") and not m.detach and clip is None
+            and (f.rule == "gd" or (f.rule == "implicit" and period == 1 and f.objective == "l2")))
+
+
+class Span:
+    """The state a parallel level's chunk step sees over whole periods at once."""
+
+    def __init__(self, ls, tile: int):
+        self.ls, self.tile = ls, tile
+        self.items: dict[str, tuple] = {}
+        self.done: set[str] = set()
+
+    # -- called by the chunk step, as on LevelState
+    def conv(self, name: str, x, weight):
+        return self.ls.conv(name, x, weight)
+
+    def rates(self, memory: str, **rates):
+        self.ls.rates(memory, **rates)
+
+    def learn(self, memory: str, key, value, lr=1.0, decay=None, beta=None):
+        f = self.ls.fast[memory]
+        if f.mem.kind == "attention":
+            return self.ls.learn(memory, key, value)
+        self.items[memory] = (key, value, lr, decay, beta)
+
+    def read(self, memory: str, e, start: bool = False):
+        if memory not in self.items:
+            return self.ls.read(memory, e, start)
+        if memory in self.done:
+            raise RuntimeError(f"memory `{memory}` is read twice in one span")  # the compiler rules it out
+        return self._run(memory, e)
+
+    # -- the memories' algebra over the span
+    def _run(self, memory: str, e):
+        ls, f = self.ls, self.ls.fast[memory]
+        self.done.add(memory)
+        key, value, lr, decay, beta = self.items[memory]
+        m, P, clip = f.mem, ls.period, ls.options.get("inner_clip")
+        B, n = key.shape[:2]
+        if chunkable(f, P, clip):
+            k, v = M.split_heads(key, m.heads), M.split_heads(value, m.heads)
+            eta = M.as_rate(lr, B, n, m.heads, key)
+            if f.rule == "implicit":  # the exact proximal step of one item (Sherman-Morrison)
+                eta = eta / (1 + eta * k.pow(2).sum(-1))
+            log_decay = None if decay is None else M.as_rate(decay, B, n, m.heads, key).log()
+            q = k if e is None else M.split_heads(e, m.heads)
+            y, S = chunked.delta_rule(f.theta["W"], q, k, v, eta, log_decay, period=P, tile=self.tile,
+                                      within=f.within, l2=f.objective == "l2")
+            f.theta = {"W": S}
+            return None if e is None else M.merge_heads(y)
+        outs = []
+        for j in range(0, n, P):
+            sl = slice(j, j + P)
+            f.record(key[:, sl], value[:, sl], _part(lr, sl), _part(decay, sl), _part(beta, sl), clip=clip)
+            if e is not None:
+                theta = f.state_within() if f.within else f.theta
+                outs.append(M.read(m.kind, theta, e[:, sl], m.heads, m.act, m.residual))
+            f.end_chunk()
+            f.update()
+        return torch.cat(outs, 1) if outs else None
+
+    def finish(self):
+        for memory in self.items:  # a memory that learns but is not read still moves
+            if memory not in self.done:
+                self._run(memory, None)
+
+
+def run_span(level, x: torch.Tensor, ls) -> torch.Tensor:
+    """Whole periods x [B, n, d] (n a multiple of the period, starting at a boundary) in
+    one call of the level's step."""
+    saved = ls.snapshot()
+    span = Span(ls, level.desc.tile)
+    y = level.step(x, span)
+    span.finish()
+    try:
+        ls.end_span(x.shape[1], span.items)
+    except NonFiniteError:
+        ls.restore(saved)
+        return None  # the caller replays it on the reference path, which names the token
+    return y

@@ -1,0 +1,192 @@
+"""The fused path against the reference backend (fused=False), and its chunk-parallel
+delta rule against a per-token loop written here from design §5-§6."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import nldsl
+from nldsl.runtime.chunked import delta_rule
+from nldsl.runtime.errors import NonFiniteError
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def loop(S0, q, k, v, eta, log_decay, P, within, l2):
+    """Per token: items of a period take their gradients at S_j; the period's decay
+    (the product of its items') and summed steps apply at its end."""
+    B, n, h, _ = k.shape
+    out = torch.zeros(B, n, h, v.shape[-1], dtype=q.dtype)
+    S, alpha = S0.clone(), log_decay.exp()
+    for j in range(0, n, P):
+        G, decay = torch.zeros_like(S), torch.ones(B, h, dtype=q.dtype)
+        for t in range(j, j + P):
+            r = torch.einsum("bhoi,bhi->bho", S, k[:, t]) - v[:, t] if l2 else -v[:, t]
+            G = G + eta[:, t, :, None, None] * torch.einsum("bho,bhi->bhoi", r, k[:, t])
+            decay = decay * alpha[:, t]
+            seen = decay[..., None, None] * S - G if within else S
+            out[:, t] = torch.einsum("bhoi,bhi->bho", seen, q[:, t])
+        S = decay[..., None, None] * S - G
+    return out, S
+
+
+def _inputs(B=2, n=24, h=2, i=4, o=3):
+    f64 = dict(dtype=torch.float64)
+    q = torch.randn(B, n, h, i, **f64)
+    k = torch.nn.functional.normalize(torch.randn(B, n, h, i, **f64), dim=-1)
+    v, eta = torch.randn(B, n, h, o, **f64), torch.rand(B, n, h, **f64)
+    log_decay = (0.5 + 0.5 * torch.rand(B, n, h, **f64)).log()
+    return [torch.randn(B, h, o, i, **f64), q, k, v, eta, log_decay]
+
+
+@pytest.mark.parametrize("P", [1, 3, 4, 24])
+@pytest.mark.parametrize("within", [False, True])
+@pytest.mark.parametrize("l2", [True, False])
+def test_chunked_delta_rule_equals_the_loop_for_every_tile(P, within, l2):
+    args = _inputs()
+    want, want_S = loop(*args, P, within, l2)
+    for tile in (1, 4, 8, 12, 64):  # 5 is not a multiple of 3 or 4: rounded to whole periods
+        got, S = delta_rule(*args, period=P, tile=tile, within=within, l2=l2)
+        torch.testing.assert_close(got, want)
+        torch.testing.assert_close(S, want_S)
+
+
+@pytest.mark.parametrize("P,within", [(1, True), (2, False)])
+def test_chunked_delta_rule_gradients_equal_the_loops(P, within):
+    args = [a.requires_grad_() for a in _inputs(n=12)]
+    probe = torch.randn(2, 12, 2, 3, dtype=torch.float64)
+    got = torch.autograd.grad((delta_rule(*args, period=P, tile=4, within=within)[0] * probe).sum(), args)
+    want = torch.autograd.grad((loop(*args, P, within, True)[0] * probe).sum(), args)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+
+
+def _pair(source, **kw):
+    ref = nldsl.compile(source, fused=False, **kw).double()
+    fused = nldsl.compile(source, **kw).double()
+    fused.load_state_dict(ref.state_dict())
+    return ref, fused
+
+
+@pytest.mark.parametrize("example", sorted(p.name for p in EXAMPLES.glob("*.nl")))
+def test_every_example_fused_equals_the_reference(example):
+    """Logits and every parameter's gradient, over a stream cut mid-period (a call of
+    37 tokens, then 33: the fused path runs whole periods, the reference the rest)."""
+    kw = {"name": "cms_nested"} if example == "cms.nl" else {}
+    ref, fused = _pair(EXAMPLES / example, dim=16, heads=2, context=64, depth=1, **kw)
+    tokens = torch.randint(0, 256, (2, 70))
+    outs = []
+    for model in (ref, fused):
+        a, st = model(tokens[:, :37])
+        b, _ = model(tokens[:, 37:], st)
+        logits = torch.cat([a, b], 1)
+        (logits * torch.linspace(-1, 1, 256, dtype=torch.float64)).sum().backward()
+        outs.append((logits, [p.grad for p in model.parameters()]))
+    (ref_logits, ref_grads), (got_logits, got_grads) = outs
+    torch.testing.assert_close(got_logits, ref_logits)
+    for (name, _), g, want in zip(ref.named_parameters(), got_grads, ref_grads):
+        assert (g is None) == (want is None), name
+        if g is not None:
+            torch.testing.assert_close(g, want, msg=name)
+
+
+def test_which_levels_run_whole_periods_at_once():
+    model = nldsl.compile(EXAMPLES / "hope.nl", dim=16, heads=2, context=64, depth=1)
+    parallel = {lv.desc.name: lv.desc.parallel for lv in model.levels()}
+    # self-modifying: keys and values come from the level's own memories
+    assert parallel == {"titans": False, "cms1": True, "cms2": False, "cms3": False}
+    for example in ("gated_deltanet.nl", "linear_attention.nl", "titans.nl", "transformer.nl"):
+        model = nldsl.compile(EXAMPLES / example, dim=16, heads=2, context=64, depth=1)
+        assert next(model.levels()).desc.parallel, example
+
+
+def test_a_parallel_level_steps_once_per_run_of_whole_periods():
+    calls = []
+    for fused in (False, True):
+        model = nldsl.compile(EXAMPLES / "gated_deltanet.nl", dim=16, heads=2, context=64, depth=1, fused=fused)
+        lv = next(model.levels())
+        step = lv.step
+        lv.__dict__["step"] = lambda x, st: calls.append(x.shape[1]) or step(x, st)
+        model(torch.randint(0, 256, (1, 40)))
+    assert calls == [1] * 40 + [40]
+
+
+LEVEL = """model m {{
+  vocab 32
+  dim 8
+  heads 2
+  context 32
+  level L every {P} tokens {{
+    memory M : linear(dim, heads: heads, init: normal)
+    flow q = proj(x)
+    flow k = l2norm(proj(x), heads: heads)
+    flow v = proj(x)
+    flow eta = sigmoid(proj(x, heads))
+    flow keep = sigmoid(proj(x, heads))
+    learn M : {learn}
+    out {out}
+  }}
+  block {{ x = x + L(rmsnorm(x)) }}
+  objective next_token
+  optimizer adam(lr: 1e-3)
+  {schedule}
+}}"""
+
+
+@pytest.mark.parametrize("P,learn,out,parallel", [
+    (1, "l2(k, v) by implicit(lr: eta)", "M(q)", True),
+    (4, "l2(k, v) by momentum(lr: eta, beta: 0.9, decay: keep)", "M(q)", True),
+    (4, "l2(k, v) by gd(lr: eta, decay: keep) read within", "M(q)", True),
+    (2, "dot(k, v) by gd(lr: eta)", "M(q) + M(k)", False),  # read twice
+    (4, "l2(M(k), v) by gd(lr: eta)", "M(q)", False),  # learns from its own read
+])
+def test_other_rules_and_reads_fused_equal_the_reference(P, learn, out, parallel):
+    ref, fused = _pair(LEVEL.format(P=P, learn=learn, out=out, schedule=""))
+    assert next(fused.levels()).desc.parallel == parallel
+    tokens = torch.randint(0, 32, (2, 30))
+    torch.testing.assert_close(fused(tokens)[0], ref(tokens)[0])
+
+
+def test_the_tile_hint_does_not_change_results():
+    text = LEVEL.format(P=1, learn="l2(k, v) by gd(lr: eta, decay: keep) read within", out="M(q)", schedule="{}")
+    tokens = torch.randint(0, 32, (2, 31))
+    outs = []
+    for tile in (1, 5, 16, 64):
+        torch.manual_seed(0)
+        model = nldsl.compile(text.replace("{}", f"schedule {{ L.tile = {tile} }}"))
+        assert next(model.levels()).desc.tile == tile
+        outs.append(model(tokens)[0])
+    for o in outs[1:]:
+        torch.testing.assert_close(o, outs[0], atol=1e-5, rtol=1e-4)
+
+
+def test_a_non_finite_state_names_the_same_token_as_the_reference():
+    text = LEVEL.format(P=2, learn="l2(k, v) by gd(lr: 1e15)", out="M(q)", schedule="")
+    ref, fused = (nldsl.compile(text, fused=f) for f in (False, True))
+    fused.load_state_dict(ref.state_dict())
+    with torch.no_grad():
+        for model in (ref, fused):
+            next(model.levels()).v.proj.mul_(1e30)
+    tokens = torch.randint(0, 32, (1, 16))
+    errors = []
+    for model in (ref, fused):
+        with pytest.raises(NonFiniteError) as e:
+            model(tokens)
+        errors.append(str(e.value))
+    assert errors[0] == errors[1]
+
+
+def test_inner_clip_fused_equals_the_reference():
+    text = LEVEL.format(P=1, learn="l2(k, v) by gd(lr: eta, decay: keep)", out="M(q)", schedule="")
+    ref = nldsl.compile(text, fused=False, inner_clip=0.01)
+    fused = nldsl.compile(text, inner_clip=0.01)
+    fused.load_state_dict(ref.state_dict())
+    tokens = torch.randint(0, 32, (2, 20))
+    torch.testing.assert_close(fused(tokens)[0], ref(tokens)[0])
