@@ -203,8 +203,9 @@ class LevelState(Carry):
     """Everything one copy of a level carries from token to token of a batch of
     sequences: its position, each memory's fast state, each conv's last inputs."""
 
-    def __init__(self, level, batch: int, options: dict):
+    def __init__(self, level, batch: int, options: dict, pending: list | None = None):
         super().__init__()
+        self.pending = [] if pending is None else pending  # (level, memory, token, flags) checks not yet made
         desc = level.desc
         self.name, self.batch, self.options = level.key, batch, options
         self.pos = 0
@@ -292,10 +293,14 @@ class LevelState(Carry):
         self.pos += n
 
     def check(self, name: str, f: Fast, pos: int | None = None):
-        for t in f.theta.values():
-            bad = ~torch.isfinite(t.detach().reshape(t.shape[0], -1)).all(1)
-            if bad.any():
-                raise NonFiniteError(self.name, name, self.pos if pos is None else pos, int(bad.nonzero()[0, 0]))
+        """Stop at a NaN or Inf in a fast state. Under torch.compile, whose graphs cannot
+        branch on data, the flags wait in `pending` for the end of the model's call."""
+        pos = self.pos if pos is None else pos
+        bad = torch.stack([~torch.isfinite(t.detach().reshape(t.shape[0], -1)).all(1) for t in f.theta.values()]).any(0)
+        if torch.compiler.is_compiling():
+            self.pending.append((self.name, name, pos, bad))
+        elif bad.any():
+            raise NonFiniteError(self.name, name, pos, int(bad.nonzero()[0, 0]))
 
 
 def pieces(pos: int, n: int, period: int | None, whole: bool = False):

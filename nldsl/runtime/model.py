@@ -22,6 +22,7 @@ from torch import fx, nn
 
 from . import memory as M
 from .desc import LevelDesc
+from .errors import NonFiniteError
 from .level import Carry, LevelState, differentiable, pieces
 
 
@@ -110,6 +111,18 @@ class ModelState(Carry):
         self.batch, self.pos, self.options = batch, 0, model.options
         self.levels: dict[str, LevelState] = {}
         self.last_logits = None
+        self.pending: list = []  # finiteness checks deferred under torch.compile, in the order made
+
+    def verify(self) -> None:
+        """Make the deferred checks: stop at the first non-finite state."""
+        checks, self.pending[:] = list(self.pending), []
+        if not checks:
+            return
+        flags = torch.stack([bad for *_, bad in checks])
+        if flags.any():
+            i = int(flags.any(1).nonzero()[0, 0])
+            level, memory, token, bad = checks[i]
+            raise NonFiniteError(level, memory, token, int(bad.nonzero()[0, 0]))
 
     def detach(self) -> None:
         super().detach()
@@ -123,7 +136,7 @@ class ModelState(Carry):
             raise ValueError(f"this state holds {self.batch} sequences, the input has {batch}")
         ls = self.levels.get(level.key)
         if ls is None:
-            ls = self.levels[level.key] = LevelState(level, batch, self.options)
+            ls = self.levels[level.key] = LevelState(level, batch, self.options, self.pending)
         return ls
 
 
@@ -204,6 +217,7 @@ class Model(nn.Module):
                     state.detach()
                 logits = logits.detach()
             outs.append(logits)
+        state.verify()
         return (torch.cat(outs, 1) if len(outs) > 1 else outs[0]), state
 
     def _task_step(self, tasks, state: ModelState, logits, seg, outer_grad: bool) -> None:
