@@ -1,0 +1,45 @@
+"""Triton kernels for the runtime's hot loops, each with a plain PyTorch reference.
+
+- `gated_delta_rule` (delta.py): a linear memory on l2 with gd and period 1, chunk
+  parallel, forward and backward in Triton.
+- `mlp_period_update` (mlp.py): one period of a 2-layer mlp memory (read, gradient
+  and gd step) fused into one program per sequence and head.
+
+Triton is imported only when a kernel is first used, so importing this package never
+fails without it; `available` says whether a kernel may run on a tensor. The
+kernels are built (compiled or interpreted) at that first use, so TRITON_INTERPRET
+must be set before it to run them on the CPU.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+
+__all__ = ["available", "gated_delta_rule", "mlp_period_update", "mlp_period_update_reference"]
+
+_WHERE = {"gated_delta_rule": "delta", "mlp_period_update": "mlp", "mlp_period_update_reference": "mlp"}
+
+
+def _has_triton() -> bool:
+    try:
+        return importlib.util.find_spec("triton") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def available(t: torch.Tensor) -> bool:
+    """Whether a kernel can run on t: triton is installed, and t is on a GPU or the
+    Triton interpreter is on (TRITON_INTERPRET=1, CPU tensors)."""
+    if not _has_triton():
+        return False
+    return bool(t.is_cuda) or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def __getattr__(name: str):
+    # the kernel modules import triton: load them on first use only
+    if name in _WHERE:
+        module = importlib.import_module(f".{_WHERE[name]}", __name__)
+        return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
