@@ -213,6 +213,23 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    """Tokens/s, FLOP rate and peak memory of specs, the fused path against the reference
+    (docs/benchmarks.md)."""
+    from .bench import BenchError, int_list, run
+    from .train import TrainError, parse_overrides
+    paths = {"both": ("fused", "reference"), "fused": ("fused",), "reference": ("reference",)}[args.paths]
+    try:
+        run(args.specs or None, batch=args.batch, context=args.context, settings=parse_overrides(args.set) or {},
+            paths=paths, repeats=args.repeats, warmup=args.warmup, memory=not args.no_memory,
+            scaling_specs=args.scaling_specs.split(",") if args.scaling_specs else [],
+            scaling_tokens=int_list(args.scaling_tokens), device=args.device, threads=args.threads,
+            matmul_size=args.matmul_size, json_out=args.json)
+    except (BenchError, TrainError, ValueError) as e:
+        return _fail(str(e))
+    return 0
+
+
 def _add_run_commands(sub) -> None:
     t = sub.add_parser("train", help="train a model on bytes (checkpoints, resumable)")
     t.add_argument("file", metavar="FILE")
@@ -278,6 +295,25 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a model setting, e.g. --set dim=64")
     k.set_defaults(run=cmd_compile)
     _add_run_commands(sub)
+    b = sub.add_parser("bench", help="tokens/s, FLOP rate and peak memory, fused against reference")
+    b.add_argument("specs", nargs="*", metavar="SPEC", help="an example's name (hope, titans, ...) or a .nl file, "
+                   "optionally FILE:MODEL (default: every example)")
+    b.add_argument("--batch", type=int, default=4, metavar="N", help="sequences per call (default 4)")
+    b.add_argument("--context", type=int, metavar="N", help="tokens per sequence (default: each spec's own context)")
+    b.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a model setting, e.g. --set dim=64")
+    b.add_argument("--paths", choices=("both", "fused", "reference"), default="both", help="which paths (default both)")
+    b.add_argument("--repeats", type=int, default=5, metavar="N", help="timed calls per path and mode (default 5)")
+    b.add_argument("--warmup", type=int, default=1, metavar="N", help="untimed calls first (default 1)")
+    b.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes (fresh processes)")
+    b.add_argument("--scaling-specs", default="gated_deltanet,titans,hope", metavar="A,B",
+                   help="specs for the memory-by-tokens table (default gated_deltanet,titans,hope)")
+    b.add_argument("--scaling-tokens", default="512,2048,8192", metavar="N,N",
+                   help="lengths for that table (default 512,2048,8192; '' skips it)")
+    b.add_argument("--device", help="cpu or cuda (default: cuda when there is one)")
+    b.add_argument("--threads", type=int, metavar="N", help="torch threads (default: torch's own choice)")
+    b.add_argument("--matmul-size", type=int, default=2048, metavar="N", help="n of the n×n matmuls that measure the peak")
+    b.add_argument("--json", metavar="FILE", help="also write every measurement to FILE")
+    b.set_defaults(run=cmd_bench)
     return p
 
 

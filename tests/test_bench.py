@@ -1,0 +1,49 @@
+"""`nldsl bench` runs and prints its columns on a tiny configuration. Nothing here
+times anything or asserts on speed: the numbers are the benchmark's business."""
+import json
+
+import torch
+
+from nldsl.bench import Workload, peak_memory
+from nldsl.cli import main
+
+COLUMNS = ["spec", "path", "tokens", "fwd tok/s", "train tok/s", "fwd ×ref", "train ×ref", "fwd GFLOP/s",
+           "fwd %peak", "train GFLOP/s", "train %peak", "fwd MB", "train MB"]
+
+
+def test_bench_prints_its_columns(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    status = main(["bench", "linear_attention", "--batch", "1", "--context", "8", "--set", "dim=16",
+                   "--repeats", "1", "--warmup", "0", "--no-memory", "--scaling-tokens", "", "--matmul-size", "64",
+                   "--json", str(out)])
+    printed = capsys.readouterr()
+    assert status == 0, printed.err
+    assert "fp32 matmul peak, measured now:" in printed.out
+    for col in COLUMNS:
+        assert col in printed.out, col
+    lines = [line for line in printed.out.splitlines() if "linear_attention" in line]
+    assert len(lines) == 2 and "fused" in lines[0] and "reference" in lines[1]
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["path"] for r in rows] == ["fused", "reference"] and all(r["flops"]["train"] > 0 for r in rows)
+
+
+def test_bench_unknown_spec_is_one_error_line(capsys):
+    assert main(["bench", "no_such_spec", "--no-memory"]) == 1
+    assert capsys.readouterr().err.startswith("error: no spec `no_such_spec`")
+
+
+def tiny(mb: int = 8, device: str = "cpu") -> Workload:
+    """Two live tensors of `mb` MiB in a forward call."""
+    n = mb * 2 ** 20 // 4
+
+    def forward():
+        x = torch.ones(n)
+        return x + 1
+
+    return Workload("tiny", 1, forward, forward)
+
+
+def test_memory_probe_sees_live_tensors():
+    """The probe runs in a fresh process and reports the call's extra resident memory."""
+    peak = peak_memory(f"{__file__}:tiny", {"mb": 8}, modes=("forward",))["forward"]
+    assert peak is not None and 15 * 2 ** 20 < peak < 40 * 2 ** 20  # 16 MiB of tensors, slack for the process
