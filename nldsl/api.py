@@ -18,18 +18,24 @@ def _model_spec(source, name: str | None, overrides: dict):
 
 
 def compile(source: str | Path, *, name: str | None = None, inner_clip: float | None = None, fused: bool = True,
-            **overrides):
+            kernels: str = "auto", **overrides):
     """A `.nl` spec (a path, or the text itself) -> a trainable `nn.Module`.
 
     `overrides` replace model settings (`dim=64, context=128`); `name` picks a model
     when the file defines several; `inner_clip` clips every inner update to that norm
     per sequence instead of stopping at a NaN or Inf; `fused=False` runs the
-    reference path, one period at a time (docs/performance.md)."""
+    reference path, one period at a time (docs/performance.md). `kernels` picks how
+    the fused path runs the memories that have a Triton kernel: "auto" with Triton
+    on CUDA tensors, "triton" wherever a kernel can run (on the CPU too, under
+    TRITON_INTERPRET=1), "torch" never; the results are the same within float32
+    rounding."""
     from .compiler.backends.fx import build_model
+    from .runtime.kernels import check_mode
 
+    check_mode(kernels)
     spec = _model_spec(source, name, overrides)
     model = build_model(spec)
-    model.options.update(inner_clip=inner_clip, fused=fused)
+    model.options.update(inner_clip=inner_clip, fused=fused, kernels=kernels)
     return model
 
 

@@ -84,6 +84,14 @@ def test_emitted_model_trains(tmp_path):
     assert all(p.grad is not None for p in model.parameters())
 
 
+def test_emitted_model_takes_the_runtime_options(tmp_path):
+    module = load_emitted(emit(nldsl.compile(EXAMPLES / "linear_attention.nl", dim=16, heads=2, depth=1)), tmp_path)
+    assert module.build().options["kernels"] == "auto"
+    options = module.build(inner_clip=1.0, fused=False, kernels="torch").options
+    assert {k: options[k] for k in ("inner_clip", "fused", "kernels")} == {"inner_clip": 1.0, "fused": False,
+                                                                          "kernels": "torch"}
+
+
 def test_cli_compile_writes_the_same_file_twice(tmp_path, capsys):
     from nldsl import cli
     a, b = tmp_path / "a.py", tmp_path / "b.py"

@@ -13,11 +13,15 @@ each step α − η kkᵀ is a contraction and nothing amplifies the rounding.
 """
 from __future__ import annotations
 
+from collections import Counter
+from pathlib import Path
+
 import pytest
 import torch
 
 pytest.importorskip("triton")
 
+import nldsl  # noqa: E402
 from nldsl.runtime import kernels  # noqa: E402
 from nldsl.runtime.chunked import delta_rule  # noqa: E402
 from nldsl.runtime.kernels import gated_delta_rule, mlp_period_update, mlp_period_update_reference  # noqa: E402
@@ -169,3 +173,127 @@ def test_mlp_period_update_biases_and_gradients():
     g_want = torch.autograd.grad(sum((x * w).sum() for x, w in zip(want, weights)), given)
     for a, b in zip(g_got, g_want):
         close(a, b, "gradient")
+
+
+# ---------------------------------------------------------------- dispatch from the fused path
+EXAMPLES = Path(__file__).parent.parent / "examples"
+
+# linear by implicit, period 1, read before: the gated delta rule with η/(1+η‖k‖²)
+IMPLICIT = """model implicit_delta {
+  vocab 32
+  dim 16
+  heads 2
+  context 32
+  level L every 1 token {
+    memory S : linear(dim, heads: heads, init: normal)
+    flow q = proj(x)
+    flow k = l2norm(proj(x), heads: heads)
+    flow v = proj(x)
+    flow eta = sigmoid(proj(x, heads))
+    learn S : l2(k, v) by implicit(lr: eta)
+    out proj(S(q))
+  }
+  block { x = x + L(rmsnorm(x)) }
+  objective next_token
+  optimizer adam(lr: 1e-3)
+}"""
+
+# two mlp memories by gd on l2, read before: M with biases and a decay, read; N
+# residual, learned but not read (the kernel still moves its state)
+MLP = """model mlp_gd {
+  vocab 32
+  dim 16
+  heads 2
+  context 16
+  level L every 4 tokens {
+    memory M : mlp(dim, hidden: 32, heads: heads, bias)
+    memory N : mlp(dim, heads: heads, residual, act: gelu)
+    flow q = l2norm(proj(x), heads: heads)
+    flow k = l2norm(proj(x), heads: heads)
+    flow v = proj(x)
+    flow eta = 0.5 * sigmoid(proj(x, heads))
+    flow keep = sigmoid(proj(x, heads))
+    learn M : l2(k, v) by gd(lr: eta, decay: keep)
+    learn N : l2(k, v) by gd(lr: eta)
+    out proj(M(q))
+  }
+  block { x = x + L(rmsnorm(x)) }
+  objective next_token
+  optimizer adam(lr: 1e-3)
+}"""
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """How often the fused path called each kernel (it looks them up on `kernels`)."""
+    counts = Counter()
+
+    def counted(name):
+        kernel = getattr(kernels, name)
+
+        def call(*args, **kw):
+            counts[name] += 1
+            return kernel(*args, **kw)
+        return call
+
+    for name in ("gated_delta_rule", "mlp_period_update"):
+        monkeypatch.setattr(kernels, name, counted(name))
+    return counts
+
+
+def run_stream(model, tokens, cut: int):
+    """Logits of two calls cut mid-period (the fused path takes the whole periods, the
+    reference the rest), every parameter's gradient, and the end state."""
+    a, state = model(tokens[:, :cut])
+    b, state = model(tokens[:, cut:], state)
+    logits = torch.cat([a, b], 1)
+    (logits * torch.linspace(-1, 1, logits.shape[-1])).sum().backward()
+    return logits, [p.grad for p in model.parameters()], state
+
+
+@pytest.mark.parametrize("source,sizes,kernel,cut", [
+    (EXAMPLES / "gated_deltanet.nl", dict(dim=16, heads=2, context=32, depth=1), "gated_delta_rule", 21),
+    (IMPLICIT, {}, "gated_delta_rule", 21),
+    (MLP, {}, "mlp_period_update", 10),
+], ids=["gated_deltanet", "implicit", "mlp"])
+def test_fused_path_with_kernels_equals_torch(source, sizes, kernel, cut, calls):
+    """kernels="triton" against kernels="torch", same weights: logits, every parameter's
+    gradient and the fast states left. Float32 (the kernels compute in it), so the two
+    differ by rounding only: the sums run in another order (see the module docstring);
+    1e-4 is far below a wrong term's ~1e-1."""
+    ref = nldsl.compile(source, kernels="torch", **sizes)
+    got = nldsl.compile(source, kernels="triton", **sizes)
+    got.load_state_dict(ref.state_dict())
+    assert next(got.levels()).desc.parallel
+    vocab = int(ref.settings["vocab"])
+    tokens = torch.randint(0, vocab, (2, int(ref.settings["context"])))
+    want_logits, want_grads, want_state = run_stream(ref, tokens, cut)
+    assert not calls
+    got_logits, got_grads, got_state = run_stream(got, tokens, cut)
+    assert calls[kernel] > 0 and len(calls) == 1
+    tol = dict(atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got_logits, want_logits, **tol)
+    for (name, _), g, want in zip(ref.named_parameters(), got_grads, want_grads):
+        assert (g is None) == (want is None), name
+        if g is not None:
+            torch.testing.assert_close(g, want, **tol, msg=name)
+    for key, ls in want_state.levels.items():
+        for memory, f in ls.fast.items():
+            theta = getattr(f, "theta", None)
+            if theta is not None:
+                mine = got_state.levels[key].fast[memory].theta
+                assert list(mine) == list(theta), memory
+                for part in theta:
+                    torch.testing.assert_close(mine[part], theta[part], **tol, msg=f"{memory}.{part}")
+
+
+def test_kernels_option(calls):
+    """A bad value is refused; "auto" on the CPU keeps to PyTorch, even under the interpreter."""
+    with pytest.raises(ValueError, match="'auto', 'triton', 'torch'"):
+        nldsl.compile(MLP, kernels="bogus")
+    model = nldsl.compile(MLP)
+    assert model.options["kernels"] == "auto"
+    model(torch.randint(0, 32, (1, 16)))
+    model = nldsl.compile(EXAMPLES / "gated_deltanet.nl", dim=16, heads=2, context=32, depth=1, kernels="auto")
+    model(torch.randint(0, 256, (1, 32)))
+    assert not calls

@@ -296,11 +296,85 @@ def _learn_first(graph: fx.Graph) -> None:
         cursor = n
 
 
+def _share_common(graph: fx.Graph) -> None:
+    """Compute each pure expression once: a spec that writes `0.1 * eta` for two memories'
+    rates gets one node, so that their learns can be grouped. Calls on the state (`st.*`)
+    are not pure and stay as written."""
+    seen: dict[tuple, fx.Node] = {}
+    for n in list(graph.nodes):
+        if n.op not in ("call_function", "get_attr"):
+            continue
+        key = (n.op, n.target, n.args, tuple(sorted(n.kwargs.items())))
+        try:
+            first = seen.setdefault(key, n)
+        except TypeError:  # an unhashable constant: leave it be
+            continue
+        if first is not n:
+            n.replace_all_uses_with(first)
+            graph.erase_node(n)
+
+
+def _alike(desc: LevelDesc) -> dict[str, tuple]:
+    """Memories whose states stack into one batch: same kind, state shapes, heads,
+    activation, residual, objective, rule, read mode and detach."""
+    return {m.name: (m.kind, m.shapes, m.heads, m.act, m.residual, m.objective, m.rule, m.read, m.detach)
+            for m in desc.memories if m.kind in ("linear", "mlp")}
+
+
+def _group_memories(graph: fx.Graph, desc: LevelDesc) -> None:
+    """Memories of one level that read the same input, or learn from the same key at the
+    same rates, in one call each (`st.read_many`, `st.learn_many`): on the fused path the
+    runtime stacks their states and does one batched read or gradient for all of them.
+    Only reads at S_j are grouped (`read before`, `self(...)`): a read within sees its
+    own memory's items."""
+    alike, before = _alike(desc), {m.name for m in desc.memories if m.read == "before"}
+    reads: dict[tuple, list[fx.Node]] = {}
+    for n in _calls(graph, "read"):
+        name, start = n.args[1], bool(n.kwargs.get("start"))
+        if name in alike and (start or name in before):
+            reads.setdefault((n.args[2], start, alike[name]), []).append(n)
+    learns: dict[tuple, list[fx.Node]] = {}
+    for n in _calls(graph, "learn"):
+        if n.args[1] in alike:
+            rates = tuple(sorted(n.kwargs.items(), key=lambda kv: kv[0]))
+            learns.setdefault((n.args[2], rates, alike[n.args[1]]), []).append(n)
+    for (e, start, _), group in reads.items():
+        if len(group) < 2:
+            continue
+        with graph.inserting_before(group[0]):
+            many = graph.call_method("read_many", (group[0].args[0], tuple(n.args[1] for n in group), e),
+                                     {"start": True} if start else {})
+        _copy_place(many, group[0], "_".join(n.args[1] for n in group) + "_read")
+        for i, n in enumerate(group):  # each read becomes its share, keeping its name and place
+            n.op, n.target, n.kwargs, n.args = "call_function", operator.getitem, {}, (many, i)
+    for (key, _, _), group in learns.items():
+        if len(group) < 2:
+            continue
+        last = group[-1]
+        with graph.inserting_after(last):
+            many = graph.call_method("learn_many", (last.args[0], tuple(n.args[1] for n in group), key,
+                                                    tuple(n.args[3] for n in group)), dict(last.kwargs))
+        _copy_place(many, last, "_".join(n.args[1] for n in group) + "_learn")
+        for n in group:
+            graph.erase_node(n)  # a learn's result is never used
+    graph.lint()
+
+
+def _copy_place(node: fx.Node, like: fx.Node, name: str) -> None:
+    """A node that stands for `like`: its name and its place in the spec."""
+    node._rename(name)
+    node.meta.update(like.meta)
+    node.stack_trace = like.stack_trace
+
+
 def build_level(spec: LevelSpec, copy: int, consts: dict) -> Level:
     level = Level(describe(spec), copy, spec)
     graph = _LevelBuild(spec, consts, level).build()
     _learn_first(graph)
+    _share_common(graph)
     level.desc = dataclasses.replace(level.desc, parallel=parallel(graph, level.desc))
+    if not level.desc.parallel:  # a parallel level runs whole periods at once already
+        _group_memories(graph, level.desc)
     level.attach(graph)
     return level
 

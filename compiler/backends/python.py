@@ -101,6 +101,8 @@ class _Printer:
             return f"{args[0]} {INFIX[n.target]} {args[1]}"
         if n.target is operator.neg:
             return f"-{args[0]}"
+        if n.target is operator.getitem:  # one memory's share of a grouped read
+            return f"{args[0]}[{args[1]}]"
         if n.target is scan:
             return f"scan({', '.join(args)})"
         if getattr(ops, n.target.__name__, None) is n.target:
@@ -156,8 +158,9 @@ def emit(model) -> str:
     seg = _Printer(model.segment.graph)
     out.append(f"\nclass {cls}(Model):")
     out.append(f'    """model {model.name} ({Path(spec.file).name})."""\n')
-    out.append("    def __init__(self, inner_clip: float | None = None, fused: bool = True):")
-    out.append(f"        super().__init__({model.name!r}, {dict(model.settings)!r}, inner_clip=inner_clip, fused=fused)")
+    out.append("    def __init__(self, inner_clip: float | None = None, fused: bool = True, kernels: str = 'auto'):")
+    out.append(f"        super().__init__({model.name!r}, {dict(model.settings)!r}, inner_clip=inner_clip, fused=fused,")
+    out.append("                         kernels=kernels)")
     out += _registers([(p.name, p.role, p.shape, None) for p in spec.params])
     for name, slot in model.slots.items():
         copies = len(getattr(model, slot))

@@ -12,6 +12,10 @@ answers the step's one read of that memory with the reads of every token:
   (one batched gradient per period for all sequences and heads);
 - attention memories and memories that do not learn as the reference does.
 
+With the compile option `kernels` (docs/performance.md), the gated delta rule
+(period 1, l2) and the period loop of a 2-layer mlp memory on l2 by gd, read
+before, run as the Triton kernels of `kernels/` instead.
+
 A run of periods with a non-finite state is replayed on the reference path, which
 names the token where it happened.
 """
@@ -19,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from . import chunked
+from . import chunked, kernels
 from . import memory as M
 from .errors import NonFiniteError
 
@@ -33,6 +37,23 @@ def chunkable(f, period: int, clip) -> bool:
     m = f.mem
     return (m.kind == "linear" and f.objective in ("l2", "dot") and not m.detach and clip is None
             and (f.rule == "gd" or (f.rule == "implicit" and period == 1 and f.objective == "l2")))
+
+
+def use_kernel(options: dict, t: torch.Tensor) -> bool:
+    """Whether a Triton kernel answers for t: never with kernels="torch", on CUDA with
+    "auto", wherever one can run with "triton". Not for float64: they compute in float32."""
+    mode = kernels.check_mode(options.get("kernels", "auto"))
+    if mode == "torch" or t.dtype == torch.float64 or not (t.is_cuda or mode == "triton"):
+        return False
+    return kernels.available(t)
+
+
+def mlp_kernel(f, clip) -> bool:
+    """Whether a memory's period is exactly `kernels.mlp_period_update`: a 2-layer mlp
+    on l2 by gd, read at the period's start, with the gradient flowing through."""
+    m = f.mem
+    return (m.kind == "mlp" and f.objective == "l2" and f.rule == "gd" and not f.within
+            and not m.detach and clip is None)
 
 
 class Span:
@@ -77,10 +98,16 @@ class Span:
                 eta = eta / (1 + eta * k.pow(2).sum(-1))
             log_decay = None if decay is None else M.as_rate(decay, B, n, m.heads, key).log()
             q = k if e is None else M.split_heads(e, m.heads)
-            y, S = chunked.delta_rule(f.theta["W"], q, k, v, eta, log_decay, period=P, tile=self.tile,
-                                      within=f.within, l2=f.objective == "l2")
+            if P == 1 and f.objective == "l2" and use_kernel(ls.options, key):  # the same recurrence, in Triton
+                y, S = kernels.gated_delta_rule(f.theta["W"], q, k, v, eta, log_decay, within=f.within,
+                                                tile=self.tile)
+            else:
+                y, S = chunked.delta_rule(f.theta["W"], q, k, v, eta, log_decay, period=P, tile=self.tile,
+                                          within=f.within, l2=f.objective == "l2")
             f.theta = {"W": S}
             return None if e is None else M.merge_heads(y)
+        if mlp_kernel(f, clip) and use_kernel(ls.options, key):
+            return self._mlp_periods(f, key, value, lr, decay, e)
         outs = []
         for j in range(0, n, P):
             sl = slice(j, j + P)
@@ -91,6 +118,28 @@ class Span:
             f.end_chunk()
             f.update()
         return torch.cat(outs, 1) if outs else None
+
+    def _mlp_periods(self, f, key, value, lr, decay, e):
+        """The loop over periods with one kernel call per period in place of record,
+        read and update: the read, the gradient and the gd step in one program."""
+        m, P = f.mem, self.ls.period
+        B, n = key.shape[:2]
+        k, v = M.split_heads(key, m.heads), M.split_heads(value, m.heads)
+        q = k if e is None else M.split_heads(e, m.heads)  # not read: the state still moves, y is dropped
+        eta = M.as_rate(lr, B, n, m.heads, key)
+        alpha = None if decay is None else M.as_rate(decay, B, n, m.heads, key)
+        outs = []
+        for j in range(0, n, P):
+            sl, S = slice(j, j + P), f.theta
+            y, *new = kernels.mlp_period_update(
+                S["W1"], S["W2"], q[:, sl], k[:, sl], v[:, sl], eta[:, sl],
+                None if alpha is None else alpha[:, sl].prod(1),  # the period's decay, [B, h]
+                act=m.act, residual=m.residual, b1=S.get("b1"), b2=S.get("b2"))
+            new = dict(zip(("W1", "W2", "b1", "b2"), new))
+            f.theta = {name: new[name] for name in S}  # the keys in the loop's order
+            outs.append(y)
+        f.clear()
+        return None if e is None else M.merge_heads(torch.cat(outs, 1))
 
     def finish(self):
         for memory in self.items:  # a memory that learns but is not read still moves

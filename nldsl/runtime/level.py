@@ -211,6 +211,8 @@ class LevelState(Carry):
         self.pos = 0
         self.period = desc.period if desc.scope == "sequence" else None
         self.fused = bool(options.get("fused")) and desc.parallel and self.period is not None
+        self.grouped = bool(options.get("fused"))  # alike memories in one batched call (read_many, learn_many)
+        self.stacks: dict[tuple, tuple] = {}  # memories -> (their states, stacked), see _stacked
         self.fast: dict[str, Fast | Cache] = {}
         for m in desc.memories:
             if m.kind == "attention":
@@ -255,6 +257,39 @@ class LevelState(Carry):
             f.record(key, value, self.pos)
         else:
             f.record(key, value, lr, decay, beta, clip=self.options.get("inner_clip"))
+
+    def read_many(self, memories: tuple, e, start: bool = False):
+        """Alike memories (the compiler's grouping) read on one input. The reference
+        reads them one by one; the fused path stacks their states along the batch
+        (G memories of B sequences as G·B) and reads once."""
+        if not self.grouped:
+            return tuple(self.read(m, e, start) for m in memories)
+        s, G = self.fast[memories[0]].mem, len(memories)
+        y = M.read(s.kind, self._stacked(memories), e.repeat(G, *[1] * (e.dim() - 1)), s.heads, s.act, s.residual)
+        return y.chunk(G)
+
+    def learn_many(self, memories: tuple, key, values: tuple, lr=1.0, decay=None, beta=None):
+        """Alike memories learning from one key at the same rates, each from its own
+        value: one batched gradient on the fused path, as `read_many`."""
+        if not self.grouped:
+            for m, v in zip(memories, values):
+                self.learn(m, key, v, lr, decay, beta)
+            return
+        G, fs = len(memories), [self.fast[m] for m in memories]
+        rep = lambda r: r.repeat(G, *[1] * (r.dim() - 1)) if torch.is_tensor(r) and r.dim() == 3 else r  # per item
+        group = Fast(fs[0].mem, self._stacked(memories), learns=True)
+        group.record(rep(key), torch.cat(values), rep(lr), rep(decay), rep(beta), clip=self.options.get("inner_clip"))
+        for i, f in enumerate(fs):  # each memory's share of the stacked items
+            f.chunk = {k: None if v is None else {n: t.chunk(G)[i] for n, t in v.items()} if isinstance(v, dict)
+                       else v.chunk(G)[i] for k, v in group.chunk.items()}
+
+    def _stacked(self, memories: tuple) -> dict:
+        """The states of alike memories along the batch, made once per period."""
+        thetas = [self.fast[m].theta for m in memories]
+        made = self.stacks.get(memories)
+        if made is None or any(a is not b for a, b in zip(made[0], thetas)):
+            made = self.stacks[memories] = (thetas, {k: torch.cat([t[k] for t in thetas]) for k in thetas[0]})
+        return made[1]
 
     def rates(self, memory: str, lr=1.0, decay=None, beta=None):
         """The rates of a memory that learns on the outer task (applied by the model)."""

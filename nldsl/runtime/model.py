@@ -147,11 +147,12 @@ class Model(nn.Module):
 
     segment = None  # the blocks over a run of tokens: set by `attach`, or a method in emitted source
 
-    def __init__(self, name: str, settings: dict, spec=None, inner_clip: float | None = None, fused: bool = True):
+    def __init__(self, name: str, settings: dict, spec=None, inner_clip: float | None = None, fused: bool = True,
+                 kernels: str = "auto"):
         super().__init__()
         self.name, self.spec = name, spec  # spec: the checked ModelSpec, when compiled in this process
         self.settings = dict(settings)
-        self.options = {"inner_clip": inner_clip, "fused": fused}
+        self.options = {"inner_clip": inner_clip, "fused": fused, "kernels": kernels}
         self.slots: dict[str, str] = {}  # level name -> attribute holding its copies
 
     def add_level(self, name: str, copies: list) -> None:
@@ -223,7 +224,8 @@ class Model(nn.Module):
     def _task_step(self, tasks, state: ModelState, logits, seg, outer_grad: bool) -> None:
         """Chunk-wise test-time training: each task level's memories take the gradient
         of their period's next-token loss at S_j, summed over the pairs (t, t+1) that
-        lie inside one period, and update at the period's end."""
+        lie inside one period, and update at the period's end. Memories whose levels
+        share a period share that loss and one backward pass."""
         start, n = state.pos, seg.shape[1]
         prev = state.last_logits
         state.last_logits = logits[:, -1:]
@@ -231,32 +233,36 @@ class Model(nn.Module):
         preds = logits[:, :-1] if prev is None else torch.cat([prev, logits[:, :-1]], 1)
         targets = seg[:, 1:] if prev is None else seg
         first = start if prev is None else start - 1
-        after = torch.arange(first, first + targets.shape[1]) + 1
-        losses: dict[int, torch.Tensor | None] = {}  # one loss per period length, shared by its levels
-
-        def period_loss(P: int):
-            if P not in losses:
-                keep = after % P != 0  # both tokens inside one period
-                losses[P] = F.cross_entropy(preds[:, keep].reshape(-1, preds.shape[-1]), targets[:, keep].reshape(-1),
-                                            reduction="sum") if keep.any() else None
-            return losses[P]
-
+        by_period: dict[int, list] = {}  # P -> [(level state, memory name, fast state)]
         for lv in tasks:
             ls = state.level(lv, seg.shape[0])
-            P = ls.period
-            loss = period_loss(P)
-            for name, f in ls.fast.items():
-                if f.objective != "task":
-                    continue
-                lr, decay, beta = getattr(f, "task_rates", (1.0, None, None))
-                names = list(f.theta)
-                if loss is not None:
-                    create = outer_grad and not f.mem.detach
-                    inputs = [f.theta[k] for k in names]
-                    grads = torch.autograd.grad(loss, inputs, create_graph=create, retain_graph=True,
-                                                allow_unused=True)
-                    terms = {k: (torch.zeros_like(t) if g is None else g) * lr for k, t, g in zip(names, inputs, grads)}
-                    f.acc = terms if f.acc is None else {k: f.acc[k] + v for k, v in terms.items()}
+            by_period.setdefault(ls.period, []).extend(
+                (ls, name, f) for name, f in ls.fast.items() if f.objective == "task")
+
+        for P, memories in by_period.items():
+            # the pairs with both tokens inside one period: positions known before the
+            # call, so the loss has static shapes (no data-dependent indexing)
+            keep = [i for i in range(targets.shape[1]) if (first + i + 1) % P]
+            if keep:
+                at = torch.tensor(keep, device=preds.device)
+                loss = F.cross_entropy(preds[:, at].reshape(-1, preds.shape[-1]), targets[:, at].reshape(-1),
+                                       reduction="sum")
+                for create in (True, False):  # exact (through the inner updates), or first order
+                    group = [f for _, _, f in memories if (outer_grad and not f.mem.detach) == create]
+                    if not group:
+                        continue
+                    inputs = [t for f in group for t in f.theta.values()]
+                    grads = iter(torch.autograd.grad(loss, inputs, create_graph=create, retain_graph=True,
+                                                     allow_unused=True))
+                    for f in group:
+                        lr = getattr(f, "task_rates", (1.0, None, None))[0]
+                        terms = {}
+                        for k, t in f.theta.items():
+                            g = next(grads)
+                            terms[k] = (torch.zeros_like(t) if g is None else g) * lr
+                        f.acc = terms if f.acc is None else {k: f.acc[k] + v for k, v in terms.items()}
+            for ls, name, f in memories:
+                _, decay, beta = getattr(f, "task_rates", (1.0, None, None))
                 for attr, rate in (("decay", decay), ("beta", beta)):
                     if rate is not None:
                         factor = torch.as_tensor(rate) ** n

@@ -59,8 +59,9 @@ class FfnLevel(Level):
 class LinearAttentionModel(Model):
     """model linear_attention (linear_attention.nl)."""
 
-    def __init__(self, inner_clip: float | None = None, fused: bool = True):
-        super().__init__('linear_attention', {'vocab': 256.0, 'dim': 64.0, 'heads': 2.0, 'depth': 2.0, 'context': 128.0, 'batch': 8.0}, inner_clip=inner_clip, fused=fused)
+    def __init__(self, inner_clip: float | None = None, fused: bool = True, kernels: str = 'auto'):
+        super().__init__('linear_attention', {'vocab': 256.0, 'dim': 64.0, 'heads': 2.0, 'depth': 2.0, 'context': 128.0, 'batch': 8.0}, inner_clip=inner_clip, fused=fused,
+                         kernels=kernels)
         register(self, 'embed', init('embedding', (256, 64)))
         register(self, 'norm', init('norm', (64,)))
         register(self, 'head', init('head', (256, 64)))

@@ -9,6 +9,9 @@ Triton is imported only when a kernel is first used, so importing this package n
 fails without it; `available` says whether a kernel may run on a tensor. The
 kernels are built (compiled or interpreted) at that first use, so TRITON_INTERPRET
 must be set before it to run them on the CPU.
+
+Which runs is the compile option `kernels` (`MODES`): "auto" uses them on CUDA
+tensors, "triton" wherever `available` says they can run, "torch" never.
 """
 from __future__ import annotations
 
@@ -17,7 +20,8 @@ import os
 
 import torch
 
-__all__ = ["available", "gated_delta_rule", "mlp_period_update", "mlp_period_update_reference"]
+__all__ = ["MODES", "available", "check_mode", "gated_delta_rule", "mlp_period_update",
+           "mlp_period_update_reference"]
 
 _WHERE = {"gated_delta_rule": "delta", "mlp_period_update": "mlp", "mlp_period_update_reference": "mlp"}
 
@@ -27,6 +31,16 @@ def _has_triton() -> bool:
         return importlib.util.find_spec("triton") is not None
     except (ImportError, ValueError):
         return False
+
+
+MODES = ("auto", "triton", "torch")
+
+
+def check_mode(mode: str) -> str:
+    """The `kernels` option as given, or a ValueError naming the allowed values."""
+    if mode not in MODES:
+        raise ValueError(f"kernels={mode!r}: expected one of {', '.join(map(repr, MODES))}")
+    return mode
 
 
 def available(t: torch.Tensor) -> bool:
