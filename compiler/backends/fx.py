@@ -438,6 +438,6 @@ def build_model(spec: ModelSpec) -> Model:
         for name in block.levels:
             lv = spec.level(name)
             model.add_level(name, [build_level(lv, c, model.settings) for c in range(block.repeat)])
-    model.link_sources()
+    model.finish()
     model.attach(_ModelBuild(spec, model).build())
     return model

@@ -165,7 +165,7 @@ def emit(model) -> str:
     for name, slot in model.slots.items():
         copies = len(getattr(model, slot))
         out.append(f"        self.add_level({name!r}, [{classes[name]}(c) for c in range({copies})])")
-    out.append("        self.link_sources()")
+    out.append("        self.finish()")
     out += _registers(model.__dict__.get("__made__", []))
     out.append("")
     out.append(f"    def segment(self, {seg.params()}):")

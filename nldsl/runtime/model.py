@@ -172,7 +172,19 @@ class Model(nn.Module):
         for slot in self.slots.values():
             yield from getattr(self, slot)
 
-    def link_sources(self) -> None:
+    def finish(self) -> None:
+        """Called once every level is added. Links nested CMS memories to their sources.
+        A model with task levels takes a gradient inside its forward: torch.compile
+        traces that call correctly only with dynamo's `trace_autograd_ops` (without it
+        the compiled inner update silently differs, tests/test_compile.py), so it is
+        switched on; it changes nothing for code that takes no such gradient."""
+        self._link_sources()
+        if self.task_levels():
+            import torch._dynamo  # here, not at import: it costs a second to load
+
+            torch._dynamo.config.trace_autograd_ops = True
+
+    def _link_sources(self) -> None:
         """Nested CMS: a memory with `init: other.mem` starts from, and every period of
         `other` restarts from, the same copy of that memory."""
         for lv in self.levels():

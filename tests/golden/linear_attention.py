@@ -67,7 +67,7 @@ class LinearAttentionModel(Model):
         register(self, 'head', init('head', (256, 64)))
         self.add_level('attn', [AttnLevel(c) for c in range(2)])
         self.add_level('ffn', [FfnLevel(c) for c in range(2)])
-        self.link_sources()
+        self.finish()
         register(self, 'block0.0.x.rmsnorm', init('norm', (64,)))
         register(self, 'block0.0.x.rmsnorm_1', init('norm', (64,)))
         register(self, 'block0.1.x.rmsnorm', init('norm', (64,)))
