@@ -36,7 +36,7 @@ OPTIMIZER_FUNCS = ELEMENTWISE + ("l2norm", "max", "min", "select", "newton_schul
 SETTINGS = {"vocab": None, "dim": None, "heads": 1, "depth": 1, "context": 512, "batch": 8}
 OBJECTIVE_STMTS = ("next_token",)
 SELECTORS = ("all", "matrices", "vectors", "rest")
-HINTS = {"tile": int, "kernel": ("auto", "torch", "triton")}
+HINTS = {"tile": int, "kernel": ("auto", "torch", "triton"), "group": ("off", "on")}
 INITS = ("zeros", "ones", "normal", "identity")
 MAX_SIZE = 1 << 24  # a dimension beyond this is a typo, and would not fit anyway
 

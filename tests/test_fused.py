@@ -212,6 +212,7 @@ GROUPED = """model m {
   block { x = x + L(rmsnorm(x)) }
   objective next_token
   optimizer adam(lr: 1e-3)
+  schedule { L.group = on }
 }"""
 
 
@@ -222,16 +223,19 @@ def test_grouped_memories_equal_one_at_a_time(clip):
     `read within` sums, clipping, and a stream cut mid-period, forward and backward,
     equal the reference's memory-by-memory calls."""
     ref, fused = _pair(GROUPED, inner_clip=clip)
+    assert [ls.desc.group for ls in (next(ref.levels()), next(fused.levels()))] == [True, True]
     code = next(fused.levels()).step.code
     assert "read_many(('A', 'B'), x)" in code and "learn_many(('A', 'B')" in code and "learn_many(('C', 'D')" in code
     tokens = torch.randint(0, 32, (2, 22))
     outs = []
     for model in (ref, fused):
         a, st = model(tokens[:, :9])
-        b, _ = model(tokens[:, 9:], st)
+        b, st = model(tokens[:, 9:], st)
         logits = torch.cat([a, b], 1)
         (logits * torch.linspace(-1, 1, 32, dtype=torch.float64)).sum().backward()
         outs.append((logits, [p.grad for p in model.parameters()]))
+        stacked = [k for ls in st.levels.values() for k in ls.stacks]
+        assert stacked == ([] if model is ref else [("A", "B"), ("C", "D")])  # only the fused path stacks
     torch.testing.assert_close(outs[1][0], outs[0][0])
     for (name, _), g, want in zip(ref.named_parameters(), outs[1][1], outs[0][1]):
         torch.testing.assert_close(g, want, msg=name)

@@ -297,3 +297,14 @@ def test_kernels_option(calls):
     model = nldsl.compile(EXAMPLES / "gated_deltanet.nl", dim=16, heads=2, context=32, depth=1, kernels="auto")
     model(torch.randint(0, 256, (1, 32)))
     assert not calls
+
+
+def test_a_level_kernel_hint_overrides_the_option(calls):
+    """`schedule { L.kernel = ... }` picks for its level, whatever the compile option says."""
+    hinted = MLP.replace("optimizer adam(lr: 1e-3)", "optimizer adam(lr: 1e-3)\n  schedule { L.kernel = triton }")
+    nldsl.compile(hinted, kernels="torch")(torch.randint(0, 32, (1, 16)))
+    assert calls["mlp_period_update"] > 0
+    calls.clear()
+    off = MLP.replace("optimizer adam(lr: 1e-3)", "optimizer adam(lr: 1e-3)\n  schedule { L.kernel = torch }")
+    nldsl.compile(off, kernels="triton")(torch.randint(0, 32, (1, 16)))
+    assert not calls

@@ -250,7 +250,8 @@ def describe(spec: LevelSpec) -> LevelDesc:
             source=m.init if nested else None, detach=m.detach, window=m.window,
             objective=l.objective if l else None, rule=l.rule if l else None, read=l.read if l else "before"))
     return LevelDesc(name=spec.name, scope=spec.scope, period=spec.period.count if spec.period.kind == "tokens" else None,
-                     memories=tuple(mems), tile=int(spec.hints.get("tile", 64)))
+                     memories=tuple(mems), tile=int(spec.hints.get("tile", 64)), kernel=spec.hints.get("kernel"),
+                     group=spec.hints.get("group") == "on")
 
 
 def _calls(graph: fx.Graph, method: str):

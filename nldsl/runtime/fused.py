@@ -39,10 +39,9 @@ def chunkable(f, period: int, clip) -> bool:
             and (f.rule == "gd" or (f.rule == "implicit" and period == 1 and f.objective == "l2")))
 
 
-def use_kernel(options: dict, t: torch.Tensor) -> bool:
+def use_kernel(mode: str, t: torch.Tensor) -> bool:
     """Whether a Triton kernel answers for t: never with kernels="torch", on CUDA with
     "auto", wherever one can run with "triton". Not for float64: they compute in float32."""
-    mode = kernels.check_mode(options.get("kernels", "auto"))
     if mode == "torch" or t.dtype == torch.float64 or not (t.is_cuda or mode == "triton"):
         return False
     return kernels.available(t)
@@ -98,7 +97,7 @@ class Span:
                 eta = eta / (1 + eta * k.pow(2).sum(-1))
             log_decay = None if decay is None else M.as_rate(decay, B, n, m.heads, key).log()
             q = k if e is None else M.split_heads(e, m.heads)
-            if P == 1 and f.objective == "l2" and use_kernel(ls.options, key):  # the same recurrence, in Triton
+            if P == 1 and f.objective == "l2" and use_kernel(ls.kernel, key):  # the same recurrence, in Triton
                 y, S = kernels.gated_delta_rule(f.theta["W"], q, k, v, eta, log_decay, within=f.within,
                                                 tile=self.tile)
             else:
@@ -106,7 +105,7 @@ class Span:
                                           within=f.within, l2=f.objective == "l2")
             f.theta = {"W": S}
             return None if e is None else M.merge_heads(y)
-        if mlp_kernel(f, clip) and use_kernel(ls.options, key):
+        if mlp_kernel(f, clip) and use_kernel(ls.kernel, key):
             return self._mlp_periods(f, key, value, lr, decay, e)
         outs = []
         for j in range(0, n, P):

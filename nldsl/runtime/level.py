@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from . import kernels
 from . import memory as M
 from .errors import NonFiniteError
 from .fused import run_span
@@ -211,8 +212,12 @@ class LevelState(Carry):
         self.pos = 0
         self.period = desc.period if desc.scope == "sequence" else None
         self.fused = bool(options.get("fused")) and desc.parallel and self.period is not None
-        self.grouped = bool(options.get("fused"))  # alike memories in one batched call (read_many, learn_many)
-        self.stacks: dict[tuple, tuple] = {}  # memories -> (their states, stacked), see _stacked
+        # alike memories in one batched call (read_many, learn_many): a schedule hint, off
+        # by default, since on the CPU it measured slower and larger (docs/performance.md)
+        self.grouped = bool(options.get("fused")) and desc.group
+        self.stacks: dict[tuple, tuple] = {}
+        # Triton or PyTorch for the memories that have a kernel: the level's hint, else the model's option
+        self.kernel = kernels.check_mode(desc.kernel or options.get("kernels", "auto"))  # memories -> (their states, stacked), see _stacked
         self.fast: dict[str, Fast | Cache] = {}
         for m in desc.memories:
             if m.kind == "attention":

@@ -176,13 +176,17 @@ class Model(nn.Module):
         """Called once every level is added. Links nested CMS memories to their sources.
         A model with task levels takes a gradient inside its forward: torch.compile
         traces that call correctly only with dynamo's `trace_autograd_ops` (without it
-        the compiled inner update silently differs, tests/test_compile.py), so it is
-        switched on; it changes nothing for code that takes no such gradient."""
+        the compiled inner update silently differs), and a graph so traced that comes
+        back from the on-disk AOTAutograd cache fails with a bad shape (torch 2.13);
+        so the one is switched on and the other off (tests/test_compile.py). Neither
+        changes what other code computes."""
         self._link_sources()
         if self.task_levels():
             import torch._dynamo  # here, not at import: it costs a second to load
+            import torch._functorch.config
 
             torch._dynamo.config.trace_autograd_ops = True
+            torch._functorch.config.enable_autograd_cache = False
 
     def _link_sources(self) -> None:
         """Nested CMS: a memory with `init: other.mem` starts from, and every period of
