@@ -40,6 +40,8 @@ from pathlib import Path
 
 import torch
 
+import nldsl
+
 from nldsl.bench import (Workload, alternate, console, fmt_mb, fmt_rate, header, level_workload, machine,
                          matmul_peak, peak_memory, resolve_spec)
 
@@ -268,6 +270,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    nldsl.flush_subnormals()  # as `nldsl bench` does: for every implementation alike
     peak = matmul_peak(args.device)
     console().print(header(machine(args.device), peak, 2048), highlight=False)
     results = {"machine": machine(args.device), "matmul_peak_gflops": peak, "tables": []}

@@ -96,4 +96,18 @@ def compile_optimizer(source: str | Path, params, *, name: str | None = None, **
     return SpecOptimizer(params, _optimizer_spec(source, name, hparams))
 
 
-__all__ = ["compile", "compile_optimizer", "NLError"]
+def flush_subnormals(on: bool = True) -> bool:
+    """Make this process's CPU arithmetic flush subnormal floats (below 1.2e-38 in
+    float32) to zero. Fast states that decay at data-dependent rates reach them: an
+    untrained decay near 0.5, multiplied over a 16-token period, shrinks a state by
+    1e-5 a period. x86 CPUs compute with subnormals 10 to 100 times slower, and next to
+    the state's other entries they are far below float32's resolution, so flushing them
+    changes nothing a model computes beyond rounding. The command line does this for
+    every command that runs a model, and turns it off again after (docs/performance.md).
+    `on=False` restores IEEE subnormals. Returns whether the CPU supports it."""
+    import torch
+
+    return torch.set_flush_denormal(on)
+
+
+__all__ = ["compile", "compile_optimizer", "flush_subnormals", "NLError"]

@@ -162,13 +162,18 @@ def cmd_compile(args) -> int:
 
 
 def _run_errors(fn):
-    """Training commands: the user's mistakes there (data, checkpoints, divergence) are one `error:` line."""
+    """Commands that run a model: subnormal floats flushed (nldsl.flush_subnormals), and the
+    user's mistakes there (data, checkpoints, divergence) are one `error:` line."""
     def run(args) -> int:
+        from .api import flush_subnormals
         from .train import user_errors
+        flush_subnormals()
         try:
             return fn(args)
         except user_errors() as e:
             return _fail(str(e))
+        finally:  # `main` may run inside another program (the tests do)
+            flush_subnormals(False)
     return run
 
 
@@ -213,6 +218,7 @@ def cmd_generate(args) -> int:
     return 0
 
 
+@_run_errors
 def cmd_bench(args) -> int:
     """Tokens/s, FLOP rate and peak memory of specs, the fused path against the reference
     (docs/benchmarks.md)."""

@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -70,3 +72,20 @@ def test_fmt_on_a_syntax_error_changes_nothing(tmp_path):
     r = nldsl("fmt", str(bad))
     assert r.returncode == 1 and "error[NL011]" in r.stderr
     assert bad.read_text() == "model m { dim }\n"
+
+
+def test_flush_subnormals_flushes_and_restores():
+    """The commands that run models flush subnormal floats (their arithmetic is slow on
+    x86); nldsl.flush_subnormals(False) gives IEEE behaviour back."""
+    import torch
+
+    import nldsl
+
+    tiny = torch.tensor(1e-30)
+    try:
+        if not nldsl.flush_subnormals():
+            pytest.skip("this CPU cannot flush subnormals (torch.set_flush_denormal returned False)")
+        assert (tiny * 1e-10).item() == 0.0
+    finally:
+        nldsl.flush_subnormals(False)
+    assert 0.0 < (tiny * 1e-10).item() < 1e-38
