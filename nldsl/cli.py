@@ -182,7 +182,8 @@ def cmd_train(args) -> int:
     from .train import parse_overrides, train
     train(args.file, data=args.data, steps=args.steps, out_dir=args.out, resume=args.resume,
           overrides=parse_overrides(args.set), seed=args.seed, eval_every=args.eval_every,
-          eval_batches=args.eval_batches, ckpt_every=args.ckpt_every, sample=args.sample, quiet=args.quiet)
+          eval_batches=args.eval_batches, ckpt_every=args.ckpt_every, sample=args.sample, quiet=args.quiet,
+          compile=args.compile)
     return 0
 
 
@@ -243,6 +244,9 @@ def _add_run_commands(sub) -> None:
     t.add_argument("--steps", type=int, default=1000, metavar="N", help="train up to step N (default 1000)")
     t.add_argument("--out", metavar="DIR", help="the run's folder (default: runs/<FILE's name>)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    t.add_argument("--compile", action="store_true",
+                   help="run the training steps through torch.compile (the first step compiles: seconds for small "
+                        "models, minutes for long contexts)")
     t.add_argument("--seed", type=int, metavar="N", help="initialisation and batches (default 0; a resumed run keeps its own)")
     t.add_argument("--eval-every", type=int, default=100, metavar="N", help="held-out loss every N steps (default 100; 0: at the start and end only)")
     t.add_argument("--eval-batches", type=int, default=8, metavar="N", help="held-out batches per evaluation (default 8)")

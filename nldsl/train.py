@@ -323,11 +323,13 @@ def _agree(ckpt: Checkpoint, seed, data, overrides) -> tuple[int, str, dict]:
 def train(spec_path: str | Path, data: str | None = None, steps: int = 1000, out_dir: str | Path | None = None,
           resume: bool = False, overrides: dict | None = None, seed: int | None = None,
           eval_every: int = 100, eval_batches: int = 8, ckpt_every: int = 100, sample: int = 200,
-          quiet: bool = False, on_step=None) -> History:
+          quiet: bool = False, on_step=None, compile: bool = False) -> History:
     """Train the first model of `spec_path` on bytes for `steps` steps in all, into `out_dir`.
 
     `resume` continues the run in `out_dir` from its checkpoint. `on_step(step, loss)` is
-    called after every step, once that step's checkpoint (if any) is written.
+    called after every step, once that step's checkpoint (if any) is written. `compile`
+    runs the training steps through `torch.compile` (the first step compiles;
+    docs/performance.md); evaluation, checkpoints and the sample use the model as is.
     """
     if steps < 0:
         raise TrainError(f"--steps {steps}: the number of steps cannot be negative")
@@ -365,12 +367,13 @@ def train(spec_path: str | Path, data: str | None = None, steps: int = 1000, out
         history.heldout[start] = evaluate(model, corpus, eval_batches)
     print(f"held-out at step {start}: {describe(history.heldout[start])}")
 
+    stepper = torch.compile(model) if compile else model  # the same parameters either way
     saved = start if resume else None
     began = time.perf_counter()
     with tqdm(total=steps, initial=start, disable=quiet, unit="step", dynamic_ncols=True) as bar:
         for step in range(start + 1, steps + 1):
             try:
-                history.train.append(_train_step(model, optimizer, *corpus.batch(seed, step, batch, context)))
+                history.train.append(_train_step(stepper, optimizer, *corpus.batch(seed, step, batch, context)))
             except (_NonFiniteLoss, *_nonfinite_errors()) as e:
                 last = f"; the last checkpoint (step {saved}) is in {out}" if saved is not None else ""
                 raise TrainError(f"training diverged at step {step}: {e}{last}") from e

@@ -212,12 +212,12 @@ class LevelState(Carry):
         self.pos = 0
         self.period = desc.period if desc.scope == "sequence" else None
         self.fused = bool(options.get("fused")) and desc.parallel and self.period is not None
-        # alike memories in one batched call (read_many, learn_many): a schedule hint, off
-        # by default, since on the CPU it measured slower and larger (docs/performance.md)
+        # alike memories in one batched call (read_many, learn_many): the `group` hint, off
+        # by default: on the CPU it measured 1.1x faster for 1.9x the memory (docs/performance.md)
         self.grouped = bool(options.get("fused")) and desc.group
-        self.stacks: dict[tuple, tuple] = {}
+        self.stacks: dict[tuple, tuple] = {}  # memories -> (their states, stacked), see _stacked
         # Triton or PyTorch for the memories that have a kernel: the level's hint, else the model's option
-        self.kernel = kernels.check_mode(desc.kernel or options.get("kernels", "auto"))  # memories -> (their states, stacked), see _stacked
+        self.kernel = kernels.check_mode(desc.kernel or options.get("kernels", "auto"))
         self.fast: dict[str, Fast | Cache] = {}
         for m in desc.memories:
             if m.kind == "attention":
@@ -280,13 +280,21 @@ class LevelState(Carry):
             for m, v in zip(memories, values):
                 self.learn(m, key, v, lr, decay, beta)
             return
-        G, fs = len(memories), [self.fast[m] for m in memories]
-        rep = lambda r: r.repeat(G, *[1] * (r.dim() - 1)) if torch.is_tensor(r) and r.dim() == 3 else r  # per item
-        group = Fast(fs[0].mem, self._stacked(memories), learns=True)
-        group.record(rep(key), torch.cat(values), rep(lr), rep(decay), rep(beta), clip=self.options.get("inner_clip"))
-        for i, f in enumerate(fs):  # each memory's share of the stacked items
-            f.chunk = {k: None if v is None else {n: t.chunk(G)[i] for n, t in v.items()} if isinstance(v, dict)
-                       else v.chunk(G)[i] for k, v in group.chunk.items()}
+        G = len(memories)
+
+        def each(r):  # the key and per-item rates [B, n, .] once for every memory
+            return r.repeat(G, *[1] * (r.dim() - 1)) if torch.is_tensor(r) and r.dim() == 3 else r
+
+        def share(x, i: int):  # memory i's part of what the stacked record made
+            if isinstance(x, dict):
+                return {k: share(v, i) for k, v in x.items()}
+            return None if x is None else x.chunk(G)[i]
+
+        group = Fast(self.fast[memories[0]].mem, self._stacked(memories), learns=True)
+        group.record(each(key), torch.cat(values), each(lr), each(decay), each(beta),
+                     clip=self.options.get("inner_clip"))
+        for i, m in enumerate(memories):
+            self.fast[m].chunk = share(group.chunk, i)
 
     def _stacked(self, memories: tuple) -> dict:
         """The states of alike memories along the batch, made once per period."""
