@@ -81,20 +81,29 @@ def test_every_example_fused_equals_the_reference(example):
     37 tokens, then 33: the fused path runs whole periods, the reference the rest)."""
     kw = {"name": "cms_nested"} if example == "cms.nl" else {}
     ref, fused = _pair(EXAMPLES / example, dim=16, heads=2, context=64, depth=1, **kw)
-    tokens = torch.randint(0, 256, (2, 70))
-    outs = []
-    for model in (ref, fused):
-        a, st = model(tokens[:, :37])
-        b, _ = model(tokens[:, 37:], st)
-        logits = torch.cat([a, b], 1)
-        (logits * torch.linspace(-1, 1, 256, dtype=torch.float64)).sum().backward()
-        outs.append((logits, [p.grad for p in model.parameters()]))
-    (ref_logits, ref_grads), (got_logits, got_grads) = outs
-    torch.testing.assert_close(got_logits, ref_logits)
-    for (name, _), g, want in zip(ref.named_parameters(), got_grads, ref_grads):
-        assert (g is None) == (want is None), name
+    _same_stream(ref, fused, torch.randint(0, 256, (2, 70)), cut=37)
+
+
+def _stream(model, tokens, cut: int):
+    """Two calls cut at `cut`, then the backward of a fixed weighting of the logits:
+    (logits, every parameter's gradient, the state left)."""
+    a, st = model(tokens[:, :cut])
+    b, st = model(tokens[:, cut:], st)
+    logits = torch.cat([a, b], 1)
+    (logits * torch.linspace(-1, 1, logits.shape[-1], dtype=logits.dtype)).sum().backward()
+    return logits, [p.grad for p in model.parameters()], st
+
+
+def _same_stream(ref, fused, tokens, cut: int):
+    """The two models agree on a stream cut mid-period, forward and backward; returns
+    the states they leave."""
+    (want, want_grads, ref_st), (got, got_grads, fused_st) = (_stream(m, tokens, cut) for m in (ref, fused))
+    torch.testing.assert_close(got, want)
+    for (name, _), g, w in zip(ref.named_parameters(), got_grads, want_grads):
+        assert (g is None) == (w is None), name
         if g is not None:
-            torch.testing.assert_close(g, want, msg=name)
+            torch.testing.assert_close(g, w, msg=name)
+    return ref_st, fused_st
 
 
 def test_which_levels_run_whole_periods_at_once():
@@ -226,16 +235,6 @@ def test_grouped_memories_equal_one_at_a_time(clip):
     assert [ls.desc.group for ls in (next(ref.levels()), next(fused.levels()))] == [True, True]
     code = next(fused.levels()).step.code
     assert "read_many(('A', 'B'), x)" in code and "learn_many(('A', 'B')" in code and "learn_many(('C', 'D')" in code
-    tokens = torch.randint(0, 32, (2, 22))
-    outs = []
-    for model in (ref, fused):
-        a, st = model(tokens[:, :9])
-        b, st = model(tokens[:, 9:], st)
-        logits = torch.cat([a, b], 1)
-        (logits * torch.linspace(-1, 1, 32, dtype=torch.float64)).sum().backward()
-        outs.append((logits, [p.grad for p in model.parameters()]))
-        stacked = [k for ls in st.levels.values() for k in ls.stacks]
-        assert stacked == ([] if model is ref else [("A", "B"), ("C", "D")])  # only the fused path stacks
-    torch.testing.assert_close(outs[1][0], outs[0][0])
-    for (name, _), g, want in zip(ref.named_parameters(), outs[1][1], outs[0][1]):
-        torch.testing.assert_close(g, want, msg=name)
+    states = _same_stream(ref, fused, torch.randint(0, 32, (2, 22)), cut=9)
+    stacked = [[k for ls in st.levels.values() for k in ls.stacks] for st in states]
+    assert stacked == [[], [("A", "B"), ("C", "D")]]  # only the fused path stacks
