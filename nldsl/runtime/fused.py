@@ -28,9 +28,13 @@ from . import memory as M
 from .errors import NonFiniteError
 
 
-def _part(r, sl: slice):
-    """A rate's values for some items: a per-item tensor [B, n, .] is cut, anything else kept."""
-    return r[:, sl] if torch.is_tensor(r) and r.dim() == 3 else r
+def periods(x, P: int, count: int) -> list:
+    """Per-item values [B, n, ...] cut into `count` periods of P items, in one split (whose
+    backward is one concatenation; slicing each period would make a zero tensor of the
+    whole span per period in the backward); a rate that is not per item, `count` times."""
+    if torch.is_tensor(x) and x.dim() >= 3:
+        return list(x.split(P, 1))
+    return [x] * count
 
 
 def chunkable(f, period: int, clip) -> bool:
@@ -107,13 +111,13 @@ class Span:
             return None if e is None else M.merge_heads(y)
         if mlp_kernel(f, clip) and use_kernel(ls.kernel, key):
             return self._mlp_periods(f, key, value, lr, decay, e)
-        outs = []
-        for j in range(0, n, P):
-            sl = slice(j, j + P)
-            f.record(key[:, sl], value[:, sl], _part(lr, sl), _part(decay, sl), _part(beta, sl), clip=clip)
-            if e is not None:
+        outs, count = [], n // P
+        for items in zip(*(periods(t, P, count) for t in (key, value, lr, decay, beta, e))):
+            *learned, q = items
+            f.record(*learned, clip=clip)
+            if q is not None:
                 theta = f.state_within() if f.within else f.theta
-                outs.append(M.read(m.kind, theta, e[:, sl], m.heads, m.act, m.residual))
+                outs.append(M.read(m.kind, theta, q, m.heads, m.act, m.residual))
             f.end_chunk()
             f.update()
         return torch.cat(outs, 1) if outs else None
@@ -128,11 +132,11 @@ class Span:
         eta = M.as_rate(lr, B, n, m.heads, key)
         alpha = None if decay is None else M.as_rate(decay, B, n, m.heads, key)
         outs = []
-        for j in range(0, n, P):
-            sl, S = slice(j, j + P), f.theta
+        for qj, kj, vj, eta_j, alpha_j in zip(*(periods(t, P, n // P) for t in (q, k, v, eta, alpha))):
+            S = f.theta
             y, *new = kernels.mlp_period_update(
-                S["W1"], S["W2"], q[:, sl], k[:, sl], v[:, sl], eta[:, sl],
-                None if alpha is None else alpha[:, sl].prod(1),  # the period's decay, [B, h]
+                S["W1"], S["W2"], qj, kj, vj, eta_j,
+                None if alpha_j is None else alpha_j.prod(1),  # the period's decay, [B, h]
                 act=m.act, residual=m.residual, b1=S.get("b1"), b2=S.get("b2"))
             new = dict(zip(("W1", "W2", "b1", "b2"), new))
             f.theta = {name: new[name] for name in S}  # the keys in the loop's order

@@ -374,12 +374,20 @@ def scan(level, x: torch.Tensor, state) -> torch.Tensor:
     fused path, one call for each run of whole periods."""
     ls = state.level(level, x.shape[0])
     outs = []
-    for i, n, whole in pieces(ls.pos, x.shape[1], ls.period, ls.fused):
-        y = run_span(level, x[:, i:i + n], ls) if whole else None
+    for (_, n, whole), xs in cut(x, pieces(ls.pos, x.shape[1], ls.period, ls.fused)):
+        y = run_span(level, xs, ls) if whole else None
         if y is None:  # the reference: one period at a time
-            for j, m, _ in pieces(ls.pos, n, ls.period):
-                outs.append(level.step(x[:, i + j:i + j + m], ls))
+            for (_, m, _), xp in cut(xs, pieces(ls.pos, n, ls.period)):
+                outs.append(level.step(xp, ls))
                 ls.end_chunk(m)
         else:
             outs.append(y)
     return torch.cat(outs, 1) if len(outs) > 1 else outs[0]
+
+
+def cut(x: torch.Tensor, parts):
+    """x [B, n, ...] in the pieces of `pieces`, as (piece, tokens) pairs: one split, whose
+    backward is one concatenation (slicing each piece would make a zero tensor of the
+    whole segment per piece in the backward)."""
+    parts = list(parts)
+    return zip(parts, x.split([n for _, n, _ in parts], 1))
