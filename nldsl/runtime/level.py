@@ -32,6 +32,8 @@ def _per_head(r: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 class Fast:
     """One memory's fast state for a batch of sequences."""
 
+    task_rates = (1.0, None, None)  # (lr, decay, beta) of a memory learning on the task, set by its step
+
     def __init__(self, mem, theta: dict, learns: bool):
         self.mem = mem
         self.objective = mem.objective if learns else None
@@ -270,7 +272,7 @@ class LevelState(Carry):
         if not self.grouped:
             return tuple(self.read(m, e, start) for m in memories)
         s, G = self.fast[memories[0]].mem, len(memories)
-        y = M.read(s.kind, self._stacked(memories), e.repeat(G, *[1] * (e.dim() - 1)), s.heads, s.act, s.residual)
+        y = M.read(s.kind, self._stacked(memories), _each(e, G), s.heads, s.act, s.residual)
         return y.chunk(G)
 
     def learn_many(self, memories: tuple, key, values: tuple, lr=1.0, decay=None, beta=None):
@@ -282,16 +284,13 @@ class LevelState(Carry):
             return
         G = len(memories)
 
-        def each(r):  # the key and per-item rates [B, n, .] once for every memory
-            return r.repeat(G, *[1] * (r.dim() - 1)) if torch.is_tensor(r) and r.dim() == 3 else r
-
         def share(x, i: int):  # memory i's part of what the stacked record made
             if isinstance(x, dict):
                 return {k: share(v, i) for k, v in x.items()}
             return None if x is None else x.chunk(G)[i]
 
         group = Fast(self.fast[memories[0]].mem, self._stacked(memories), learns=True)
-        group.record(each(key), torch.cat(values), each(lr), each(decay), each(beta),
+        group.record(_each(key, G), torch.cat(values), _each(lr, G), _each(decay, G), _each(beta, G),
                      clip=self.options.get("inner_clip"))
         for i, m in enumerate(memories):
             self.fast[m].chunk = share(group.chunk, i)
@@ -349,6 +348,12 @@ class LevelState(Carry):
             self.pending.append((self.name, name, pos, bad))
         elif bad.any():
             raise NonFiniteError(self.name, name, pos, int(bad.nonzero()[0, 0]))
+
+
+def _each(r, G: int):
+    """A stream or per-item rate [B, n, .] once for each of G stacked memories ([G·B, n, .]);
+    a rate that is not per item as it is."""
+    return r.repeat(G, *[1] * (r.dim() - 1)) if torch.is_tensor(r) and r.dim() == 3 else r
 
 
 def pieces(pos: int, n: int, period: int | None, whole: bool = False):

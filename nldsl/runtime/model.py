@@ -271,14 +271,14 @@ class Model(nn.Module):
                     grads = iter(torch.autograd.grad(loss, inputs, create_graph=create, retain_graph=True,
                                                      allow_unused=True))
                     for f in group:
-                        lr = getattr(f, "task_rates", (1.0, None, None))[0]
+                        lr = f.task_rates[0]
                         terms = {}
                         for k, t in f.theta.items():
                             g = next(grads)
                             terms[k] = (torch.zeros_like(t) if g is None else g) * lr
                         f.acc = terms if f.acc is None else {k: f.acc[k] + v for k, v in terms.items()}
             for ls, name, f in memories:
-                _, decay, beta = getattr(f, "task_rates", (1.0, None, None))
+                _, decay, beta = f.task_rates
                 for attr, rate in (("decay", decay), ("beta", beta)):
                     if rate is not None:
                         factor = torch.as_tensor(rate) ** n
