@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import torch
 
-from . import chunked, kernels
+from . import chunked, headmajor, kernels
 from . import memory as M
+from .period import mlp_period
 from .errors import NonFiniteError
 
 
@@ -57,6 +58,14 @@ def mlp_kernel(f, clip) -> bool:
     m = f.mem
     return (m.kind == "mlp" and f.objective == "l2" and f.rule == "gd" and not f.within
             and not m.detach and clip is None)
+
+
+def mlp_loop(f, clip) -> bool:
+    """Whether a memory's periods are `period.mlp_period`: a 2-layer mlp without biases
+    on l2 by gd or momentum, read at the period's start, with the gradient flowing through."""
+    m = f.mem
+    return (m.kind == "mlp" and f.objective == "l2" and f.rule in ("gd", "momentum") and not f.within
+            and not m.detach and clip is None and set(f.theta) == {"W1", "W2"})
 
 
 class Span:
@@ -111,13 +120,15 @@ class Span:
             return None if e is None else M.merge_heads(y)
         if mlp_kernel(f, clip) and use_kernel(ls.kernel, key):
             return self._mlp_periods(f, key, value, lr, decay, e)
+        if mlp_loop(f, clip):
+            return self._mlp_loop(f, key, value, lr, decay, beta, e)
         outs, count = [], n // P
         for items in zip(*(periods(t, P, count) for t in (key, value, lr, decay, beta, e))):
             *learned, q = items
             f.record(*learned, clip=clip)
             if q is not None:
                 theta = f.state_within() if f.within else f.theta
-                outs.append(M.read(m.kind, theta, q, m.heads, m.act, m.residual))
+                outs.append(f.formulas.read(m.kind, theta, q, m.heads, m.act, m.residual))
             f.end_chunk()
             f.update()
         return torch.cat(outs, 1) if outs else None
@@ -143,6 +154,31 @@ class Span:
             outs.append(y)
         f.clear()
         return None if e is None else M.merge_heads(torch.cat(outs, 1))
+
+    def _mlp_loop(self, f, key, value, lr, decay, beta, e):
+        """The loop over periods with one autograd node per period (period.py), in
+        head-major layout from start to end."""
+        m, P = f.mem, self.ls.period
+        B, n = key.shape[:2]
+        count = n // P
+
+        def per_period(r):  # a rate's product over each period, [B, h, 1, 1]
+            if r is None:
+                return [None] * count
+            r = M.as_rate(r, B, n, m.heads, key).reshape(B, count, P, m.heads).prod(2)
+            return [t[..., None, None] for t in r.unbind(1)]
+
+        k, v = headmajor.heads(key, m.heads), headmajor.heads(value, m.heads)
+        q = None if e is None else headmajor.heads(e, m.heads)
+        w = M.as_rate(lr, B, n, m.heads, key).transpose(1, 2).unsqueeze(-1)  # [B, h, n, 1]
+        cut = [t.split(P, 2) if t is not None else [None] * count for t in (k, v, q, w)]
+        outs = []
+        for kj, vj, qj, wj, alpha, beta_j in zip(*cut, per_period(decay), per_period(beta)):
+            y, f.theta, f.z = mlp_period(f.theta, f.z, kj, vj, qj, wj, alpha, beta_j, act=m.act,
+                                         residual=m.residual)
+            outs.append(y)
+        f.clear()
+        return None if e is None else headmajor.tokens(torch.cat(outs, 2))
 
     def finish(self):
         for memory in self.items:  # a memory that learns but is not read still moves

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from . import kernels
+from . import headmajor, kernels
 from . import memory as M
 from .errors import NonFiniteError
 from .fused import run_span
@@ -34,8 +34,9 @@ class Fast:
 
     task_rates = (1.0, None, None)  # (lr, decay, beta) of a memory learning on the task, set by its step
 
-    def __init__(self, mem, theta: dict, learns: bool):
+    def __init__(self, mem, theta: dict, learns: bool, formulas=M):
         self.mem = mem
+        self.formulas = formulas  # memory (the reference) or headmajor (the fused path): read and grads
         self.objective = mem.objective if learns else None
         self.rule = mem.rule if learns else None
         self.within = self.objective in ("l2", "dot") and mem.read == "within"
@@ -57,8 +58,8 @@ class Fast:
         if self.rule == "implicit":
             terms = M.implicit_stats(key, value, lr, s.heads, per_item=self.within)
         else:
-            terms = M.grads(s.kind, self.objective, theta, key, value, lr, s.heads, s.act, s.residual,
-                            per_item=self.within)
+            terms = self.formulas.grads(s.kind, self.objective, theta, key, value, lr, s.heads, s.act,
+                                        s.residual, per_item=self.within)
         cum = None
         if self.within:  # cumulative sums: item t's state includes items up to t
             cum = {k: v.cumsum(1) for k, v in terms.items()}
@@ -221,6 +222,7 @@ class LevelState(Carry):
         # Triton or PyTorch for the memories that have a kernel: the level's hint, else the model's option
         self.kernel = kernels.check_mode(desc.kernel or options.get("kernels", "auto"))
         self.fast: dict[str, Fast | Cache] = {}
+        formulas = headmajor if options.get("fused") else M
         for m in desc.memories:
             if m.kind == "attention":
                 self.fast[m.name] = Cache(m, self.period or 1)
@@ -228,7 +230,7 @@ class LevelState(Carry):
             theta = M.batched(level.theta0(m.name), batch)
             if m.objective == "task" and self.period:
                 theta = differentiable(theta)
-            self.fast[m.name] = Fast(m, theta, learns=self.period is not None)
+            self.fast[m.name] = Fast(m, theta, learns=self.period is not None, formulas=formulas)
 
     def detach(self) -> None:
         """Cut the autograd history (inference): values stay, graphs go."""
@@ -256,7 +258,7 @@ class LevelState(Carry):
             return f.read(e, self.pos)
         s = f.mem
         theta = f.state_within() if f.within and not start and f.chunk is not None else f.theta
-        return M.read(s.kind, theta, e, s.heads, s.act, s.residual)
+        return f.formulas.read(s.kind, theta, e, s.heads, s.act, s.residual)
 
     def learn(self, memory: str, key, value, lr=1.0, decay=None, beta=None):
         f = self.fast[memory]
@@ -272,7 +274,7 @@ class LevelState(Carry):
         if not self.grouped:
             return tuple(self.read(m, e, start) for m in memories)
         s, G = self.fast[memories[0]].mem, len(memories)
-        y = M.read(s.kind, self._stacked(memories), _each(e, G), s.heads, s.act, s.residual)
+        y = headmajor.read(s.kind, self._stacked(memories), _each(e, G), s.heads, s.act, s.residual)
         return y.chunk(G)
 
     def learn_many(self, memories: tuple, key, values: tuple, lr=1.0, decay=None, beta=None):
@@ -289,7 +291,7 @@ class LevelState(Carry):
                 return {k: share(v, i) for k, v in x.items()}
             return None if x is None else x.chunk(G)[i]
 
-        group = Fast(self.fast[memories[0]].mem, self._stacked(memories), learns=True)
+        group = Fast(self.fast[memories[0]].mem, self._stacked(memories), learns=True, formulas=headmajor)
         group.record(_each(key, G), torch.cat(values), _each(lr, G), _each(decay, G), _each(beta, G),
                      clip=self.options.get("inner_clip"))
         for i, m in enumerate(memories):
