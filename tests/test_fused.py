@@ -192,6 +192,26 @@ def test_a_non_finite_state_names_the_same_token_as_the_reference():
     assert errors[0] == errors[1]
 
 
+@pytest.mark.parametrize("entries,bad_sequence", [
+    ([3e38, 3e38], None),  # finite entries whose sum overflows: no error
+    ([1.0, float("nan")], 1), ([float("inf"), float("-inf")], 0),  # an Inf and a -Inf sum to NaN
+])
+def test_the_finiteness_check_looks_entry_by_entry_when_the_sum_is_not_finite(entries, bad_sequence):
+    from types import SimpleNamespace
+
+    from nldsl.runtime.level import LevelState
+
+    W = torch.zeros(2, 1, 2, 2)
+    W[bad_sequence or 0, 0, 0, :] = torch.tensor(entries)
+    ls = SimpleNamespace(pos=8, name="L.0", pending=[])
+    if bad_sequence is None:
+        LevelState.check(ls, "M", SimpleNamespace(theta={"W": W}))
+        return
+    with pytest.raises(NonFiniteError) as e:
+        LevelState.check(ls, "M", SimpleNamespace(theta={"W": W}))
+    assert f"sequence {bad_sequence}" in str(e.value)
+
+
 def test_inner_clip_fused_equals_the_reference():
     text = LEVEL.format(P=1, learn="l2(k, v) by gd(lr: eta, decay: keep)", out="M(q)", schedule="")
     ref = nldsl.compile(text, fused=False, inner_clip=0.01)

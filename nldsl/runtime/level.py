@@ -345,8 +345,14 @@ class LevelState(Carry):
         """Stop at a NaN or Inf in a fast state. Under torch.compile, whose graphs cannot
         branch on data, the flags wait in `pending` for the end of the model's call."""
         pos = self.pos if pos is None else pos
-        bad = torch.stack([~torch.isfinite(t.detach().reshape(t.shape[0], -1)).all(1) for t in f.theta.values()]).any(0)
-        if torch.compiler.is_compiling():
+        states = [t.detach().reshape(t.shape[0], -1) for t in f.theta.values()]
+        compiling = torch.compiler.is_compiling()
+        # a NaN or Inf anywhere makes the sum non-finite: one reduction per tensor rules out the
+        # common case; only a non-finite sum (or an overflowing one) looks entry by entry
+        if not compiling and torch.isfinite(sum(t.sum() for t in states)):
+            return
+        bad = torch.stack([~torch.isfinite(t).all(1) for t in states]).any(0)
+        if compiling:
             self.pending.append((self.name, name, pos, bad))
         elif bad.any():
             raise NonFiniteError(self.name, name, pos, int(bad.nonzero()[0, 0]))

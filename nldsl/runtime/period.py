@@ -46,6 +46,19 @@ def _act2(act: str, z):
     return torch.zeros_like(z)  # relu, identity
 
 
+def _act(act: str, zx, n: int):
+    """σ(z) of every row, and σ'(z) of the first n (the keys'), sharing what they can."""
+    if act == "silu":  # σ' = s + a (1 − s), with s the sigmoid and a = z s
+        s = torch.sigmoid(zx)
+        ax = zx * s
+        return ax, s[:, :, :n] + ax[:, :, :n] * (1 - s[:, :, :n])
+    ax = ACT[act](zx)
+    if act in ("sigmoid", "tanh"):  # σ' from σ
+        a = ax[:, :, :n]
+        return ax, a * (1 - a) if act == "sigmoid" else 1 - a * a
+    return ax, ACT_GRAD[act](zx[:, :, :n])
+
+
 def _addmm(C, A, B, alpha: float = 1.0):
     """C + alpha · A @ B over batch dims [B, h]: one baddbmm, one pass over C."""
     out = torch.baddbmm(C.reshape(-1, *C.shape[-2:]), A.reshape(-1, *A.shape[-2:]),
@@ -63,7 +76,7 @@ def _forward(W1, W2, Z1, Z2, k, v, q, w, alpha, beta, act, residual):
     n = k.shape[2]
     x = k if q is None else torch.cat([k, q], 2)  # keys and queries read at the same state
     zx = x @ W2.mT
-    ax = ACT[act](zx)
+    ax, ds = _act(act, zx, n)  # the queries' σ' only in the backward: a read needs none
     yx = ax @ W1.mT
     if residual:
         yx = yx + x
@@ -71,8 +84,7 @@ def _forward(W1, W2, Z1, Z2, k, v, q, w, alpha, beta, act, residual):
     e = y - v
     r = w * e
     h = r @ W1
-    dsx = ACT_GRAD[act](zx)
-    dz = h * dsx[:, :, :n]
+    dz = h * ds
     news = []
     for W, Z, (left, right) in ((W1, Z1, (r, a)), (W2, Z2, (dz, k))):
         base = W if alpha is None else alpha * W
@@ -82,7 +94,7 @@ def _forward(W1, W2, Z1, Z2, k, v, q, w, alpha, beta, act, residual):
             Zn = _addmm(Z if beta is None else beta * Z, left.mT, right, -1.0)
             news.append((Zn + W if alpha is None else torch.addcmul(Zn, alpha, W), Zn))
     yq = None if q is None else yx[:, :, n:]
-    parts = dict(x=x, zx=zx, ax=ax, e=e, r=r, h=h, dsx=dsx, dz=dz)
+    parts = dict(x=x, zx=zx, ax=ax, e=e, r=r, h=h, ds=ds, dz=dz)
     return yq, news, parts
 
 
@@ -110,13 +122,13 @@ class _MLPPeriod(torch.autograd.Function):
         return _backward(ctx, W1, W2, Z1, Z2, k, q, w, alpha, beta, parts, gW1n, gW2n, gZ1n, gZ2n, gyq)
 
 
-_SAVED = ("x", "zx", "ax", "e", "r", "h", "dsx", "dz")
+_SAVED = ("x", "zx", "ax", "e", "r", "h", "ds", "dz")
 
 
 def _backward(ctx, W1, W2, Z1, Z2, k, q, w, alpha, beta, p, gW1n, gW2n, gZ1n, gZ2n, gyq):
     n, act = ctx.n, ctx.act
-    x, zx, ax, e, r, h, dsx, dz = (p[name] for name in _SAVED)
-    z, ds = zx[:, :, :n], dsx[:, :, :n]
+    x, zx, ax, e, r, h, ds, dz = (p[name] for name in _SAVED)
+    z = zx[:, :, :n]
     # the rule: N = ∂/∂(−∇W), what reaches the period's gradient
     N1, N2 = (gW1n, gW2n) if Z1 is None else (gZ1n + gW1n, gZ2n + gW2n)
     g_alpha = None if alpha is None else _dot(gW1n, W1) + _dot(gW2n, W2)
@@ -141,6 +153,7 @@ def _backward(ctx, W1, W2, Z1, Z2, k, q, w, alpha, beta, p, gW1n, gW2n, gZ1n, gZ
     gyx = ge if gyq is None else torch.cat([ge, gyq], 2)
     pad = gyx.shape[2] - n
     gax = gyx @ W1 + _pad(ga, pad)
+    dsx = ds if pad == 0 else torch.cat([ds, ACT_GRAD[act](zx[:, :, n:])], 2)
     gzx = gax * dsx + _pad(gz, pad)
     gx = gzx @ W2
     if ctx.residual:
