@@ -46,24 +46,30 @@ def _act2(act: str, z):
     return torch.zeros_like(z)  # relu, identity
 
 
-def _act(act: str, zx, n: int):
-    """σ(z) of every row, and σ'(z) of the first n (the keys'), sharing what they can."""
+def _act(act: str, z, slope: bool):
+    """σ(z), and σ'(z) when `slope`, sharing what they can."""
     if act == "silu":  # σ' = s + a (1 − s), with s the sigmoid and a = z s
-        s = torch.sigmoid(zx)
-        ax = zx * s
-        return ax, s[:, :, :n] + ax[:, :, :n] * (1 - s[:, :, :n])
-    ax = ACT[act](zx)
+        s = torch.sigmoid(z)
+        a = z * s
+        return a, (s + a * (1 - s)) if slope else None
+    a = ACT[act](z)
+    if not slope:
+        return a, None
     if act in ("sigmoid", "tanh"):  # σ' from σ
-        a = ax[:, :, :n]
-        return ax, a * (1 - a) if act == "sigmoid" else 1 - a * a
-    return ax, ACT_GRAD[act](zx[:, :, :n])
+        return a, a * (1 - a) if act == "sigmoid" else 1 - a * a
+    return a, ACT_GRAD[act](z)
 
 
-def _addmm(C, A, B, alpha: float = 1.0):
-    """C + alpha · A @ B over batch dims [B, h]: one baddbmm, one pass over C."""
-    out = torch.baddbmm(C.reshape(-1, *C.shape[-2:]), A.reshape(-1, *A.shape[-2:]),
-                        B.reshape(-1, *B.shape[-2:]), alpha=alpha)
-    return out.view(*A.shape[:-2], *out.shape[-2:])
+def _addmm(C, *products, alpha: float = 1.0, fresh: bool = False):
+    """C + alpha · Σ A @ B over batch dims [B, h], for products (A, B, A, B, ...). baddbmm
+    copies its input before it adds, so only the first product makes a new tensor and
+    the rest add into it in place; into C itself when C is `fresh` (made here, used by
+    nothing else). No backward needs the tensor added into, so this is safe under autograd."""
+    out = C.reshape(-1, *C.shape[-2:])
+    for i, (A, B) in enumerate(zip(products[::2], products[1::2])):
+        A, B = A.reshape(-1, *A.shape[-2:]), B.reshape(-1, *B.shape[-2:])
+        out = out.baddbmm_(A, B, alpha=alpha) if fresh or i else torch.baddbmm(out, A, B, alpha=alpha)
+    return out.view(C.shape)
 
 
 def _dot(a, b):
@@ -71,30 +77,31 @@ def _dot(a, b):
     return (a * b).sum((-2, -1), keepdim=True)
 
 
+def _mlp(W1, W2, x, act, residual, slope: bool):
+    """W1 σ(W2 x) (+ x): (y, z, σ(z), σ'(z) or None)."""
+    z = x @ W2.mT
+    a, ds = _act(act, z, slope)
+    y = a @ W1.mT
+    return (y + x if residual else y), z, a, ds
+
+
 def _forward(W1, W2, Z1, Z2, k, v, q, w, alpha, beta, act, residual):
     """The period's read and update, and what the backward needs."""
-    n = k.shape[2]
-    x = k if q is None else torch.cat([k, q], 2)  # keys and queries read at the same state
-    zx = x @ W2.mT
-    ax, ds = _act(act, zx, n)  # the queries' σ' only in the backward: a read needs none
-    yx = ax @ W1.mT
-    if residual:
-        yx = yx + x
-    a, y = ax[:, :, :n], yx[:, :, :n]
+    y, z, a, ds = _mlp(W1, W2, k, act, residual, slope=True)
     e = y - v
     r = w * e
     h = r @ W1
     dz = h * ds
     news = []
-    for W, Z, (left, right) in ((W1, Z1, (r, a)), (W2, Z2, (dz, k))):
-        base = W if alpha is None else alpha * W
+    for W, Z, grad in ((W1, Z1, (r.mT, a)), (W2, Z2, (dz.mT, k))):
         if Z is None:  # gd
-            news.append((_addmm(base, left.mT, right, -1.0), None))
+            news.append((_addmm(W, *grad, alpha=-1.0) if alpha is None else
+                         _addmm(alpha * W, *grad, alpha=-1.0, fresh=True), None))
         else:
-            Zn = _addmm(Z if beta is None else beta * Z, left.mT, right, -1.0)
+            Zn = _addmm(Z, *grad, alpha=-1.0) if beta is None else _addmm(beta * Z, *grad, alpha=-1.0, fresh=True)
             news.append((Zn + W if alpha is None else torch.addcmul(Zn, alpha, W), Zn))
-    yq = None if q is None else yx[:, :, n:]
-    parts = dict(x=x, zx=zx, ax=ax, e=e, r=r, h=h, ds=ds, dz=dz)
+    yq, zq, aq = _mlp(W1, W2, q, act, residual, slope=False)[:3] if q is not None else (None, None, None)
+    parts = dict(z=z, a=a, ds=ds, e=e, r=r, h=h, dz=dz, zq=zq, aq=aq)
     return yq, news, parts
 
 
@@ -102,8 +109,7 @@ class _MLPPeriod(torch.autograd.Function):
     @staticmethod
     def forward(ctx, W1, W2, Z1, Z2, k, v, q, w, alpha, beta, act: str, residual: bool):
         yq, ((W1n, Z1n), (W2n, Z2n)), parts = _forward(W1, W2, Z1, Z2, k, v, q, w, alpha, beta, act, residual)
-        ctx.act, ctx.residual, ctx.n = act, residual, k.shape[2]
-        ctx.has = (Z1 is not None, q is not None, alpha is not None, beta is not None)
+        ctx.act, ctx.residual = act, residual
         ctx.save_for_backward(W1, W2, Z1, Z2, k, v, q, w, alpha, beta, *(parts[p] for p in _SAVED))
         outs = (W1n, W2n) + ((Z1n, Z2n) if Z1 is not None else ()) + ((yq,) if q is not None else ())
         return outs
@@ -111,24 +117,22 @@ class _MLPPeriod(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grads):
         W1, W2, Z1, Z2, k, v, q, w, alpha, beta, *saved = ctx.saved_tensors
-        momentum, read, _, _ = ctx.has
         if torch.is_grad_enabled():  # create_graph: the intermediates as functions of the inputs
             parts = _forward(W1, W2, Z1, Z2, k, v, q, w, alpha, beta, ctx.act, ctx.residual)[2]
         else:
             parts = dict(zip(_SAVED, saved))
         gW1n, gW2n, *grads = grads
-        gZ1n, gZ2n = (grads.pop(0), grads.pop(0)) if momentum else (None, None)
-        gyq = grads.pop(0) if read else None
+        gZ1n, gZ2n = (grads.pop(0), grads.pop(0)) if Z1 is not None else (None, None)
+        gyq = grads.pop(0) if q is not None else None
         return _backward(ctx, W1, W2, Z1, Z2, k, q, w, alpha, beta, parts, gW1n, gW2n, gZ1n, gZ2n, gyq)
 
 
-_SAVED = ("x", "zx", "ax", "e", "r", "h", "ds", "dz")
+_SAVED = ("z", "a", "ds", "e", "r", "h", "dz", "zq", "aq")
 
 
 def _backward(ctx, W1, W2, Z1, Z2, k, q, w, alpha, beta, p, gW1n, gW2n, gZ1n, gZ2n, gyq):
-    n, act = ctx.n, ctx.act
-    x, zx, ax, e, r, h, ds, dz = (p[name] for name in _SAVED)
-    z = zx[:, :, :n]
+    act = ctx.act
+    z, a, ds, e, r, h, dz, zq, aq = (p[name] for name in _SAVED)
     # the rule: N = ∂/∂(−∇W), what reaches the period's gradient
     N1, N2 = (gW1n, gW2n) if Z1 is None else (gZ1n + gW1n, gZ2n + gW2n)
     g_alpha = None if alpha is None else _dot(gW1n, W1) + _dot(gW2n, W2)
@@ -138,7 +142,7 @@ def _backward(ctx, W1, W2, Z1, Z2, k, q, w, alpha, beta, p, gW1n, gW2n, gZ1n, gZ
     if Z1 is not None:
         gZ1, gZ2 = (N1, N2) if beta is None else (beta * N1, beta * N2)
     # ∇W1 = rᵀ a and ∇W2 = dzᵀ k, entering with −N
-    gr = -(ax[:, :, :n] @ N1.mT)
+    gr = -(a @ N1.mT)
     ga = -(r @ N1)
     gdz = -(k @ N2.mT)
     gk = -(dz @ N2)
@@ -146,28 +150,23 @@ def _backward(ctx, W1, W2, Z1, Z2, k, q, w, alpha, beta, p, gW1n, gW2n, gZ1n, gZ
     gh = gdz * ds
     gz = gdz * h * _act2(act, z)
     gr = gr + gh @ W1.mT
-    # r = w (y − v)
+    # r = w (y − v); y = W1 σ(W2 k) (+ k)
     ge = w * gr
     gw = (gr * e).sum(-1, keepdim=True)
-    # the MLP over keys (gradient ge) and queries (gradient gyq) at once
-    gyx = ge if gyq is None else torch.cat([ge, gyq], 2)
-    pad = gyx.shape[2] - n
-    gax = gyx @ W1 + _pad(ga, pad)
-    dsx = ds if pad == 0 else torch.cat([ds, ACT_GRAD[act](zx[:, :, n:])], 2)
-    gzx = gax * dsx + _pad(gz, pad)
-    gx = gzx @ W2
+    gz = gz + (ge @ W1 + ga) * ds
+    gk = gk + gz @ W2
     if ctx.residual:
-        gx = gx + gyx
-    gW1 = _addmm(dW1, torch.cat([gyx, r], 2).mT, torch.cat([ax, gh], 2))
-    gW2 = _addmm(dW2, gzx.mT, x)
-    gk = gk + gx[:, :, :n]
-    gq = None if q is None else gx[:, :, n:]
+        gk = gk + ge
+    products1, products2 = [ge.mT, a, r.mT, gh], [gz.mT, k]
+    gq = None
+    if q is not None:  # the read yq = W1 σ(W2 q) (+ q)
+        gzq = (gyq @ W1) * _act(act, zq, slope=True)[1]
+        gq = gzq @ W2 + gyq if ctx.residual else gzq @ W2
+        products1 += [gyq.mT, aq]
+        products2 += [gzq.mT, q]
+    fresh = alpha is not None  # dW = α gW' was made here; without α it is the incoming gradient
+    gW1, gW2 = _addmm(dW1, *products1, fresh=fresh), _addmm(dW2, *products2, fresh=fresh)
     return gW1, gW2, gZ1, gZ2, gk, -ge, gq, gw, g_alpha, g_beta, None, None
-
-
-def _pad(t, extra: int):
-    """t [B, h, n, d] with `extra` zero rows after it."""
-    return t if extra == 0 else torch.cat([t, t.new_zeros(*t.shape[:2], extra, t.shape[3])], 2)
 
 
 def mlp_period(theta: dict, z: dict | None, k, v, q, w, alpha=None, beta=None, *, act: str = "silu",
