@@ -3,10 +3,10 @@ the read of the period's queries, the gradient of its items and the update rule,
 with the backward written out (the fused path's loop over periods, runtime/fused.py).
 
 Autograd's replay of the same ops pays for every elementwise op on a state-sized
-tensor, and on this kind of CPU such a pass over a fresh tensor costs as much as a
-small matmul. The written backward makes fewer of them: products that add into one
-tensor are one batched matmul over concatenated items (`baddbmm`), and the read and
-the gradient share one forward of the MLP over keys and queries together.
+tensor, and on a CPU such a pass over fresh memory costs as much as a small matmul
+(docs/performance.md). The written backward makes fewer of them: the products that
+add into one tensor are a chain of `baddbmm` into it, in place after the first, and
+the rule's per-head decay and momentum reach their gradients as dot products.
 
 Head-major tensors (runtime/headmajor.py): states W1 [B, h, o, k], W2 [B, h, k, i];
 keys and queries [B, h, n, i], values [B, h, n, o], rates w [B, h, n, 1], the
@@ -174,11 +174,9 @@ def mlp_period(theta: dict, z: dict | None, k, v, q, w, alpha=None, beta=None, *
     """One period. theta {W1, W2}, z its momentum ({W1, W2}) or None for gd; q None when
     the memory is not read. Returns (y [B, h, m, o] or None, theta', z')."""
     Z1, Z2 = (None, None) if z is None else (z["W1"], z["W2"])
-    outs = _MLPPeriod.apply(theta["W1"], theta["W2"], Z1, Z2, k, v, q, w, alpha, beta, act, bool(residual))
-    W1n, W2n, *rest = outs
-    new = {"W1": W1n, "W2": W2n}
-    zn = None
-    if z is not None:
-        zn, rest = {"W1": rest[0], "W2": rest[1]}, rest[2:]
-        zn = {name: zn[name] for name in z}
-    return (rest[0] if q is not None else None), {name: new[name] for name in theta}, zn  # the keys in θ's order
+    outs = list(_MLPPeriod.apply(theta["W1"], theta["W2"], Z1, Z2, k, v, q, w, alpha, beta, act, bool(residual)))
+    y = outs.pop() if q is not None else None
+
+    def keyed(W1, W2, order):  # in the order of the state given (the loop's order, kept by every path)
+        return {name: {"W1": W1, "W2": W2}[name] for name in order}
+    return y, keyed(*outs[:2], theta), None if z is None else keyed(*outs[2:], z)
