@@ -24,6 +24,12 @@ of the repeats, peak memory in a fresh process per configuration (nldsl.bench.pe
    flash-linear-attention's plain-torch references (naive_chunk_gated_delta_rule,
    naive_recurrent_gated_delta_rule) and its Triton kernel chunk_gated_delta_rule where
    it runs.
+3. `--only gpu`, for a machine with a GPU (never part of the default run): the recurrence
+   at batch 4, 4,096 tokens, 8 heads of 128 in bfloat16, nldsl's Triton kernel
+   (kernels.gated_delta_rule) and its PyTorch chunked form against fla's Triton
+   chunk_gated_delta_rule, after checking the kernel against the chunked form and against
+   fla's kernel where their rules agree (no decay). `--small` tries it on a CPU under
+   TRITON_INTERPRET=1 at tiny shapes.
 
 A peer that is not installed or does not run here is reported, with the reason, and
 skipped; nldsl's own rows are measured all the same.
@@ -122,7 +128,8 @@ def nldsl_delta_level(fused: bool = True, batch: int = 4, tokens: int = 2048, di
                           settings=dict(dim=dim, heads=heads, context=tokens), device=device)
 
 
-def delta_inputs(batch: int, tokens: int, heads: int, head_dim: int, device: str, seed: int = 0, decay: bool = True):
+def delta_inputs(batch: int, tokens: int, heads: int, head_dim: int, device: str, seed: int = 0, decay: bool = True,
+                 dtype: str = "float32"):
     """q, k (unit per head), v, β = sigmoid, log α = logsigmoid, [B, T, H, ...], and an upstream gradient."""
     g = torch.Generator().manual_seed(seed)
     q, k = torch.nn.functional.normalize(torch.randn(2, batch, tokens, heads, head_dim, generator=g), dim=-1)
@@ -132,17 +139,18 @@ def delta_inputs(batch: int, tokens: int, heads: int, head_dim: int, device: str
     if not decay:
         log_alpha = torch.zeros_like(log_alpha)
     upstream = torch.randn(batch, tokens, heads, head_dim, generator=g)
-    leaves = [t.to(device).requires_grad_() for t in (q, k, v, beta, log_alpha)]
-    return leaves, upstream.to(device)
+    dtype = getattr(torch, dtype)
+    leaves = [t.to(device, dtype).requires_grad_() for t in (q, k, v, beta, log_alpha)]
+    return leaves, upstream.to(device, dtype)
 
 
 def delta_core(impl: str = "nldsl", batch: int = 4, tokens: int = 2048, heads: int = 2, head_dim: int = 64,
-               device: str = "cpu") -> Workload:
+               device: str = "cpu", dtype: str = "float32") -> Workload:
     """The gated delta recurrence alone on the same inputs. nldsl takes each item's
     gradient at the state before its decay (S_t = S_{t-1}(α_t I − β_t k_t k_tᵀ) + β_t v_t k_tᵀ),
     fla after it (S_t = α_t S_{t-1}(I − β_t k_t k_tᵀ) + β_t v_t k_tᵀ): the same cost, the same
     result when α = 1 (checked by `check_delta_match`)."""
-    (q, k, v, beta, log_alpha), upstream = delta_inputs(batch, tokens, heads, head_dim, device)
+    (q, k, v, beta, log_alpha), upstream = delta_inputs(batch, tokens, heads, head_dim, device, dtype=dtype)
     fn = delta_fn(impl)
 
     def forward():
@@ -165,6 +173,14 @@ def delta_fn(impl: str):
             S0 = q.new_zeros(B, H, v.shape[-1], K)
             return delta_rule(S0, q, k, v, beta, log_alpha, period=1, tile=64, within=True, l2=True)[0]
         return run
+    if impl == "nldsl triton":
+        from nldsl.runtime.kernels import gated_delta_rule
+
+        def run(q, k, v, beta, log_alpha):  # the kernel computes in float32 whatever it is given
+            B, _, H, K = k.shape
+            S0 = q.new_zeros(B, H, v.shape[-1], K, dtype=torch.float32)
+            return gated_delta_rule(S0, q, k, v, beta, log_alpha, within=True, tile=64)[0]
+        return run
     from fla.ops.gated_delta_rule import (chunk_gated_delta_rule, naive_chunk_gated_delta_rule,
                                           naive_recurrent_gated_delta_rule)
     if impl == "fla naive_chunk":
@@ -176,13 +192,14 @@ def delta_fn(impl: str):
     raise ValueError(impl)
 
 
-def check_delta_match(device: str) -> str:
-    """nldsl's chunk-parallel recurrence against fla's recurrent reference with α = 1."""
-    (q, k, v, beta, log_alpha), _ = delta_inputs(1, 256, 2, 32, device, decay=False)
+def check_delta_match(device: str, ours: str = "nldsl", theirs: str = "fla naive_recurrent",
+                      dtype: str = "float32", heads: int = 2, head_dim: int = 32) -> str:
+    """One of nldsl's delta rules against one of fla's with α = 1 (where the two rules agree)."""
+    (q, k, v, beta, log_alpha), _ = delta_inputs(1, 256, heads, head_dim, device, decay=False, dtype=dtype)
     with torch.no_grad():
-        a = delta_fn("nldsl")(q, k, v, beta, log_alpha)
-        b = delta_fn("fla naive_recurrent")(q, k, v, beta, log_alpha)
-    return f"max |o_nldsl - o_fla| with no decay, 256 tokens: {(a - b).abs().max().item():.2e}"
+        a = delta_fn(ours)(q, k, v, beta, log_alpha).float()
+        b = delta_fn(theirs)(q, k, v, beta, log_alpha).float()
+    return f"max |o {ours} - o {theirs}| with no decay, 256 tokens, {dtype}: {(a - b).abs().max().item():.2e}"
 
 
 def triton_runs(device: str) -> str | None:
@@ -216,6 +233,30 @@ def delta_cases(args) -> tuple[dict, dict]:
         else:
             cores["fla chunk_gated_delta_rule (Triton)"] = (f"{BUILDERS}:delta_core", dict(core, impl="fla chunk (Triton)"))
     return levels, cores
+
+
+def gpu_cases(args) -> tuple[dict, str]:
+    """The GPU comparison: the recurrence at batch 4, 4,096 tokens, 8 heads of 128 in bfloat16
+    (`--small`: 1 × 64 tokens, 2 heads of 16, to try this script on a CPU under
+    TRITON_INTERPRET=1): nldsl's Triton kernel and its PyTorch chunked form against fla's
+    Triton chunk_gated_delta_rule."""
+    shape = dict(batch=1, tokens=64, heads=2, head_dim=16) if args.small else \
+        dict(batch=args.batch, tokens=4096, heads=8, head_dim=128)
+    core = dict(shape, device=args.device, dtype="bfloat16")
+    # the PyTorch form solves triangular systems, which torch has in float32 and float64 only
+    base = "nldsl chunked.delta_rule (PyTorch, float32 inputs)"
+    cases = {"nldsl kernels.gated_delta_rule (Triton)": (f"{BUILDERS}:delta_core", dict(core, impl="nldsl triton")),
+             base: (f"{BUILDERS}:delta_core", dict(core, impl="nldsl", dtype="float32"))}
+    check = dict(heads=shape["heads"], head_dim=shape["head_dim"])
+    log(f"peers: {check_delta_match(args.device, 'nldsl triton', 'nldsl', **check)}")
+    why = missing("flash-linear-attention", "fla.ops.gated_delta_rule") or triton_runs(args.device)
+    if why:
+        log(f"peers: fla chunk_gated_delta_rule (Triton) does not run on {args.device} here: {why}")
+    else:
+        log(f"peers: {check_delta_match(args.device, 'nldsl triton', 'fla chunk (Triton)', dtype='bfloat16', **check)}")
+        base = "fla chunk_gated_delta_rule (Triton)"
+        cases[base] = (f"{BUILDERS}:delta_core", dict(core, impl="fla chunk (Triton)"))
+    return cases, base
 
 
 # --------------------------------------------------------------------- measuring and printing
@@ -259,7 +300,10 @@ def show(title: str, rows: list[dict], baseline: str) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="nldsl's levels against titans-pytorch and flash-linear-attention")
-    p.add_argument("--only", choices=("titans", "delta"), help="one comparison only")
+    p.add_argument("--only", choices=("titans", "delta", "gpu"),
+                   help="one comparison only; `gpu` (never part of the default run) is the bfloat16 "
+                        "delta rule at 4,096 tokens against fla's Triton kernel")
+    p.add_argument("--small", action="store_true", help="with --only gpu: tiny shapes, to try it on a CPU")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
@@ -285,6 +329,11 @@ def main(argv=None) -> int:
                                          levels, "nldsl gated_deltanet.nl delta level, reference", args))
         results["tables"].append(measure(f"gated delta recurrence alone, batch {args.batch} × 2,048 tokens, 2 heads of 64",
                                          cores, "fla naive_recurrent_gated_delta_rule", args))
+    if args.only == "gpu":
+        cases, base = gpu_cases(args)
+        title = "gated delta recurrence, bfloat16, " + ("small shapes" if args.small else
+                                                         f"batch {args.batch} × 4,096 tokens, 8 heads of 128")
+        results["tables"].append(measure(title, cases, base, args))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(results, indent=1))
