@@ -216,7 +216,7 @@ class LevelState(Carry):
         self.period = desc.period if desc.scope == "sequence" else None
         self.fused = bool(options.get("fused")) and desc.parallel and self.period is not None
         # alike memories in one batched call (read_many, learn_many): the `group` hint, off
-        # by default: on the CPU it measured 1.07x faster for 1.8x the memory (docs/performance.md)
+        # by default: on the CPU it measured about 1.1x faster for 1.85x the memory (docs/performance.md)
         self.grouped = bool(options.get("fused")) and desc.group
         self.stacks: dict[tuple, tuple] = {}  # memories -> (their states, stacked), see _stacked
         # Triton or PyTorch for the memories that have a kernel: the level's hint, else the model's option
