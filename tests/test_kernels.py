@@ -308,3 +308,46 @@ def test_a_level_kernel_hint_overrides_the_option(calls):
     off = MLP.replace("optimizer adam(lr: 1e-3)", "optimizer adam(lr: 1e-3)\n  schedule { L.kernel = torch }")
     nldsl.compile(off, kernels="triton")(torch.randint(0, 32, (1, 16)))
     assert not calls
+
+
+def _below_a_task_level(level: str) -> str:
+    """A task level, then a kernel level: the task level's gradient runs back through
+    the kernel with create_graph, and training differentiates that gradient again."""
+    body = level.split("level L", 1)[1].split("\n  block", 1)[0]
+    return f"""model second_order {{
+  vocab 32
+  dim 16
+  heads 2
+  context 16
+  level T every 8 tokens {{
+    memory ffn : mlp(dim, hidden: 16)
+    learn ffn : task by gd(lr: 0.1)
+  }}
+  level L{body}
+  block {{
+    x = x + T(rmsnorm(x))
+    x = x + L(rmsnorm(x))
+  }}
+  objective next_token
+  optimizer adam(lr: 1e-3)
+}}"""
+
+
+@pytest.mark.parametrize("source,kernel", [(IMPLICIT, "gated_delta_rule"), (MLP, "mlp_period_update")],
+                         ids=["gated_delta_rule", "mlp"])
+def test_kernels_below_a_task_level_give_second_order_gradients(source, kernel, calls):
+    """Each kernel's backward is differentiated again here (through the task level's
+    gradient): every parameter's gradient, kernels="triton" against kernels="torch"."""
+    text = _below_a_task_level(source)
+    ref = nldsl.compile(text, kernels="torch")
+    got = nldsl.compile(text, kernels="triton")
+    got.load_state_dict(ref.state_dict())
+    tokens = torch.randint(0, 32, (2, 16))
+    want_logits, want_grads, _ = run_stream(ref, tokens, 8)
+    got_logits, got_grads, _ = run_stream(got, tokens, 8)
+    assert calls[kernel] > 0
+    torch.testing.assert_close(got_logits, want_logits, atol=1e-4, rtol=1e-4)
+    for (name, _), g, want in zip(ref.named_parameters(), got_grads, want_grads):
+        assert (g is None) == (want is None), name
+        if g is not None:
+            torch.testing.assert_close(g, want, atol=1e-4, rtol=1e-4, msg=name)

@@ -51,6 +51,22 @@ def available(t: torch.Tensor) -> bool:
     return bool(t.is_cuda) or os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def differentiate(reference, inputs, needs, grads) -> tuple:
+    """A kernel's backward by its PyTorch reference: recompute `reference(*inputs)` and
+    take its vector-Jacobian product with `grads`, for the inputs that `needs` marks.
+    Under create_graph (grad mode on inside a backward: a task level above takes a
+    gradient through the kernel) the inputs stay connected and the products are
+    differentiable, so the second derivative through a kernel is its reference's."""
+    create = torch.is_grad_enabled()
+    if not create:
+        inputs = [x.detach().requires_grad_(need) if torch.is_tensor(x) else x for x, need in zip(inputs, needs)]
+    wanted = [x for x, need in zip(inputs, needs) if need and x is not None]
+    with torch.enable_grad():
+        outs = reference(*inputs)
+        got = iter(torch.autograd.grad(outs, wanted, grads, create_graph=create, allow_unused=True))
+    return tuple(next(got) if need and x is not None else None for x, need in zip(inputs, needs))
+
+
 def __getattr__(name: str):
     # the kernel modules import triton: load them on first use only
     if name in _WHERE:

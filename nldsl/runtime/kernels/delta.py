@@ -41,7 +41,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ..chunked import LOG_FLOOR
+from . import differentiate
+from ..chunked import LOG_FLOOR, delta_rule
 
 
 def _block(n: int) -> int:
@@ -228,24 +229,33 @@ class _GatedDeltaRule(torch.autograd.Function):
         DO = v.shape[-1]
         C, BI, BO = _block(tile), _block(DI), _block(DO)
         N = triton.cdiv(n, C)
-        S0c, q, k, v, eta = (x.contiguous() for x in (S0, q, k, v, eta))
-        ld = log_decay.contiguous() if log_decay is not None else eta  # a placeholder pointer, never read
+        # the inputs as given are kept for the backward: under create_graph the reference
+        # differentiates them, and a contiguous copy made here would have no history
+        S0c, qc, kc, vc, etac = (x.contiguous() for x in (S0, q, k, v, eta))
+        ld = log_decay.contiguous() if log_decay is not None else etac  # a placeholder pointer, never read
         o = q.new_empty(B, n, H, DO, dtype=v.dtype)
         S_end = torch.empty_like(S0c)
         save = any(ctx.needs_input_grad)  # no checkpoints when nothing will go backward
         states = torch.empty(B, H, N if save else 0, DO, DI, dtype=torch.float32, device=k.device)
-        _forward_kernel[(B * H,)](S0c, q, k, v, eta, ld, o, S_end, states, n, H, DI, DO, N,
+        _forward_kernel[(B * H,)](S0c, qc, kc, vc, etac, ld, o, S_end, states, n, H, DI, DO, N,
                                   WITHIN=within, HAS_DECAY=log_decay is not None, SAVE_STATES=save,
                                   C=C, BI=BI, BO=BO,
                                   **_launch_options(C, BI, BO))
-        ctx.save_for_backward(q, k, v, eta, ld, states)
+        ctx.save_for_backward(S0, q, k, v, eta, log_decay, states)
         ctx.meta = (within, log_decay is not None, C, BI, BO, S0.dtype)
         return o, S_end
 
     @staticmethod
     def backward(ctx, d_o, d_S_end):
-        q, k, v, eta, ld, states = ctx.saved_tensors
+        S0, q, k, v, eta, log_decay, states = ctx.saved_tensors
         within, has_decay, C, BI, BO, s_dtype = ctx.meta
+        if torch.is_grad_enabled():  # create_graph: the Triton backward has no derivative; the reference's has
+            def reference(S0, q, k, v, eta, log_decay):
+                return delta_rule(S0, q, k, v, eta, log_decay, period=1, tile=C, within=within, l2=True)
+            return (*differentiate(reference, (S0, q, k, v, eta, log_decay), ctx.needs_input_grad[:6],
+                                   (d_o, d_S_end)), None, None)
+        q, k, v, eta = (x.contiguous() for x in (q, k, v, eta))
+        ld = log_decay.contiguous() if has_decay else eta  # a placeholder pointer, never read
         B, n, H, DI = k.shape
         DO = v.shape[-1]
         N = triton.cdiv(n, C)

@@ -18,13 +18,16 @@ may be any length (the state, not the period, bounds the sizes). All arithmetic
 is float32.
 
 The kernel is forward only. Its backward recomputes the period in PyTorch with
-the reference and differentiates that, so gradients are right, not fast.
+the reference and differentiates that (`kernels.differentiate`), so gradients are
+right, to any order, not fast.
 """
 from __future__ import annotations
 
 import torch
 import triton
 import triton.language as tl
+
+from . import differentiate
 
 ACTS = ("silu", "gelu", "relu", "tanh", "sigmoid", "identity")
 
@@ -159,14 +162,10 @@ class _MlpPeriodUpdate(torch.autograd.Function):
     def backward(ctx, *grads):
         # recompute the period with the PyTorch reference and differentiate it
         act, residual = ctx.meta
-        inputs = [None if x is None else x.detach().requires_grad_(need)
-                  for x, need in zip(ctx.saved_tensors, ctx.needs_input_grad)]
-        wanted = [x for x in inputs if x is not None and x.requires_grad]
-        with torch.enable_grad():
-            W1, W2, q, k, v, eta, decay, b1, b2 = inputs
-            outs = mlp_period_update_reference(W1, W2, q, k, v, eta, decay, act=act, residual=residual, b1=b1, b2=b2)
-            got = iter(torch.autograd.grad(outs, wanted, grads, allow_unused=True))
-        return (*(next(got) if x is not None and x.requires_grad else None for x in inputs), None, None, None)
+
+        def reference(W1, W2, q, k, v, eta, decay, b1, b2):
+            return mlp_period_update_reference(W1, W2, q, k, v, eta, decay, act=act, residual=residual, b1=b1, b2=b2)
+        return (*differentiate(reference, ctx.saved_tensors, ctx.needs_input_grad[:9], grads), None, None, None)
 
 
 def mlp_period_update(W1: torch.Tensor, W2: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
