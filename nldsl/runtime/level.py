@@ -66,9 +66,12 @@ class Fast:
             terms = {k: v[:, -1] for k, v in cum.items()}
         if clip is not None:
             terms = {k: _clip(v, clip) for k, v in terms.items()}
+        # a read within needs each item's running product of the rates; otherwise only the
+        # chunk's is used, and a product differentiates in far fewer ops than a cumprod
+        running = (lambda r: r.cumprod(1)) if self.within else (lambda r: r.prod(1, keepdim=True))
         self.chunk = dict(terms=terms, cum=cum,
-                          decay=None if decay is None else M.as_rate(decay, B, n, s.heads, key).cumprod(1),
-                          beta=None if beta is None else M.as_rate(beta, B, n, s.heads, key).cumprod(1))
+                          **{name: None if r is None else running(M.as_rate(r, B, n, s.heads, key))
+                             for name, r in (("decay", decay), ("beta", beta))})
 
     def end_chunk(self):
         c, self.chunk = self.chunk, None
