@@ -8,8 +8,10 @@ answers the step's one read of that memory with the reads of every token:
 
 - a `linear` memory on `l2` or `dot` by `gd` (or `implicit` with period 1, a delta
   rule with η/(1+η‖k‖²)) in chunk-parallel form (`chunked.delta_rule`);
+- a 2-layer `mlp` without biases on `l2` by `gd` or `momentum`, read before, by a
+  loop over periods, each one autograd node with a written backward (`period.py`);
 - any other memory by a loop over periods that does only the memory's own algebra
-  (one batched gradient per period for all sequences and heads);
+  (one batched gradient per period for all sequences and heads, `headmajor.py`);
 - attention memories and memories that do not learn as the reference does.
 
 With the compile option `kernels` (docs/performance.md), the gated delta rule
