@@ -251,6 +251,27 @@ def run_stream(model, tokens, cut: int):
     return logits, [p.grad for p in model.parameters()], state
 
 
+def triton_against_torch(source, sizes: dict, cut: int, kernel: str, calls):
+    """The model compiled with kernels="torch" and with "triton", same weights, on one
+    stream cut at `cut`: their logits and every parameter's gradient held equal (float32,
+    so within 1e-4: the kernels sum in another order; a wrong term is off by ~1e-1), the
+    kernel called by the second only. Returns (the triton model, both end states)."""
+    ref = nldsl.compile(source, kernels="torch", **sizes)
+    got = nldsl.compile(source, kernels="triton", **sizes)
+    got.load_state_dict(ref.state_dict())
+    tokens = torch.randint(0, int(ref.settings["vocab"]), (2, int(ref.settings["context"])))
+    want_logits, want_grads, want_state = run_stream(ref, tokens, cut)
+    assert not calls
+    got_logits, got_grads, got_state = run_stream(got, tokens, cut)
+    assert calls[kernel] > 0
+    torch.testing.assert_close(got_logits, want_logits, atol=1e-4, rtol=1e-4)
+    for (name, _), g, want in zip(ref.named_parameters(), got_grads, want_grads):
+        assert (g is None) == (want is None), name
+        if g is not None:
+            torch.testing.assert_close(g, want, atol=1e-4, rtol=1e-4, msg=name)
+    return got, want_state, got_state
+
+
 @pytest.mark.parametrize("source,sizes,kernel,cut", [
     (EXAMPLES / "gated_deltanet.nl", dict(dim=16, heads=2, context=32, depth=1), "gated_delta_rule", 21),
     (IMPLICIT, {}, "gated_delta_rule", 21),
@@ -261,22 +282,10 @@ def test_fused_path_with_kernels_equals_torch(source, sizes, kernel, cut, calls)
     gradient and the fast states left. Float32 (the kernels compute in it), so the two
     differ by rounding only: the sums run in another order (see the module docstring);
     1e-4 is far below a wrong term's ~1e-1."""
-    ref = nldsl.compile(source, kernels="torch", **sizes)
-    got = nldsl.compile(source, kernels="triton", **sizes)
-    got.load_state_dict(ref.state_dict())
+    got, want_state, got_state = triton_against_torch(source, sizes, cut, kernel, calls)
     assert next(got.levels()).desc.parallel
-    vocab = int(ref.settings["vocab"])
-    tokens = torch.randint(0, vocab, (2, int(ref.settings["context"])))
-    want_logits, want_grads, want_state = run_stream(ref, tokens, cut)
-    assert not calls
-    got_logits, got_grads, got_state = run_stream(got, tokens, cut)
-    assert calls[kernel] > 0 and len(calls) == 1
+    assert len(calls) == 1
     tol = dict(atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(got_logits, want_logits, **tol)
-    for (name, _), g, want in zip(ref.named_parameters(), got_grads, want_grads):
-        assert (g is None) == (want is None), name
-        if g is not None:
-            torch.testing.assert_close(g, want, **tol, msg=name)
     for key, ls in want_state.levels.items():
         for memory, f in ls.fast.items():
             theta = getattr(f, "theta", None)
@@ -338,16 +347,4 @@ def _below_a_task_level(level: str) -> str:
 def test_kernels_below_a_task_level_give_second_order_gradients(source, kernel, calls):
     """Each kernel's backward is differentiated again here (through the task level's
     gradient): every parameter's gradient, kernels="triton" against kernels="torch"."""
-    text = _below_a_task_level(source)
-    ref = nldsl.compile(text, kernels="torch")
-    got = nldsl.compile(text, kernels="triton")
-    got.load_state_dict(ref.state_dict())
-    tokens = torch.randint(0, 32, (2, 16))
-    want_logits, want_grads, _ = run_stream(ref, tokens, 8)
-    got_logits, got_grads, _ = run_stream(got, tokens, 8)
-    assert calls[kernel] > 0
-    torch.testing.assert_close(got_logits, want_logits, atol=1e-4, rtol=1e-4)
-    for (name, _), g, want in zip(ref.named_parameters(), got_grads, want_grads):
-        assert (g is None) == (want is None), name
-        if g is not None:
-            torch.testing.assert_close(g, want, atol=1e-4, rtol=1e-4, msg=name)
+    triton_against_torch(_below_a_task_level(source), {}, 8, kernel, calls)
