@@ -33,6 +33,34 @@ TASK = """model m {
 }"""
 
 
+# HOPE in small: a self-modifying level, whose memories the fused path holds stacked,
+# under a task level
+SELF_MODIFYING = """model m {
+  vocab 32
+  dim 8
+  heads 2
+  context 8
+  level titans every 4 tokens {
+    memory k, v, mem : mlp(dim, hidden: dim, residual, heads: heads)
+    flow key = l2norm(k(x), heads: heads)
+    flow val = v(x)
+    flow keep = sigmoid(proj(x, heads))
+    learn k, v, mem : l2(key, self(val)) by gd(lr: 0.1, decay: keep)
+    out mem(proj(x))
+  }
+  level cms every 8 tokens {
+    memory ffn : mlp(dim, hidden: 2 * dim)
+    learn ffn : task by gd(lr: 0.1)
+  }
+  block {
+    x = x + titans(rmsnorm(x))
+    x = x + cms(rmsnorm(x))
+  }
+  objective next_token
+  optimizer adam(lr: 1e-3)
+}"""
+
+
 def _breaks_outside_verify(model, tokens) -> list[str]:
     explained = torch._dynamo.explain(lambda t: model(t)[0])(tokens)
     torch._dynamo.reset()
@@ -43,10 +71,13 @@ def _breaks_outside_verify(model, tokens) -> list[str]:
 @pytest.mark.parametrize("source,settings,vocab", [
     (EXAMPLES / "titans.nl", dict(dim=16, heads=2, depth=1, context=32), 256),
     (TASK, {}, 32),
-], ids=["titans", "task"])
+    (SELF_MODIFYING, {}, 32),
+], ids=["titans", "task", "self-modifying"])
 def test_compiled_model_equals_eager(source, settings, vocab):
     torch.manual_seed(0)
     model = nldsl.compile(source, **settings)
+    if source is SELF_MODIFYING:
+        assert next(model.levels()).desc.stacks == (("k", "v", "mem"),)
     tokens = torch.randint(0, vocab, (2, int(model.settings["context"])))
     assert _breaks_outside_verify(model, tokens) == []
     probe = torch.linspace(-1, 1, vocab)

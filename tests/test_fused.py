@@ -205,10 +205,10 @@ def test_the_finiteness_check_looks_entry_by_entry_when_the_sum_is_not_finite(en
     W[bad_sequence or 0, 0, 0, :] = torch.tensor(entries)
     ls = SimpleNamespace(pos=8, name="L.0", pending=[])
     if bad_sequence is None:
-        LevelState.check(ls, "M", SimpleNamespace(theta={"W": W}))
+        LevelState.check(ls, SimpleNamespace(theta={"W": W}, names=("M",)))
         return
     with pytest.raises(NonFiniteError) as e:
-        LevelState.check(ls, "M", SimpleNamespace(theta={"W": W}))
+        LevelState.check(ls, SimpleNamespace(theta={"W": W}, names=("M",)))
     assert f"sequence {bad_sequence}" in str(e.value)
 
 
@@ -256,5 +256,23 @@ def test_grouped_memories_equal_one_at_a_time(clip):
     code = next(fused.levels()).step.code
     assert "read_many(('A', 'B'), x)" in code and "learn_many(('A', 'B')" in code and "learn_many(('C', 'D')" in code
     states = _same_stream(ref, fused, torch.randint(0, 32, (2, 22)), cut=9)
-    stacked = [[k for ls in st.levels.values() for k in ls.stacks] for st in states]
-    assert stacked == [[], [("A", "B"), ("C", "D")]]  # only the fused path stacks
+    # only the fused path stacks: A and B (read before) for good, C and D (read within) each period
+    held = [[(k, ls.members) for ls in st.levels.values() for k in ls.fast] for st in states]
+    assert [k for k, _ in held[0]] == ["A", "B", "C", "D"]
+    assert [k for k, _ in held[1]] == ["C", "D", "A+B"] and held[1][0][1] == {"A": ("A+B", 0), "B": ("A+B", 1)}
+    assert [[k for ls in st.levels.values() for k in ls.cats] for st in states] == [[], [("C", "D")]]
+
+
+def test_a_stack_names_the_memory_and_sequence_of_a_non_finite_state():
+    """Memories held stacked (G memories of B sequences as G·B rows) are checked at once,
+    and a bad row is reported as its memory and sequence."""
+    from types import SimpleNamespace
+
+    from nldsl.runtime.level import LevelState
+
+    W = torch.zeros(3 * 2, 1, 2, 2)
+    W[2 * 2 + 1, 0, 1, 0] = float("nan")  # the third memory's second sequence
+    ls = SimpleNamespace(pos=8, name="L.0", pending=[])
+    with pytest.raises(NonFiniteError) as e:
+        LevelState.check(ls, SimpleNamespace(theta={"W": W}, names=("A", "B", "C")))
+    assert "`C`" in str(e.value) and "sequence 1" in str(e.value)

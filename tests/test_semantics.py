@@ -268,7 +268,7 @@ def test_self_modifying_titans_equals_a_loop_over_periods():
                 th = new
         for name in names:
             for w in ("W1", "W2"):
-                torch.testing.assert_close(st.levels["titans.0"].fast[name].theta[w][b], th[name][w])
+                torch.testing.assert_close(st.levels["titans.0"].theta(name)[w][b], th[name][w])
     torch.testing.assert_close(y, out)
 
 

@@ -251,7 +251,7 @@ def describe(spec: LevelSpec) -> LevelDesc:
             objective=l.objective if l else None, rule=l.rule if l else None, read=l.read if l else "before"))
     return LevelDesc(name=spec.name, scope=spec.scope, period=spec.period.count if spec.period.kind == "tokens" else None,
                      memories=tuple(mems), tile=int(spec.hints.get("tile", 64)), kernel=spec.hints.get("kernel"),
-                     group=spec.hints.get("group") == "on")
+                     group=spec.hints.get("group", "on") == "on")
 
 
 def _calls(graph: fx.Graph, method: str):
@@ -322,12 +322,14 @@ def _alike(desc: LevelDesc) -> dict[str, tuple]:
             for m in desc.memories if m.kind in ("linear", "mlp")}
 
 
-def _group_memories(graph: fx.Graph, desc: LevelDesc) -> None:
+def _group_memories(graph: fx.Graph, desc: LevelDesc) -> tuple[tuple[str, ...], ...]:
     """Memories of one level that read the same input, or learn from the same key at the
     same rates, in one call each (`st.read_many`, `st.learn_many`): on the fused path the
     runtime stacks their states and does one batched read or gradient for all of them.
     Only reads at S_j are grouped (`read before`, `self(...)`): a read within sees its
-    own memory's items."""
+    own memory's items. Returns the stacks: the memories of each grouped learn that are
+    read before and start from their own θ₀, which the runtime then holds stacked for
+    good (their reads are slices of the stack, their boundary one update)."""
     alike, before = _alike(desc), {m.name for m in desc.memories if m.read == "before"}
     reads: dict[tuple, list[fx.Node]] = {}
     for n in _calls(graph, "read"):
@@ -359,6 +361,9 @@ def _group_memories(graph: fx.Graph, desc: LevelDesc) -> None:
         for n in group:
             graph.erase_node(n)  # a learn's result is never used
     graph.lint()
+    mems = {m.name: m for m in desc.memories}
+    return tuple(names for names in (tuple(n.args[1] for n in group) for group in learns.values())
+                 if len(names) > 1 and all(mems[m].read == "before" and mems[m].source is None for m in names))
 
 
 def _copy_place(node: fx.Node, like: fx.Node, name: str) -> None:
@@ -375,7 +380,7 @@ def build_level(spec: LevelSpec, copy: int, consts: dict) -> Level:
     _share_common(graph)
     level.desc = dataclasses.replace(level.desc, parallel=parallel(graph, level.desc))
     if not level.desc.parallel:  # a parallel level runs whole periods at once already
-        _group_memories(graph, level.desc)
+        level.desc = dataclasses.replace(level.desc, stacks=_group_memories(graph, level.desc))
     level.attach(graph)
     return level
 

@@ -34,4 +34,5 @@ class LevelDesc:
     parallel: bool = False  # no learning memory's read feeds an item: whole periods run in one step call
     tile: int = 64  # the tile of chunk-parallel memories (a schedule choice; results do not depend on it)
     kernel: str | None = None  # the `kernel` hint: auto | torch | triton, in place of the compile option
-    group: bool = False  # the `group` hint: stack alike memories into one batched call (fused path)
+    group: bool = True  # the `group` hint: stack alike memories into one batched call (fused path)
+    stacks: tuple[tuple[str, ...], ...] = ()  # alike memories that learn together: held stacked when grouped

@@ -34,8 +34,9 @@ class Fast:
 
     task_rates = (1.0, None, None)  # (lr, decay, beta) of a memory learning on the task, set by its step
 
-    def __init__(self, mem, theta: dict, learns: bool, formulas=M):
+    def __init__(self, mem, theta: dict, learns: bool, formulas=M, names: tuple | None = None):
         self.mem = mem
+        self.names = names or (mem.name,)  # the memories it holds, stacked along the batch in this order
         self.formulas = formulas  # memory (the reference) or headmajor (the fused path): read and grads
         self.objective = mem.objective if learns else None
         self.rule = mem.rule if learns else None
@@ -218,10 +219,9 @@ class LevelState(Carry):
         self.pos = 0
         self.period = desc.period if desc.scope == "sequence" else None
         self.fused = bool(options.get("fused")) and desc.parallel and self.period is not None
-        # alike memories in one batched call (read_many, learn_many): the `group` hint, off
-        # by default: on the CPU it measured about 1.1x faster for 1.85x the memory (docs/performance.md)
+        # alike memories in one batched call (read_many, learn_many): the `group` hint
         self.grouped = bool(options.get("fused")) and desc.group
-        self.stacks: dict[tuple, tuple] = {}  # memories -> (their states, stacked), see _stacked
+        self.cats: dict[tuple, tuple] = {}  # memories -> (their states, stacked this period), see _stacked
         # Triton or PyTorch for the memories that have a kernel: the level's hint, else the model's option
         self.kernel = kernels.check_mode(desc.kernel or options.get("kernels", "auto"))
         self.fast: dict[str, Fast | Cache] = {}
@@ -234,6 +234,15 @@ class LevelState(Carry):
             if m.objective == "task" and self.period:
                 theta = differentiable(theta)
             self.fast[m.name] = Fast(m, theta, learns=self.period is not None, formulas=formulas)
+        # grouped, the memories of each of the compiler's stacks are one Fast for good: G
+        # memories of B sequences as G·B, updated and checked once (its key joins the names)
+        self.members: dict[str, tuple[str, int]] = {}  # memory -> (its stack's key, its place)
+        for names in desc.stacks if self.grouped and self.period else ():
+            parts = [self.fast.pop(n) for n in names]
+            theta = {k: torch.cat([p.theta[k] for p in parts]) for k in parts[0].theta}
+            key = "+".join(names)
+            self.fast[key] = Fast(parts[0].mem, theta, learns=True, formulas=formulas, names=names)
+            self.members.update({n: (key, i) for i, n in enumerate(names)})
 
     def detach(self) -> None:
         """Cut the autograd history (inference): values stay, graphs go."""
@@ -256,11 +265,12 @@ class LevelState(Carry):
     def read(self, memory: str, e, start: bool = False):
         """`memory(e)`: at S_j when read before (or `start`, for `self(...)` targets),
         at each token's own state when read within."""
-        f = self.fast[memory]
+        f = self._fast(memory)
         if isinstance(f, Cache):
             return f.read(e, self.pos)
         s = f.mem
-        theta = f.state_within() if f.within and not start and f.chunk is not None else f.theta
+        within = f.within and not start and f.chunk is not None  # never in a stack: it reads before
+        theta = f.state_within() if within else self.theta(memory)
         return f.formulas.read(s.kind, theta, e, s.heads, s.act, s.residual)
 
     def learn(self, memory: str, key, value, lr=1.0, decay=None, beta=None):
@@ -276,7 +286,7 @@ class LevelState(Carry):
         (G memories of B sequences as G·B) and reads once."""
         if not self.grouped:
             return tuple(self.read(m, e, start) for m in memories)
-        s, G = self.fast[memories[0]].mem, len(memories)
+        s, G = self._fast(memories[0]).mem, len(memories)
         y = headmajor.read(s.kind, self._stacked(memories), _each(e, G), s.heads, s.act, s.residual)
         return y.chunk(G)
 
@@ -288,6 +298,11 @@ class LevelState(Carry):
                 self.learn(m, key, v, lr, decay, beta)
             return
         G = len(memories)
+        stack = self.fast.get("+".join(memories))
+        if stack is not None and stack.names == memories:  # a stack held for good learns as one memory
+            stack.record(_each(key, G), torch.cat(values), _each(lr, G), _each(decay, G), _each(beta, G),
+                         clip=self.options.get("inner_clip"))
+            return
 
         def share(x, i: int):  # memory i's part of what the stacked record made
             if isinstance(x, dict):
@@ -300,12 +315,26 @@ class LevelState(Carry):
         for i, m in enumerate(memories):
             self.fast[m].chunk = share(group.chunk, i)
 
+    def theta(self, memory: str) -> dict:
+        """A memory's fast state S_j, [B, h, ...] per tensor, wherever it is held."""
+        return self._stacked((memory,)) if memory in self.members else self.fast[memory].theta
+
+    def _fast(self, memory: str) -> Fast:
+        """The Fast that holds a memory: its own, or its stack."""
+        return self.fast[self.members[memory][0]] if memory in self.members else self.fast[memory]
+
     def _stacked(self, memories: tuple) -> dict:
-        """The states of alike memories along the batch, made once per period."""
-        thetas = [self.fast[m].theta for m in memories]
-        made = self.stacks.get(memories)
+        """The states of alike memories along the batch: rows of a stack held for good
+        (a view, when they lie in order in one), else stacked once per period."""
+        where = [self.members.get(m, (None, 0)) for m in memories]
+        key, first = where[0]
+        if key is not None and all(w == (key, first + i) for i, w in enumerate(where)):
+            B = self.batch
+            return {k: v[first * B:(first + len(memories)) * B] for k, v in self.fast[key].theta.items()}
+        thetas = [self.theta(m) for m in memories]
+        made = self.cats.get(memories)
         if made is None or any(a is not b for a, b in zip(made[0], thetas)):
-            made = self.stacks[memories] = (thetas, {k: torch.cat([t[k] for t in thetas]) for k in thetas[0]})
+            made = self.cats[memories] = (thetas, {k: torch.cat([t[k] for t in thetas]) for k in thetas[0]})
         return made[1]
 
     def rates(self, memory: str, lr=1.0, decay=None, beta=None):
@@ -318,10 +347,10 @@ class LevelState(Carry):
             f.end_chunk()
         self.pos += n
         if self.period and self.pos % self.period == 0:
-            for name, f in self.fast.items():
+            for f in self.fast.values():
                 if isinstance(f, Fast) and f.objective in ("l2", "dot"):
                     f.update()
-                    self.check(name, f)
+                    self.check(f)
 
     # -- called by the fused path (runtime/fused.py)
     def snapshot(self):
@@ -339,14 +368,15 @@ class LevelState(Carry):
     def end_span(self, n: int, learned) -> None:
         """After whole periods: check the states the span moved, then keep its caches."""
         for name in learned:
-            self.check(name, self.fast[name], self.pos + n)
+            self.check(self.fast[name], self.pos + n)
         for f in self.fast.values():
             f.end_chunk()
         self.pos += n
 
-    def check(self, name: str, f: Fast, pos: int | None = None):
-        """Stop at a NaN or Inf in a fast state. Under torch.compile, whose graphs cannot
-        branch on data, the flags wait in `pending` for the end of the model's call."""
+    def check(self, f: Fast, pos: int | None = None):
+        """Stop at a NaN or Inf in a fast state, naming the memory and the sequence. Under
+        torch.compile, whose graphs cannot branch on data, the flags wait in `pending` for
+        the end of the model's call."""
         pos = self.pos if pos is None else pos
         states = [t.detach().reshape(t.shape[0], -1) for t in f.theta.values()]
         compiling = torch.compiler.is_compiling()
@@ -355,10 +385,11 @@ class LevelState(Carry):
         if not compiling and torch.isfinite(sum(t.sum() for t in states)):
             return
         bad = torch.stack([~torch.isfinite(t).all(1) for t in states]).any(0)
-        if compiling:
-            self.pending.append((self.name, name, pos, bad))
-        elif bad.any():
-            raise NonFiniteError(self.name, name, pos, int(bad.nonzero()[0, 0]))
+        for name, flags in zip(f.names, bad.chunk(len(f.names))):  # a stack's rows, memory by memory
+            if compiling:
+                self.pending.append((self.name, name, pos, flags))
+            elif flags.any():
+                raise NonFiniteError(self.name, name, pos, int(flags.nonzero()[0, 0]))
 
 
 def _each(r, G: int):

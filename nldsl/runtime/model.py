@@ -249,11 +249,11 @@ class Model(nn.Module):
         preds = logits[:, :-1] if prev is None else torch.cat([prev, logits[:, :-1]], 1)
         targets = seg[:, 1:] if prev is None else seg
         first = start if prev is None else start - 1
-        by_period: dict[int, list] = {}  # P -> [(level state, memory name, fast state)]
+        by_period: dict[int, list] = {}  # P -> [(level state, fast state)]
         for lv in tasks:
             ls = state.level(lv, seg.shape[0])
             by_period.setdefault(ls.period, []).extend(
-                (ls, name, f) for name, f in ls.fast.items() if f.objective == "task")
+                (ls, f) for f in ls.fast.values() if f.objective == "task")
 
         for P, memories in by_period.items():
             # the pairs with both tokens inside one period: positions known before the
@@ -264,7 +264,7 @@ class Model(nn.Module):
                 loss = F.cross_entropy(preds[:, at].reshape(-1, preds.shape[-1]), targets[:, at].reshape(-1),
                                        reduction="sum")
                 for create in (True, False):  # exact (through the inner updates), or first order
-                    group = [f for _, _, f in memories if (outer_grad and not f.mem.detach) == create]
+                    group = [f for _, f in memories if (outer_grad and not f.mem.detach) == create]
                     if not group:
                         continue
                     inputs = [t for f in group for t in f.theta.values()]
@@ -277,7 +277,7 @@ class Model(nn.Module):
                             g = next(grads)
                             terms[k] = (torch.zeros_like(t) if g is None else g) * lr
                         f.acc = terms if f.acc is None else {k: f.acc[k] + v for k, v in terms.items()}
-            for ls, name, f in memories:
+            for ls, f in memories:
                 _, decay, beta = f.task_rates
                 for attr, rate in (("decay", decay), ("beta", beta)):
                     if rate is not None:
@@ -285,7 +285,7 @@ class Model(nn.Module):
                         setattr(f, attr, factor if getattr(f, attr) is None else getattr(f, attr) * factor)
                 if (start + n) % P == 0:
                     f.update()
-                    ls.check(name, f)
+                    ls.check(f)
                     f.theta = differentiable(f.theta)
 
     def _restart_nested(self, state: ModelState) -> None:
