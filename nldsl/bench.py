@@ -13,10 +13,10 @@ How it measures, and why:
   scaled-dot-product attention); elementwise ops, reductions, triangular solves and
   everything else count zero.
 - Peak memory is measured in a fresh process per configuration (`python -m nldsl.bench
-  --probe ...`): on CPU the peak resident set size during one call over the resident
-  size just before it (Linux's VmHWM, reset through /proc/self/clear_refs), with glibc
-  told to give large freed blocks back to the system so that the resident size follows
-  the live tensors; on CUDA `torch.cuda.max_memory_allocated` over the allocation before.
+  --probe ...`): the most bytes of tensors a call allocated and held at once, from the
+  allocator's own accounting: on CPU torch.profiler's memory events (the resident set
+  size, tried first, hid small tensors in heap blocks the warm-up call had freed); on
+  CUDA `torch.cuda.max_memory_allocated` over the allocation before.
   The model, its inputs and one warm-up call are in the baseline; the call's activations,
   saved tensors, gradients and temporaries are in the peak.
 
@@ -221,18 +221,21 @@ def alternate(workloads: dict[str, Workload], modes=MODES, repeats: int = 5, war
 
 
 # --------------------------------------------------------------------- peak memory (fresh process)
-def _status(field_name: str) -> int:
-    """A field of /proc/self/status in bytes (VmRSS: resident now; VmHWM: its peak)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field_name + ":"):
-                return int(line.split()[1]) * 1024
-    raise OSError(f"no {field_name} in /proc/self/status")
+def _peak_allocated(fn) -> int:
+    """The most bytes of tensor storage that fn() allocated and held at once, from the CPU
+    allocator's own accounting (torch.profiler's memory events), counting from zero at
+    the call: frees of tensors made before it count against it."""
+    from torch.profiler import ProfilerActivity, profile
 
-
-def _reset_peak_rss() -> None:
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # resets VmHWM to the current resident size (Linux >= 4.0)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                    if e.name() == "[memory]")
+    held = peak = 0
+    for _, n in events:
+        held += n
+        peak = max(peak, held)
+    return peak
 
 
 def _probe(builder: str, kwargs: dict, modes, threads: int | None) -> dict[str, int]:
@@ -256,10 +259,7 @@ def _probe(builder: str, kwargs: dict, modes, threads: int | None) -> dict[str, 
             sync(device)
             out[mode] = torch.cuda.max_memory_allocated(device) - base
         else:
-            base = _status("VmRSS")
-            _reset_peak_rss()
-            fn()
-            out[mode] = _status("VmHWM") - base
+            out[mode] = _peak_allocated(fn)
         w.zero_grad()
         gc.collect()
     return out
@@ -268,13 +268,9 @@ def _probe(builder: str, kwargs: dict, modes, threads: int | None) -> dict[str, 
 def peak_memory(builder: str, kwargs: dict, modes=MODES, threads: int | None = None) -> dict[str, int | None]:
     """Peak extra memory of one call of each mode, in bytes, measured in a fresh process
     (None where the probe failed: the reason is printed)."""
-    env = dict(os.environ)
-    # glibc: allocations over 64 KiB are mmapped and unmapped when freed, so the resident
-    # size falls when tensors die instead of staying at the heap's old high-water mark
-    env.update(MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
     cmd = [sys.executable, "-m", "nldsl.bench", "--probe", builder, json.dumps(kwargs),
            ",".join(modes), str(threads or 0)]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    r = subprocess.run(cmd, capture_output=True, text=True)
     lines = r.stdout.strip().splitlines()
     if r.returncode != 0 or not lines:
         tail = (r.stderr.strip().splitlines() or ["no output"])[-1]
