@@ -25,7 +25,7 @@ CMS1_OUTER = "level cms1 outer { memory ffn : mlp(dim, hidden: 4 * dim) }"
 # name -> [(text in hope.nl, its replacement)]; applied in order
 VARIANTS = {
     "hope.nl": [],
-    "titans.group = on": [("titans.tile = 16", "titans.tile = 16\n    titans.group = on")],
+    "titans.group = off": [("titans.tile = 16", "titans.tile = 16\n    titans.group = off")],
     "cms1 first order (`detach`)": [(CMS1, CMS1.replace("4 * dim)", "4 * dim, detach)"))],
     "cms1 outer (no task level)": [(CMS1, CMS1_OUTER)],
     "cms1 outer, titans every 64": [(CMS1, CMS1_OUTER), ("titans every 16 tokens", "titans every 64 tokens"),

@@ -13,10 +13,10 @@ How it measures, and why:
   scaled-dot-product attention); elementwise ops, reductions, triangular solves and
   everything else count zero.
 - Peak memory is measured in a fresh process per configuration (`python -m nldsl.bench
-  --probe ...`): the most bytes of tensors a call allocated and held at once, from the
-  allocator's own accounting: on CPU torch.profiler's memory events (the resident set
-  size, tried first, hid small tensors in heap blocks the warm-up call had freed); on
-  CUDA `torch.cuda.max_memory_allocated` over the allocation before.
+  --probe ...`): the most bytes of tensor storage a call made and held at once. On CPU
+  a dispatch mode counts every op's new storages until their last tensor dies (the
+  resident set size, tried first, hid small tensors in heap blocks the warm-up call
+  had freed); on CUDA `torch.cuda.max_memory_allocated` over the allocation before.
   The model, its inputs and one warm-up call are in the baseline; the call's activations,
   saved tensors, gradients and temporaries are in the peak.
 
@@ -36,11 +36,14 @@ import statistics
 import subprocess
 import sys
 import time
+import weakref
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 EXAMPLES = ["hope", "titans", "gated_deltanet", "linear_attention", "transformer", "hope_attention", "cms"]
 SCALING_SPECS = ["gated_deltanet", "titans", "hope"]
@@ -221,21 +224,49 @@ def alternate(workloads: dict[str, Workload], modes=MODES, repeats: int = 5, war
 
 
 # --------------------------------------------------------------------- peak memory (fresh process)
-def _peak_allocated(fn) -> int:
-    """The most bytes of tensor storage that fn() allocated and held at once, from the CPU
-    allocator's own accounting (torch.profiler's memory events), counting from zero at
-    the call: frees of tensors made before it count against it."""
-    from torch.profiler import ProfilerActivity, profile
+class _Held(TorchDispatchMode):
+    """Counts the bytes of tensor storage made while it is on and still alive, and their
+    peak: every op's outputs are seen (forward and backward), a storage counts from the
+    op that made it until the last tensor on it dies. Views and in-place results of a
+    storage made before do not count. (torch.profiler's memory events give the same
+    figures but held 19 GB of events for a per-token loop's backward.)"""
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    def __init__(self):
+        super().__init__()
+        self.refs: dict[int, list] = {}  # storage -> [live tensors on it, bytes]
+        self.held = self.peak = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        before = {t.untyped_storage()._cdata for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+        for t in tree_leaves(out):
+            if not isinstance(t, torch.Tensor):
+                continue
+            key = t.untyped_storage()._cdata
+            entry = self.refs.get(key)
+            if entry is None:
+                if key in before:
+                    continue  # a view or an in-place result of a storage this count never saw made
+                entry = self.refs[key] = [0, t.untyped_storage().nbytes()]
+                self.held += entry[1]
+                self.peak = max(self.peak, self.held)
+            entry[0] += 1
+            weakref.finalize(t, self._drop, key)
+        return out
+
+    def _drop(self, key: int) -> None:
+        entry = self.refs[key]
+        entry[0] -= 1
+        if entry[0] == 0:
+            del self.refs[key]
+            self.held -= entry[1]
+
+
+def _peak_held(fn) -> int:
+    """The most bytes of tensor storage that fn() made and held at once."""
+    with _Held() as count:
         fn()
-    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
-                    if e.name() == "[memory]")
-    held = peak = 0
-    for _, n in events:
-        held += n
-        peak = max(peak, held)
-    return peak
+    return count.peak
 
 
 def _probe(builder: str, kwargs: dict, modes, threads: int | None) -> dict[str, int]:
@@ -248,7 +279,10 @@ def _probe(builder: str, kwargs: dict, modes, threads: int | None) -> dict[str, 
     out = {}
     for mode in modes:
         fn = getattr(w, mode)
-        fn()  # warm-up: lazy initialisation belongs to no call
+        if cuda:
+            fn()  # warm-up: lazy initialisation belongs to no call
+        else:
+            _peak_held(fn)  # warm-up, the count's own too
         w.zero_grad()
         gc.collect()
         if cuda:
@@ -259,7 +293,7 @@ def _probe(builder: str, kwargs: dict, modes, threads: int | None) -> dict[str, 
             sync(device)
             out[mode] = torch.cuda.max_memory_allocated(device) - base
         else:
-            out[mode] = _peak_allocated(fn)
+            out[mode] = _peak_held(fn)
         w.zero_grad()
         gc.collect()
     return out
@@ -466,7 +500,7 @@ def run(specs: list[str] | None = None, *, batch: int = 4, context: int | None =
         out.print(scaling_table(scaling, scaling_tokens))
     out.print(f"{repeats} repeats after {warmup} warm-up call(s), batch {batch}; ×ref = fused tokens/s over the "
               "reference's, both from this run; GFLOP/s counts matmul-level FLOPs only; MB = a call's peak over "
-              "the memory before it, in a fresh process (CPU: resident size; CUDA: allocated) (docs/benchmarks.md)", highlight=False)
+              "the memory before it, in a fresh process (tensors allocated and held at once) (docs/benchmarks.md)", highlight=False)
     result = {"machine": info, "matmul_peak_gflops": peak, "matmul_peak_before_after": [before, again],
               "matmul_size": matmul_size, "batch": batch,
               "repeats": repeats, "warmup": warmup, "rows": [asdict(r) for r in rows],

@@ -52,6 +52,26 @@ def many(count: int = 2048, kib: int = 16, device: str = "cpu") -> Workload:
     return Workload("many", 1, forward, forward)
 
 
+def chain(mb: int = 8, device: str = "cpu") -> Workload:
+    """Three tensors of `mb` MiB made one from another, each freed once the next is made,
+    with a view and an in-place op on the way."""
+    n = mb * 2 ** 20 // 4
+
+    def forward():
+        a = torch.ones(n)
+        b = a.view(-1, 4) * 2
+        del a
+        b.add_(1)
+        return b + 1
+
+    return Workload("chain", 1, forward, forward)
+
+
+def test_memory_probe_counts_only_what_is_alive():
+    peak = peak_memory(f"{__file__}:chain", {}, modes=("forward",))["forward"]
+    assert 16 * 2 ** 20 <= peak < 16 * 2 ** 20 + 4096  # never more than two of the three at once
+
+
 def test_memory_probe_sees_many_small_tensors():
     """Small tensors count too: heap blocks freed by the warm-up call must not hide them
     (the resident set size, measured once, missed HOPE's 16-64 KiB per-head tensors)."""
