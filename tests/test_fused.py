@@ -276,3 +276,36 @@ def test_a_stack_names_the_memory_and_sequence_of_a_non_finite_state():
     with pytest.raises(NonFiniteError) as e:
         LevelState.check(ls, SimpleNamespace(theta={"W": W}, names=("A", "B", "C")))
     assert "`C`" in str(e.value) and "sequence 1" in str(e.value)
+
+
+NESTED_IN_A_STACK = """model m {
+  vocab 32
+  dim 8
+  heads 2
+  context 16
+  level S every 4 tokens {
+    memory A, B : mlp(dim, hidden: dim, residual, heads: heads)
+    flow k = l2norm(A(x), heads: heads)
+    flow v = B(x)
+    learn A, B : l2(k, self(v)) by gd(lr: 0.1)
+    out A(proj(x))
+  }
+  level L every 2 tokens {
+    memory ffn : mlp(dim, hidden: dim, residual, heads: heads, init: S.B)
+    learn ffn : task by gd(lr: 0.1)
+  }
+  block {
+    x = x + S(rmsnorm(x))
+    x = x + L(rmsnorm(x))
+  }
+  objective next_token
+  optimizer adam(lr: 1e-3)
+}"""
+
+
+def test_a_nested_memory_restarts_from_a_memory_held_in_a_stack():
+    """`init: S.B`, where S holds B stacked with A: every period of S restarts the nested
+    memory from B's rows of the stack, as the reference restarts it from B."""
+    ref, fused = _pair(NESTED_IN_A_STACK)
+    states = _same_stream(ref, fused, torch.randint(0, 32, (2, 14)), cut=6)
+    assert "A+B" in states[1].levels["S.0"].fast

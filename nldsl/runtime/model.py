@@ -295,7 +295,7 @@ class Model(nn.Module):
                     continue
                 if lv.key in state.levels and src.key in state.levels:
                     f = state.levels[lv.key].fast[mem]
-                    f.theta = dict(state.levels[src.key].fast[src_mem].theta)
+                    f.theta = dict(state.levels[src.key].theta(src_mem))
                     f.clear()
                     if f.z is not None:
                         f.z = {k: torch.zeros_like(v) for k, v in f.z.items()}
