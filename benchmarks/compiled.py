@@ -31,8 +31,9 @@ def main() -> None:
     nldsl.flush_subnormals()  # as `nldsl bench` does
     path, name = resolve_spec(args.spec)
     torch.manual_seed(0)
-    model = nldsl.compile(path, name=name, **(parse_overrides(args.set) or {}))
-    reference = nldsl.compile(path, name=name, fused=False, **(parse_overrides(args.set) or {}))
+    overrides = parse_overrides(args.set) or {}
+    model = nldsl.compile(path, name=name, **overrides)
+    reference = nldsl.compile(path, name=name, fused=False, **overrides)
     reference.load_state_dict(model.state_dict())
     context = int(model.settings["context"])
     tokens = torch.randint(0, int(model.settings["vocab"]), (args.batch, context + 1))

@@ -238,13 +238,16 @@ class _Held(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        before = {t.untyped_storage()._cdata for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+        before = None  # the inputs' storages, found only when an output's storage is not counted yet
         for t in tree_leaves(out):
             if not isinstance(t, torch.Tensor):
                 continue
             key = t.untyped_storage()._cdata
             entry = self.refs.get(key)
             if entry is None:
+                if before is None:
+                    before = {x.untyped_storage()._cdata for x in tree_leaves((args, kwargs))
+                              if isinstance(x, torch.Tensor)}
                 if key in before:
                     continue  # a view or an in-place result of a storage this count never saw made
                 entry = self.refs[key] = [0, t.untyped_storage().nbytes()]

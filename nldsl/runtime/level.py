@@ -298,7 +298,7 @@ class LevelState(Carry):
                 self.learn(m, key, v, lr, decay, beta)
             return
         G = len(memories)
-        stack = self.fast.get("+".join(memories))
+        stack = self._fast(memories[0]) if memories[0] in self.members else None
         if stack is not None and stack.names == memories:  # a stack held for good learns as one memory
             stack.record(_each(key, G), torch.cat(values), _each(lr, G), _each(decay, G), _each(beta, G),
                          clip=self.options.get("inner_clip"))
