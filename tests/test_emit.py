@@ -1,16 +1,21 @@
 """`nldsl compile -o model.py`: standalone source, byte-identical for the same input,
-equal to the in-process module, safe whatever the spec names things."""
+equal to the in-process module, safe whatever the spec names things and whatever
+its file is called."""
 from __future__ import annotations
 
 import importlib.util
+import math
+import operator
 import os
 from pathlib import Path
 
 import pytest
 import torch
+import torch.fx as fx
 
 import nldsl
-from nldsl.compiler.backends.python import emit
+from nldsl.compiler.backends.python import _literal, _Printer, _Source, emit
+from nldsl.runtime.model import Level, Model
 
 ROOT = Path(__file__).parent.parent
 EXAMPLES = ROOT / "examples"
@@ -27,24 +32,42 @@ def load_emitted(source: str, tmp_path: Path, name: str = "emitted"):
     return module
 
 
-CASES = [("hope.nl", None), ("hope_attention.nl", None), ("gated_deltanet.nl", None), ("titans.nl", None),
-         ("cms.nl", "cms_nested"), ("cms.nl", "cms_independent"), ("transformer.nl", None)]
+SPECS = Path(__file__).parent / "specs"
+SIZES = dict(dim=16, heads=2, context=64, depth=2)
+# every model of every example at small sizes, and the specs whose names collide with the emitted file's
+CASES = [(f, m.name, SIZES) for f in sorted(EXAMPLES.glob("*.nl")) for m in nldsl.check(f).models]
+CASES += [(SPECS / f, None, {}) for f in ("hostile_names.nl", "hostile_collisions.nl")]
 
 
-@pytest.mark.parametrize("example,name", CASES)
-def test_emitted_model_equals_the_compiled_one(example, name, tmp_path):
-    sizes = dict(dim=16, heads=2, context=64, depth=2)
+@pytest.mark.parametrize("spec,name,sizes", CASES, ids=[name or spec.stem for spec, name, _ in CASES])
+def test_emitted_model_equals_the_compiled_one(spec, name, sizes, tmp_path):
     torch.manual_seed(0)
-    model = nldsl.compile(EXAMPLES / example, name=name, **sizes)
+    model = nldsl.compile(spec, name=name, **sizes)
     module = load_emitted(emit(model), tmp_path)
     torch.manual_seed(0)
     emitted = module.build()
     # same creation order: the same seed gives the same weights, under the same names
     a, b = model.state_dict(), emitted.state_dict()
     assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
-    tokens = torch.randint(0, 256, (2, 70))
+    # and trained weights load: other weights, replaced by the compiled module's
+    torch.manual_seed(1)
+    emitted = module.build()
+    emitted.load_state_dict(model.state_dict(), strict=True)
+    tokens = torch.randint(0, int(model.settings["vocab"]), (2, int(model.settings["context"]) + 6))
     with torch.no_grad():
         torch.testing.assert_close(emitted(tokens)[0], model(tokens)[0], rtol=0, atol=0)
+
+
+def test_emitted_classes_add_no_attribute_a_spec_name_could_meet(tmp_path):
+    """`register` renames a parameter whose name the module already has (`step` ->
+    `step_`); an attribute only the emitted class had (once `DESC`) renamed it there
+    alone, and trained weights no longer loaded."""
+    module = load_emitted(emit(nldsl.compile(SPECS / "hostile_collisions.nl")), tmp_path)
+    classes = [c for c in vars(module).values() if isinstance(c, type) and c.__module__ == module.__name__]
+    assert len(classes) == 6
+    for cls in classes:
+        base = Level if issubclass(cls, Level) else Model
+        assert set(vars(cls)) <= set(dir(base)), cls
 
 
 def test_emitted_source_is_byte_identical_and_golden():
@@ -60,9 +83,8 @@ def test_emitted_source_is_byte_identical_and_golden():
 
 
 def test_names_from_a_spec_cannot_clash_or_inject(tmp_path):
-    spec = Path(__file__).parent / "specs" / "hostile_names.nl"
     torch.manual_seed(0)
-    model = nldsl.compile(spec)
+    model = nldsl.compile(SPECS / "hostile_names.nl")
     source = emit(model)
     compile(source, "emitted", "exec")  # valid Python
     module = load_emitted(source, tmp_path)
@@ -73,6 +95,88 @@ def test_names_from_a_spec_cannot_clash_or_inject(tmp_path):
         torch.testing.assert_close(emitted(tokens)[0], model(tokens)[0], rtol=0, atol=0)
     # every name from the spec reaches the source as an identifier or inside repr() strings
     assert "eval_" in dict(model.named_children()) and "import os" not in source
+
+
+PAYLOAD = "__import__('pathlib').Path('MARK').touch()"
+# file names that end a docstring or a comment, or make a docstring invalid, if copied as they are
+HOSTILE_FILE_NAMES = {
+    "triple-double-quotes": f'a"""+{PAYLOAD}+"""b.nl',
+    "triple-single-quotes": f"a'''+{PAYLOAD}+'''b.nl",
+    "newline": f"a\n        {PAYLOAD}\n        #b.nl",
+    "carriage-return": f"a\r        {PAYLOAD}\r        #b.nl",
+    "backslashes": "a\\N\\x\\.nl",
+    "line-separators": "a\u2028b\u2029c\x85d.nl",
+    "form-feed": "a\x0cb\x0bc\x1cd.nl",
+    "undecodable-byte": os.fsdecode(b"a\xff.nl"),  # a lone surrogate: no UTF-8 file can hold it
+}
+# a spec whose comments hold a carriage return and other characters some reader takes for a line break
+HOSTILE_LINES = f"""model m {{
+  vocab 32
+  dim 8
+  context 16
+  level L every 2 tokens {{
+    memory M : linear(dim, init: normal)
+    flow k = proj(x)  # a comment\r        {PAYLOAD}
+    flow v = proj(x)  # \x0c \x0b \x1c \x85 \u2028 \u2029 \\ \"\"\"
+    learn M : l2(k, v) by gd(lr: 0.1)
+    out M(x)
+  }}
+  block {{ x = x + L(rmsnorm(x)) }}
+  objective next_token
+  optimizer adam(lr: 1e-3)
+}}
+"""
+
+
+@pytest.mark.parametrize("file_name", HOSTILE_FILE_NAMES.values(), ids=HOSTILE_FILE_NAMES)
+def test_file_names_and_lines_of_a_spec_cannot_inject(file_name, tmp_path, monkeypatch):
+    spec = tmp_path / file_name
+    spec.write_bytes(HOSTILE_LINES.encode())
+    torch.manual_seed(0)
+    model = nldsl.compile(spec)
+    source = emit(model)
+    run = tmp_path / "run"
+    run.mkdir()
+    monkeypatch.chdir(run)  # where the payload would leave its mark
+    module = load_emitted(source, tmp_path)
+    emitted = module.build()
+    emitted.load_state_dict(model.state_dict())
+    tokens = torch.randint(0, 32, (2, 20))
+    with torch.no_grad():
+        torch.testing.assert_close(emitted(tokens)[0], model(tokens)[0], rtol=0, atol=0)
+    assert not (run / "MARK").exists()
+    assert source.count("\n") == len(source.splitlines())  # no line break but \n: no \r, \f, U+2028, ...
+    # each comment shows its line as the parser numbers them (a lone \r does not start one), escaped
+    assert f":7  flow k = proj(x)  # a comment\\r        {PAYLOAD}\n" in source
+    assert ':8  flow v = proj(x)  # \\x0c \\x0b \\x1c \\x85 \\u2028 \\u2029 \\\\ \\"\\"\\"\n' in source
+    # the docstrings read back as the file's name (a byte that is not UTF-8 as its escape)
+    shown = file_name.encode("utf-8", "backslashreplace").decode()
+    assert module.__doc__.startswith(f"m: generated by `nldsl compile` from {shown}. Do not edit")
+    assert module.LLevel.__doc__ == f"level L ({shown}:5)."
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf, -0.0, 1e-300, 2**70, True, None, "a'\"\n\u2028",
+                                   (1.5, -math.inf), (math.nan,), [1, math.inf], {"lr": math.inf, "k": (3,)}])
+def test_literals_read_back(value):
+    """`repr` writes non-finite floats as bare names (`nan`, `inf`): undefined in the emitted file."""
+    assert repr(eval(_literal(value), {})) == repr(value)
+
+
+def test_constants_of_a_graph_are_written_to_compute_the_same():
+    """Non-finite constants where a graph holds them (arguments, keywords), and a negative
+    one as an operand: `(-2.0) ** x`, not `-2.0 ** x`, which is `-(2.0 ** x)`."""
+    g = fx.Graph()
+    x = g.placeholder("x")
+    low = g.call_method("clamp", (x,), {"min": -math.inf, "max": math.inf})
+    g.output((g.call_function(operator.pow, (-2.0, low)), g.call_function(operator.mul, (low, -math.inf))))
+    printer = _Printer(g, _Source())
+    scope = {}
+    exec(f"def f(self, {printer.params()}):\n" + "\n".join(printer.body("    ")), scope)
+    t = torch.tensor([2.0, 3.0])
+    # the reference runs the nodes one by one: torch.fx's own code writes `-2.0 ** x` too
+    expected = fx.Interpreter(fx.GraphModule(torch.nn.Module(), g)).run(t)
+    torch.testing.assert_close(scope["f"](None, t), expected)
+    torch.testing.assert_close(expected, (torch.tensor([4.0, -8.0]), torch.tensor([-math.inf, -math.inf])))
 
 
 def test_emitted_model_trains(tmp_path):

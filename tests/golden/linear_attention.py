@@ -14,12 +14,11 @@ from nldsl.runtime.model import Level, Model, init, register
 class AttnLevel(Level):
     """level attn (linear_attention.nl:11)."""
 
-    DESC = LevelDesc(name='attn', scope='sequence', period=1, parallel=True, memories=(
-        MemoryDesc(name='S', kind='linear', heads=2, shapes=(('W', (2, 32, 32)),), init='zeros', constant=True, objective='dot', rule='gd', read='within'),
-    ))
-
     def __init__(self, copy: int):
-        super().__init__(self.DESC, copy)
+        desc = LevelDesc(name='attn', scope='sequence', period=1, parallel=True, memories=(
+            MemoryDesc(name='S', kind='linear', heads=2, shapes=(('W', (2, 32, 32)),), init='zeros', constant=True, objective='dot', rule='gd', read='within'),
+        ))
+        super().__init__(desc, copy)
         register(self, 'q.proj', init('proj', (64, 64)))
         register(self, 'k.proj', init('proj', (64, 64)))
         register(self, 'v.proj', init('proj', (64, 64)))
@@ -43,12 +42,11 @@ class AttnLevel(Level):
 class FfnLevel(Level):
     """level ffn (linear_attention.nl:19)."""
 
-    DESC = LevelDesc(name='ffn', scope='outer', period=None, memories=(
-        MemoryDesc(name='f', kind='mlp', shapes=(('W2', (1, 256, 64)), ('W1', (1, 64, 256))), act='gelu'),
-    ))
-
     def __init__(self, copy: int):
-        super().__init__(self.DESC, copy)
+        desc = LevelDesc(name='ffn', scope='outer', period=None, memories=(
+            MemoryDesc(name='f', kind='mlp', shapes=(('W2', (1, 256, 64)), ('W1', (1, 64, 256))), act='gelu'),
+        ))
+        super().__init__(desc, copy)
 
     def step(self, x, st):
         # linear_attention.nl:19  level ffn outer { memory f : mlp(dim, hidden: 4 * dim, act: gelu) }
@@ -77,20 +75,20 @@ class LinearAttentionModel(Model):
         # linear_attention.nl:4  model linear_attention {
         x = ops.embed(tokens, self.embed)
         # linear_attention.nl:22  x = x + attn(rmsnorm(x))
-        rmsnorm = ops.rmsnorm(x, getattr(self.block0, "0").x.rmsnorm, 1e-06)
-        attn = scan(getattr(self.attn, "0"), rmsnorm, st)
+        rmsnorm = ops.rmsnorm(x, getattr(self.block0, '0').x.rmsnorm, 1e-06)
+        attn = scan(getattr(self.attn, '0'), rmsnorm, st)
         x_1 = x + attn
         # linear_attention.nl:23  x = x + ffn(rmsnorm(x))
-        rmsnorm_1 = ops.rmsnorm(x_1, getattr(self.block0, "0").x.rmsnorm_1, 1e-06)
-        ffn = scan(getattr(self.ffn, "0"), rmsnorm_1, st)
+        rmsnorm_1 = ops.rmsnorm(x_1, getattr(self.block0, '0').x.rmsnorm_1, 1e-06)
+        ffn = scan(getattr(self.ffn, '0'), rmsnorm_1, st)
         x_2 = x_1 + ffn
         # linear_attention.nl:22  x = x + attn(rmsnorm(x))
-        rmsnorm_2 = ops.rmsnorm(x_2, getattr(self.block0, "1").x.rmsnorm, 1e-06)
-        attn_2 = scan(getattr(self.attn, "1"), rmsnorm_2, st)
+        rmsnorm_2 = ops.rmsnorm(x_2, getattr(self.block0, '1').x.rmsnorm, 1e-06)
+        attn_2 = scan(getattr(self.attn, '1'), rmsnorm_2, st)
         x_3 = x_2 + attn_2
         # linear_attention.nl:23  x = x + ffn(rmsnorm(x))
-        rmsnorm_3 = ops.rmsnorm(x_3, getattr(self.block0, "1").x.rmsnorm_1, 1e-06)
-        ffn_2 = scan(getattr(self.ffn, "1"), rmsnorm_3, st)
+        rmsnorm_3 = ops.rmsnorm(x_3, getattr(self.block0, '1').x.rmsnorm_1, 1e-06)
+        ffn_2 = scan(getattr(self.ffn, '1'), rmsnorm_3, st)
         x_4 = x_3 + ffn_2
         norm_1 = ops.rmsnorm(x_4, self.norm)
         logits = ops.proj(norm_1, self.head)
