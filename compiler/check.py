@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 
 import networkx as nx
 
-from . import ast
+from . import ast, fold
 from .diagnostics import Report, Span, did_you_mean
+from .fold import MAX_NUMBER
 from .load import Program, library_root, read_source
 from .parse import parse
 from .spec import (LIKE_W, AssignSpec, BlockSpec, FlowSpec, LearnSpec, LevelSpec, MemorySpec, ModelSpec,
@@ -39,6 +40,8 @@ SELECTORS = ("all", "matrices", "vectors", "rest")
 HINTS = {"tile": int, "kernel": ("auto", "torch", "triton"), "group": ("off", "on")}
 INITS = ("zeros", "ones", "normal", "identity")
 MAX_SIZE = 1 << 24  # a dimension beyond this is a typo, and would not fit anyway
+WORDS = {"self": "inside a learn statement, the memory being learned", "true": "the constant 1",
+         "false": "the constant 0"}  # names the language gives a meaning of its own
 
 
 @dataclass
@@ -65,6 +68,10 @@ class Checker:
         self.report.error(code, msg, span, help)
 
     def name_ok(self, name: str, span: Span | None) -> bool:
+        if name in WORDS:
+            self.err("NL102", f"`{name}` is a word of the language ({WORDS[name]}) and cannot name anything "
+                     "in a spec", span, f"rename it, e.g. `{name}_`")
+            return False
         if keyword.iskeyword(name) or name.startswith("__"):
             what = "a Python keyword" if keyword.iskeyword(name) else "a reserved (dunder) name"
             self.err("NL102", f"`{name}` is {what} and cannot name anything in a spec", span,
@@ -122,26 +129,27 @@ class Checker:
             v = self.const(e.operand, env, what)
             return None if v is None else -v
         if isinstance(e, ast.BinOp):
-            a, b = self.const(e.left, env, what), self.const(e.right, env, what)
-            if a is None or b is None:
+            return self.folded(e.op, (e.left, e.right), e, env, what)
+        if isinstance(e, ast.Call) and _foldable(e, env):
+            arity = fold.FUNCS[e.func][1]
+            if len(e.args) != arity:
+                self.err("NL117", f"`{e.func}` takes {arity} argument{'s' if arity > 1 else ''}, got {len(e.args)}",
+                         e.span)
                 return None
-            try:
-                v = {"+": a + b, "-": a - b, "*": a * b}.get(e.op)
-                if e.op == "/":
-                    v = a / b
-                elif e.op == "**":
-                    v = float(a) ** b
-            except ZeroDivisionError:
-                self.err("NL160", f"{what} divides by zero", e.span)
-                return None
-            except (OverflowError, ValueError):
-                v = math.inf
-            if isinstance(v, complex) or not math.isfinite(v) or abs(v) > 1e18:
-                self.err("NL160", f"{what} is out of range", e.span)
-                return None
-            return v
+            return self.folded(e.func, e.positional, e, env, what)
         self.err("NL115", f"{what} must be a constant expression", getattr(e, "span", None))
         return None
+
+    def folded(self, op: str, operands, e: ast.Expr, env: Env, what: str) -> float | None:
+        """`op` on the values of constant operands, or NL160 at `e` if it has none in range."""
+        values = [self.const(x, env, what) for x in operands]
+        if None in values:
+            return None
+        try:
+            return fold.apply(op, *values)
+        except fold.FoldError as reason:
+            self.err("NL160", f"{what} {reason}", e.span, reason.help)
+            return None
 
     def count(self, e: ast.Expr, env: Env, what: str, lo: int = 1) -> int | None:
         v = self.const(e, env, what)
@@ -160,6 +168,7 @@ class Checker:
     def run(self) -> ProgramSpec:
         models, optimizers = [], []
         root = self.program.modules.get(self.program.root)
+        self.unknown_overrides([i for i in root.items if isinstance(i, ast.Model)] if root else [])
         for file, module in list(self.program.modules.items()):
             defs = [(i.name, i.span) for i in module.items if isinstance(i, (ast.Model, ast.OptimizerDef))]
             self.unique(defs, "definition")
@@ -173,6 +182,16 @@ class Checker:
                     if spec:
                         models.append(spec)
         return ProgramSpec(file=self.program.root, models=tuple(models), optimizers=tuple(optimizers))
+
+    def unknown_overrides(self, models: list[ast.Model]) -> None:
+        """NL124 for an override that names no setting: misspelt, it would otherwise
+        become a new constant that nothing reads."""
+        known = set(SETTINGS) | {s.name for m in models for s in m.body if isinstance(s, ast.Setting)}
+        for key, value in self.overrides.items():
+            if key not in known:
+                self.err("NL124", f"override `{key}={value!r}` names no setting of this spec",
+                         models[0].span if models else None,
+                         did_you_mean(key, known) or f"settings: {', '.join(sorted(known))}")
 
     def visible_optimizers(self, file: str) -> dict[str, tuple[ast.OptimizerDef, str]]:
         out = {}
@@ -251,7 +270,8 @@ class Checker:
         env = Env(consts)
         # the spec's settings in order, then overrides of settings it leaves to their defaults
         given = [(s.name, s.value, s.value.span) for s in settings]
-        given += [(k, None, m.span) for k in self.overrides if k not in {s.name for s in settings}]
+        written = {s.name for s in settings}
+        given += [(k, None, m.span) for k in self.overrides if k in SETTINGS and k not in written]
         for name, value, span in given:
             what = f"setting `{name}`" if name not in self.overrides else f"override `{name}={self.overrides[name]!r}`"
             v = self.overrides[name] if name in self.overrides else self.const(value, env, what)
@@ -261,6 +281,9 @@ class Checker:
                     self.err("NL115", f"{what} must be a number", span)
                 consts.setdefault(name, stand_in)
                 continue
+            if abs(v) > MAX_NUMBER:  # an override: the spec's own values were folded in range
+                self.err("NL160", f"{what} is out of range", span, f"numbers must be at most {MAX_NUMBER:.0e} in size")
+                v = stand_in
             if name in SETTINGS and (v != int(v) or v < 1):
                 self.err("NL115", f"{what} must be a positive integer, not {_num(v)}", span)
                 v = stand_in
@@ -645,7 +668,7 @@ class Checker:
         try:
             order = list(nx.lexicographical_topological_sort(graph))
         except nx.NetworkXUnfeasible:
-            cycle = nx.find_cycle(graph)
+            cycle = _cycle(graph)
             names = " -> ".join([a for a, _ in cycle] + [cycle[0][0]])
             self.err("NL141", f"flows depend on each other in a cycle: {names}", by_name[cycle[0][0]].span)
             env.broken.update(by_name)
@@ -837,9 +860,8 @@ class Checker:
         for l in level.learns:
             for e in (l.key, l.value, l.lr, l.decay, l.beta):
                 depend(e, f"update {l.memory}")
-        try:
-            cycle = nx.find_cycle(g)
-        except nx.NetworkXNoCycle:
+        cycle = _cycle(g)
+        if cycle is None:
             return
         path = " -> ".join([a for a, _ in cycle] + [cycle[0][0]])
         learn = next((l for l in level.learns if f"update {l.memory}" in path), None)
@@ -884,7 +906,7 @@ class Checker:
         self.unique([(p.name, p.span) for p in o.params], "hyperparameter")
         consts: dict[str, float] = {}
         for p in o.params:
-            if p.name in ("g", "W", "step", "true", "false"):
+            if p.name in ("g", "W", "step"):
                 self.err("NL101", f"`{p.name}` is predefined inside an optimizer", p.span)
             v = self.const(p.default, Env(consts), f"the default of `{p.name}`")
             if p.name in hp:  # the use site's value, which later defaults may depend on
@@ -967,9 +989,8 @@ class Checker:
                         src = owner.get(name)
                         if src is not None and src != lv.name and period[src] == period[lv.name]:
                             g.add_edge(src, lv.name, span=l.span)
-        try:
-            cycle = nx.find_cycle(g)
-        except nx.NetworkXNoCycle:
+        cycle = _cycle(g)
+        if cycle is None:
             return
         path = " -> ".join([a for a, _ in cycle] + [cycle[0][0]])
         self.err("NL141", f"levels read each other's memories within one step, with no period to break the cycle: {path}",
@@ -997,6 +1018,9 @@ class _Typer:
 
     def __call__(self, e) -> Size | None:
         env = self.env
+        if not self.quiet and isinstance(e, (ast.BinOp, ast.Call)) and _constant(e, env):
+            # e.g. a rate `1 / 0` or a factor `exp(1000)`: fold it now, as the backend will
+            return None if self.c.const(e, env, "a constant expression") is None else 1
         if isinstance(e, ast.Number):
             return 1
         if isinstance(e, ast.Name):
@@ -1033,11 +1057,20 @@ class _Typer:
         if isinstance(e, ast.Neg):
             return self(e.operand)
         if isinstance(e, ast.BinOp):
-            if not self.quiet and _constant(e, env):  # e.g. a rate `1 / 0`: evaluate it to check its range
-                return None if self.c.const(e, env, "a constant expression") is None else 1
             a, b = self(e.left), self(e.right)
             if a is None or b is None:
                 return None
+            if e.op == "/" and not self.quiet and _constant(e.right, env):  # x / c is x times 1 / c
+                c = self.c.const(e.right, env, "a constant expression")
+                if c is None:
+                    return None
+                try:
+                    fold.apply("/", 1, c)
+                except fold.FoldError:
+                    self.err("NL160", "this divides by zero" if c == 0 else "this divides by a constant too small",
+                             e.span, "its divisor is the constant 0" if c == 0 else
+                             f"1 / {_num(c)} is more than {MAX_NUMBER:.0e}: divide by a larger number")
+                    return None
             if a == b or b == 1:
                 return a
             if a == 1:
@@ -1196,11 +1229,23 @@ def _zip_spans(stmt):
     return list(zip(stmt.names, spans))
 
 
+def _foldable(call: ast.Call, env: Env) -> bool:
+    """Whether a call is one of the functions a constant may use (not a memory or a
+    level of that name), with no options."""
+    f = call.func
+    return (f in fold.FUNCS and f in env.funcs and f not in env.memories and f not in env.levels
+            and all(a.key is None for a in call.args))
+
+
 def _constant(e, env: Env) -> bool:
-    """Whether an expression is made of numbers and constants only."""
+    """Whether an expression is made of numbers and constants, arithmetic and the
+    functions of `fold` only."""
     for n in ast.walk(e):
         if isinstance(n, ast.Name):
             if n.id in env.values or not (n.id in env.consts or n.id in ("true", "false")):
+                return False
+        elif isinstance(n, ast.Call):
+            if not _foldable(n, env):
                 return False
         elif not isinstance(n, (ast.Number, ast.BinOp, ast.Neg)):
             return False
@@ -1238,6 +1283,32 @@ def _node(name: str, read: dict, flows: set[str]):
         return f"flow {name}"
     if name in read and read[name] == "within":
         return f"update {name}"
+    return None
+
+
+def _cycle(g: nx.DiGraph) -> list[tuple] | None:
+    """The edges of a cycle in `g`, or None. One depth-first search, without
+    recursion: linear in the size of the graph, where networkx's `find_cycle` grows
+    with the square of a long chain (thousands of flows)."""
+    done: set = set()
+    for start in g:
+        if start in done:
+            continue
+        path, on_path, todo = [start], {start}, [iter(g.succ[start])]
+        while todo:
+            for nxt in todo[-1]:
+                if nxt in on_path:
+                    loop = path[path.index(nxt):] + [nxt]
+                    return list(zip(loop, loop[1:]))
+                if nxt not in done:
+                    path.append(nxt)
+                    on_path.add(nxt)
+                    todo.append(iter(g.succ[nxt]))
+                    break
+            else:
+                done.add(path[-1])
+                on_path.discard(path.pop())
+                todo.pop()
     return None
 
 

@@ -18,8 +18,10 @@ def _is_path(source) -> bool:
     return isinstance(source, Path) or ("\n" not in source and source.endswith(".nl"))
 
 
-def load(source: str | Path, report: Report | None = None) -> Program:
-    """Parse a file (a path ending in `.nl`) or spec text, with its imports."""
+def load(source: str | Path, report: Report | None = None, /) -> Program:
+    """Parse a file (a path ending in `.nl`) or spec text, with its imports. A
+    relative path that is not in the current directory is looked up in nldsl's
+    library (`optim/adam.nl`)."""
     report = report or Report()
     if _is_path(source):
         program = _load(source, report)
@@ -29,8 +31,9 @@ def load(source: str | Path, report: Report | None = None) -> Program:
     return program
 
 
-def check(source: str | Path, report: Report | None = None, **overrides) -> ProgramSpec:
-    """Load and check a spec; `overrides` replace model settings (e.g. `dim=64`)."""
+def check(source: str | Path, report: Report | None = None, /, **overrides) -> ProgramSpec:
+    """Load and check a spec; `overrides` replace model settings (e.g. `dim=64`).
+    The first two parameters are positional only, so every keyword is a setting."""
     report = report or Report()
     program = load(source, report)
     spec = check_program(program, report, overrides)

@@ -305,15 +305,16 @@ def format_module(module: ast.Module, source: str = "") -> str:
     return _Formatter(module, source).module_text()
 
 
-def format_text(text: str, file: str = "<text>", report: Report | None = None) -> str | None:
+def format_text(text: str, file: str = "<text>", report: Report | None = None, quote: bool = True) -> str | None:
     """Parse and format. Returns None if parsing reported errors (a syntax error, a
     number out of range, an expression nested too deep); the diagnostics are then in
-    `report` (pass one to see them)."""
+    `report` (pass one to see them). `quote=False`: a file that is not a spec, whose
+    lines a diagnostic never shows."""
     from .parse import parse
 
     report = report if report is not None else Report()
     before = len(report.errors)
-    module = parse(text, file, report)
+    module = parse(text, file, report, quote)
     if module is None or len(report.errors) > before:
         return None
     return format_module(module, text)

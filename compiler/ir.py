@@ -146,19 +146,39 @@ def _add_level(g: nx.DiGraph, lv: LevelSpec, copies: int, stream: str, prefix: s
         g.add_edge(lid, mid, kind="member")
         visible[m.name] = mid
     flows = {f.name: f for f in (*outer_flows, *lv.flows)}
+    through: dict[str, dict[str, set[str]]] = {}  # flow -> what it reads, with the flows between
 
-    def sources(e, via=()) -> dict[str, set[str]]:
-        """The memories and inputs an expression reads, through flows, with the flow names."""
+    def direct(e) -> dict[str, set[str]]:
         found: dict[str, set[str]] = {}
         for name in ast.names(e):
-            if name in flows and name not in via:
-                for src, labels in sources(flows[name].value, via + (name,)).items():
+            if name in flows:
+                for src, labels in through.get(name, {}).items():
                     found.setdefault(src, set()).update(labels | {name})
             elif name in ("x", "g"):
                 found.setdefault(stream, set()).add(name)
             elif name in visible:
                 found.setdefault(visible[name], set())
         return found
+
+    def sources(e) -> dict[str, set[str]]:
+        """The memories and inputs an expression reads, through flows, with the flow names.
+        Each flow is summarised once, after the flows it reads, from an explicit stack: a
+        long chain of flows must neither recurse as deep as it is long nor be walked again
+        for every flow that reads it."""
+        todo, entered = [n for n in ast.names(e) if n in flows], set()
+        while todo:
+            name = todo[-1]
+            if name in through:
+                todo.pop()
+                continue
+            entered.add(name)  # a flow reached again while its own are summarised: a cycle, not followed
+            waiting = [n for n in ast.names(flows[name].value) if n in flows and n not in through and n not in entered]
+            if waiting:
+                todo.extend(waiting)
+            else:
+                through[name] = direct(flows[name].value)
+                todo.pop()
+        return direct(e)
 
     for l in lv.learns:
         target = visible[l.memory]

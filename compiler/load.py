@@ -1,14 +1,22 @@
 """Load: a root `.nl` file and the files it imports, parsed, in dependency order.
 
-An import path is looked up beside the importing file, then in the standard library
-of specs shipped with nldsl (the `examples/` folder, e.g. `import "optim/adam.nl"`).
+Where an import may lead (docs/language.md, "Imports"): its path is relative to the
+importing file's folder and must stay inside the folder of the spec being checked
+(the current directory for a spec given as text), or else it names a spec of the
+library shipped with nldsl (the `examples/` folder, e.g. `import "optim/adam.nl"`).
+An import never reads a file whose name does not end in `.nl`, nor leaves those
+folders by `..`, an absolute path or a symbolic link: a spec cannot make the checker
+read, or quote in a diagnostic, any other file.
 """
 from __future__ import annotations
 
+import errno
+import posixpath
 from dataclasses import dataclass, field
 from importlib import resources
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
+from ..files import FileError, FileTooLarge, read_limited
 from . import ast
 from .diagnostics import Report, Span
 from .parse import MAX_BYTES, parse
@@ -25,17 +33,17 @@ class Program:
     imports: dict[str, list[str]] = field(default_factory=dict)  # file -> files it imports
 
 
+# ------------------------------------------------------------------ reading
 def read_source(path: Path, report: Report, span: Span | None = None) -> str | None:
     """The file's text, or a diagnostic saying why it cannot be had."""
     try:
-        size = path.stat().st_size
-        if size > MAX_BYTES:
-            report.error("NL001", f"{path} is {size:,} bytes; a spec is at most {MAX_BYTES:,}",
-                         span or Span(str(path), 1, 1, 1, 2))
-            return None
-        data = path.read_bytes()
-    except (OSError, ValueError) as e:  # ValueError: a NUL in the name
-        report.error("NL001", f"cannot read {path}: {getattr(e, 'strerror', None) or e}", span)
+        data = read_limited(path, MAX_BYTES)
+    except FileTooLarge as e:
+        size = f"{e.size:,} bytes" if e.size is not None else f"more than {MAX_BYTES:,} bytes"
+        report.error("NL001", f"{path} is {size}; a spec is at most {MAX_BYTES:,}", span or Span(str(path), 1, 1, 1, 2))
+        return None
+    except FileError as e:
+        report.error("NL001", str(e), span)
         return None
     try:
         return data.decode("utf-8")
@@ -48,54 +56,129 @@ def read_source(path: Path, report: Report, span: Span | None = None) -> str | N
         return None
 
 
+# ------------------------------------------------------------------ loading
+@dataclass(frozen=True)
+class _Place:
+    """Where a loaded file is: its folder, and the folder its imports must stay in."""
+
+    folder: Path
+    tree: Path
+
+
+def find_root(path: Path) -> Path | None:
+    """The file a root path names: as given, else (a relative path) in the library."""
+    if path.is_absolute() or _exists(path):
+        return path
+    return _within(library_root() / path, library_root())
+
+
 def load(source: str | Path, report: Report, text: str | None = None) -> Program | None:
     """Load `source` (a path; or a display name when `text` is given) and its imports."""
     root = str(source)
     if text is None:
-        text = read_source(Path(source), report)
+        path = find_root(Path(source))
+        if path is None:
+            report.error("NL001", f"cannot read {root}: No such file or directory", None,
+                         f"looked in the current directory ({_cwd()}) and in nldsl's library ({library_root()})")
+            return None
+        text = read_source(path, report)
         if text is None:
             return None
+        key, folder = str(_real(path)), _real(path).parent
+        quote = path.suffix == ".nl"  # a file the user named, but not a spec: never show its lines
+    else:
+        key, folder, quote = root, _cwd(), True
     program = Program(root)
-    _load(root, text, program, report, stack=[])
+    _load(root, key, text, _Place(folder, folder), program, report, stack=[], quote=quote)
     return program if not report.errors else None
 
 
-def _load(file: str, text: str, program: Program, report: Report, stack: list[str]) -> None:
-    module = parse(text, file, report)
+def _load(file: str, key: str, text: str, place: _Place, program: Program, report: Report, stack: list[str],
+          quote: bool = True) -> None:
+    """Parse `file` (keyed `key` on the import stack) and load what it imports."""
+    module = parse(text, file, report, quote)
     if module is None:
         return
-    # imports are keyed by resolved path; the root by the name it was given
-    stack.append(str(Path(file).resolve()) if Path(file).exists() else file)
+    stack.append(key)
     program.imports[file] = []
-    base = Path(file).parent if Path(file).exists() else Path.cwd()
     for item in module.items:
         if not isinstance(item, ast.Import):
             continue
-        target = _resolve(item.path, base)
-        if target is None:
-            report.error("NL020", f'cannot find "{item.path}"', item.span,
-                         f"looked beside this file ({base}) and in nldsl's library ({library_root()})")
+        found = _resolve(item, place, report)
+        if found is None:
             continue
-        key = str(target)
-        program.imports[file].append(key)
-        if key in stack:
-            cycle = " -> ".join(Path(f).name for f in stack[stack.index(key):] + [key])
+        target, child_place = found
+        child = str(target)
+        program.imports[file].append(child)
+        if child in stack:
+            cycle = " -> ".join(Path(f).name for f in stack[stack.index(child):] + [child])
             report.error("NL021", f"circular import: {cycle}", item.span)
             continue
-        if key not in program.modules:
-            child = read_source(target, report, item.span)
-            if child is not None:
-                _load(key, child, program, report, stack)
+        if child not in program.modules:
+            child_text = read_source(target, report, item.span)
+            if child_text is not None:
+                _load(child, child, child_text, child_place, program, report, stack)
     stack.pop()
     program.modules[file] = module
 
 
-def _resolve(path: str, base: Path) -> Path | None:
-    for root in (base, library_root()):
-        try:
-            candidate = (root / path).resolve()
-            if candidate.is_file():
-                return candidate
-        except (OSError, ValueError):  # e.g. a name too long for the file system: not found
-            continue
-    return None
+def _resolve(item: ast.Import, place: _Place, report: Report) -> tuple[Path, _Place] | None:
+    """The file an import names and where it is, or None after reporting why not."""
+    path, span = item.path, item.span
+    rule = (f"imports stay inside the folder of the spec being checked ({place.tree}), or name a spec of "
+            f"nldsl's library ({library_root()}), like \"optim/adam.nl\"")
+    if PurePosixPath(path).is_absolute() or PureWindowsPath(path).anchor:
+        report.error("NL022", f'"{path}" is an absolute path', span, rule)
+        return None
+    if not path.endswith(".nl"):
+        report.error("NL023", f'"{path}" is not a .nl spec', span, "only `.nl` files can be imported")
+        return None
+    beside = Path(posixpath.normpath(place.folder / path))  # `..` taken away without following links
+    if not beside.is_relative_to(place.tree):
+        report.error("NL022", f'"{path}" leads outside the folder of the spec being checked', span, rule)
+        return None
+    if _exists(beside):
+        real, tree = _within(beside, place.tree), place.tree
+        if real is None:
+            report.error("NL022", f'"{path}" links to a file outside the folder of the spec being checked', span, rule)
+            return None
+    else:
+        real, tree = _within(library_root() / path, library_root()), _real(library_root())
+        if real is None:
+            report.error("NL020", f'cannot find "{path}"', span,
+                         f"looked beside this file ({place.folder}) and in nldsl's library ({library_root()})")
+            return None
+    if real.suffix != ".nl":
+        report.error("NL023", f'"{path}" links to a file that is not a .nl spec', span, "only `.nl` files can be imported")
+        return None
+    return real, _Place(real.parent, tree)
+
+
+def _within(path: Path, tree: Path) -> Path | None:
+    """The real path of `path`, links followed, if it exists and lies inside `tree`."""
+    try:
+        real = _real(path)
+        return real if real.is_relative_to(_real(tree)) and real.exists() else None
+    except (OSError, ValueError):  # a name too long for the file system, a loop of links: not found
+        return None
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL in it
+        return False
+
+
+def _cwd() -> Path:
+    try:
+        return _real(Path.cwd())
+    except OSError:  # the current directory was removed: a spec given as text sees the library only
+        return _real(library_root())
+
+
+def _real(path: Path) -> Path:
+    try:
+        return path.resolve()
+    except RuntimeError:  # a loop of links (Python < 3.13)
+        raise OSError(errno.ELOOP, "a loop of symbolic links", str(path)) from None

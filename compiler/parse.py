@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
+import unicodedata
 from importlib import resources
 
 from lark import Lark, Token, Transformer_NonRecursive, v_args
@@ -15,10 +16,11 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 
 from . import ast
 from .diagnostics import Report, Span
+from .fold import MAX_NUMBER
 
 MAX_BYTES = 1 << 20  # a spec is a page of text; a megabyte is a mistake
 MAX_DEPTH = 64  # brackets, and operators within one expression
-MAX_NUMBER = 1e18
+BOM = "\ufeff"  # some editors start UTF-8 files with it
 
 _SUFFIX = {"K": 10**3, "M": 10**6, "G": 10**9}
 
@@ -268,15 +270,21 @@ def _guard(text: str, file: str, report: Report) -> bool:
     return True
 
 
-def parse(text: str, file: str, report: Report) -> ast.Module | None:
-    """Parse one file's text. On error, records diagnostics and returns None."""
-    report.sources[file] = text
+def parse(text: str, file: str, report: Report, quote: bool = True) -> ast.Module | None:
+    """Parse one file's text. On error, records diagnostics and returns None.
+    `quote=False` keeps the text out of the diagnostics (a file that is not a spec)."""
+    text = text.removeprefix(BOM)  # not part of the text: columns count from what follows it
+    if quote:
+        report.sources[file] = text
     if not _guard(text, file, report):
         return None
     try:
         tree = parser().parse(text)
     except UnexpectedInput as e:
-        report.error(*_syntax_error(e, text, file))
+        code, message, span, hint = _syntax_error(e, text, file)
+        if not quote:  # say where, never what is written there
+            message, hint = "syntax error: this file is not a spec", "a spec's name ends in `.nl`; its text is not shown"
+        report.error(code, message, span, hint)
         return None
     builder = _Builder(file, report)
     items = builder.transform(tree)
@@ -304,6 +312,8 @@ def _syntax_error(e: UnexpectedInput, text: str, file: str):
         ch = text[e.pos_in_stream] if e.pos_in_stream < len(text) else ""
         what = f"character {ch!r}" if ch.isprintable() else f"character U+{ord(ch):04X}"
         hint = "names are ASCII letters, digits and `_`" if not ch.isascii() else None
+        if not ch.isascii() and unicodedata.category(ch) == "Nd":  # e.g. a fullwidth or Arabic-Indic digit
+            hint = f"numbers are written with the digits 0-9: write `{_ascii_digits(text, e.pos_in_stream)}`"
         return "NL010", f"unexpected {what}", Span(file, line, col, line, col + 1), hint
     expected = _accepts(e)
     if isinstance(e, UnexpectedEOF) or (isinstance(e, UnexpectedToken) and e.token.type == "$END"):
@@ -316,6 +326,14 @@ def _syntax_error(e: UnexpectedInput, text: str, file: str):
     hint = _curated(e, expected, text) or f"expected {_expected(expected)}"
     what = {"NAME": "name", "NUMBER": "number", "STRING": "string"}.get(tok.type)
     return "NL011", f"unexpected {f'{what} `{tok}`' if what else _describe(tok.type)}", span, hint
+
+
+def _ascii_digits(text: str, start: int) -> str:
+    """The run of digits of any script at `start`, in ASCII digits."""
+    end = start
+    while end < len(text) and unicodedata.category(text[end]) == "Nd":
+        end += 1
+    return "".join(str(unicodedata.digit(c)) for c in text[start:end])
 
 
 def _accepts(e: UnexpectedInput) -> set[str]:

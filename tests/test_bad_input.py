@@ -105,8 +105,13 @@ def test_latin1_file(tmp_path):
     assert d.code == "NL001" and "UTF-8" in d.message and (d.span.line, d.span.col) == (1, 6)
 
 
-def test_utf8_bom_and_crlf():
-    assert codes("\ufeff" + GOOD) == {"NL010"}
+def test_utf8_bom_and_crlf(tmp_path):
+    assert errors("\ufeff" + GOOD) == []  # a byte-order mark is not part of the text
+    (d,) = errors("\ufeffmodel m { dim $ }")
+    assert (d.code, d.span.line, d.span.col) == ("NL010", 1, 15)
+    path = tmp_path / "bom.nl"
+    path.write_bytes(b"\xef\xbb\xbf" + GOOD.encode())
+    assert errors(path) == []
     assert errors(GOOD.replace("\n", "\r\n")) == []
     (d,) = errors("model m {\r\n  dim $\r\n}\r\n")
     assert (d.code, d.span.line, d.span.col) == ("NL010", 2, 7)

@@ -4,6 +4,8 @@ Each `tests/golden/diagnostics/NAME.nl` is one small mistake (files in subfolder
 only imported by them); `NAME.err` is exactly what `nldsl check` prints on stderr for
 it, run from the repository root so paths read `tests/golden/diagnostics/NAME.nl`.
 Absolute paths (of imported files, of nldsl's library) are written `<root>/...`.
+A case whose first line reads `# command: ARGS` is run as `nldsl ARGS NAME.nl`
+instead (for mistakes made on the command line, like `compile --set dims=32`).
 
 To accept new output after changing a message, rewrite the .err files and review
 the diff:
@@ -17,6 +19,7 @@ import io
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -31,14 +34,15 @@ CASES = sorted(GOLDEN.glob("*.nl"))
 UPDATE = os.environ.get("NLDSL_UPDATE_GOLDEN") == "1"
 
 
-def run_check(rel: str, *flags: str) -> tuple[int, str, str]:
-    """`nldsl check` in this process, from the repository root: (exit code, stdout, stderr)."""
+def run_check(rel: str, *flags: str, command: tuple[str, ...] = ("check",)) -> tuple[int, str, str]:
+    """`nldsl check` (or another command) in this process, from the repository root:
+    (exit code, stdout, stderr)."""
     out, err = io.StringIO(), io.StringIO()
     cwd = os.getcwd()
     os.chdir(ROOT)
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = cli.main(["check", *flags, rel])
+            code = cli.main([*command, *flags, rel])
     finally:
         os.chdir(cwd)
     return code, out.getvalue(), err.getvalue()
@@ -55,11 +59,13 @@ def test_there_are_enough_goldens():
 @pytest.mark.parametrize("case", CASES, ids=[c.stem for c in CASES])
 def test_golden(case: Path):
     rel = case.relative_to(ROOT).as_posix()
-    code, out, err = run_check(rel)
+    first = case.read_bytes().partition(b"\n")[0].decode("utf-8", "replace")
+    command = tuple(shlex.split(first.removeprefix("# command:"))) if first.startswith("# command:") else ("check",)
+    code, out, err = run_check(rel, command=command)
     assert "Traceback" not in err and "internal error" not in err, err
     errors = re.findall(r"^\S+: error\[NL\d{3}\]", err, re.M)
     assert code == (1 if errors else 0), (code, err)
-    if not errors:
+    if not errors and command == ("check",):
         assert out.startswith(f"{rel}: ok (")
     got = normalise(err)
     expected = case.with_suffix(".err")

@@ -179,6 +179,23 @@ def test_constants_of_a_graph_are_written_to_compute_the_same():
     torch.testing.assert_close(expected, (torch.tensor([4.0, -8.0]), torch.tensor([-math.inf, -math.inf])))
 
 
+def test_a_negative_constant_base_is_raised_as_written(tmp_path):
+    """`(0 - 1) ** t` is 1 for t = 2, in the compiled module as in the emitted one (torch.fx's
+    own code for a constant base reads `-1 ** t`, which is -(1 ** t))."""
+    text = (EXAMPLES / "linear_attention.nl").read_text()
+    power = text.replace("flow v = proj(x)", "flow v = proj(x) * BASE ** (proj(x) * 0 + 2)")
+    models = []
+    for base in ("(0 - 1)", "1"):
+        torch.manual_seed(0)
+        models.append(nldsl.compile(power.replace("BASE", base), dim=16, heads=2, depth=1))
+    tokens = torch.randint(0, 256, (2, 24))
+    emitted = load_emitted(emit(models[0]), tmp_path).build()
+    emitted.load_state_dict(models[0].state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(models[0](tokens)[0], models[1](tokens)[0], rtol=0, atol=0)
+        torch.testing.assert_close(emitted(tokens)[0], models[1](tokens)[0], rtol=0, atol=0)
+
+
 def test_emitted_model_trains(tmp_path):
     module = load_emitted(emit(nldsl.compile(EXAMPLES / "titans.nl", dim=16, heads=2, context=32, depth=1)), tmp_path)
     model = module.build()

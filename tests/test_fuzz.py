@@ -71,7 +71,8 @@ NAMES = ["x", "g", "W", "step", "self", "dim", "vocab", "heads", "depth", "conte
          "kernel", "true", "false", "class", "__init__", "a", "b", "h"]
 NUMBERS = ["0", "1", "2", "3", "4", "8", "16", "64", "0.5", "1e-3", "1e18", "1e19", "1e999", "1M", "1G", "16M",
            "99999999999999999999", ".5", "2.", "1e-400"]
-STRINGS = ['"optim/adam.nl"', '"nope.nl"', '""', '"."', '"optim"']
+STRINGS = ['"optim/adam.nl"', '"nope.nl"', '""', '"."', '"optim"', '"/etc/passwd"', '"../x.nl"', '"/dev/zero"',
+           '"/proc/self/status"', '"optim/../../nldsl/__init__.py"']
 TOKENS = KEYWORDS + PUNCT + NAMES + NUMBERS + STRINGS
 ALPHABET = sorted(set("".join(EXAMPLES.values())) | set("{}()[],:;=.+-*/#\"<>!@$%^&|~`'?\\_\t\r\n\f\x00") | {"é", "🧠"})
 _TOKEN_RE = re.compile(r'\s+|#[^\n]*|"[^"\n]*"|[A-Za-z_][A-Za-z0-9_]*|(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?[KMG]?'
@@ -135,6 +136,9 @@ def mutated(draw):
 @example(EXAMPLES["cms.nl"].replace("init: mid.ffn", "init: mid.nope"))
 @example(EXAMPLES["hope.nl"].replace('import "optim/adamw.nl"', 'import "' + "a" * 300 + '.nl"'))
 @example(EXAMPLES["titans.nl"].replace("adamw(", "a" * 300 + "("))
+@example(EXAMPLES["hope.nl"].replace('import "optim/adamw.nl"', 'import "/etc/passwd"'))
+@example(EXAMPLES["hope.nl"].replace('import "optim/adamw.nl"', 'import "../../../../../../../../proc/self/status.nl"'))
+@example(EXAMPLES["titans.nl"].replace("lr: lr,", "lr: exp(1000) * sqrt(0 - 1),"))
 def test_mutated_examples(text):
     front_end(text)
 

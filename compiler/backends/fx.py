@@ -23,7 +23,7 @@ from ...runtime import ops
 from ...runtime.desc import LevelDesc, MemoryDesc
 from ...runtime.level import scan
 from ...runtime.model import Level, Model, init, register
-from .. import ast
+from .. import ast, fold
 from ..spec import LevelSpec, ModelSpec, OuterParam, unique_name
 
 BINOPS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv, "**": operator.pow}
@@ -84,7 +84,10 @@ class Exprs:
         if isinstance(e, ast.BinOp):
             a, b = self(e.left, owner, this), self(e.right, owner, this)
             if isinstance(a, (int, float)) and isinstance(b, (int, float)):
-                return BINOPS[e.op](a, b)
+                return fold.apply(e.op, a, b)  # as the checker folded it: in range
+            if e.op == "**" and isinstance(a, (int, float)) and a < 0:
+                # torch.fx writes a constant base as it is: `-2 ** t`, which Python reads as -(2 ** t)
+                a = self.call(operator.neg, (-a,), span=e.span)
             return self.call(BINOPS[e.op], (a, b), span=e.span)
         if isinstance(e, ast.Call):
             return self.function(e, owner, this)
@@ -122,9 +125,9 @@ class Exprs:
             return self.call(ops.newton_schulz, (args[0], *(int(args[1]) if i == 1 else args[i] for i in range(1, len(args)))),
                              span=span)
         if f in ("rows", "cols", "max", "min") or f in ELEMENTWISE:
+            if f in fold.FUNCS and all(isinstance(a, (int, float)) for a in args):
+                return fold.apply(f, *args)
             fn = {"rows": ops.rows, "cols": ops.cols, "max": ops.maximum, "min": ops.minimum}.get(f) or ELEMENTWISE[f]
-            if all(isinstance(a, (int, float)) for a in args):
-                return fn(*args)
             return self.call(fn, args, span=span)
         raise BackendError(f"unknown function `{f}` ({_where(span)})")
 
@@ -138,6 +141,23 @@ class Exprs:
             return self(e, owner, this)
         finally:
             self.g = real
+
+
+def names_in(e, args=lambda call: call.args) -> list[str]:
+    """The names an expression reads, in the order they are written; `args(call)`
+    says which arguments of a call to follow."""
+    out, todo = [], [e]
+    while todo:
+        n = todo.pop()
+        if isinstance(n, ast.Name):
+            out.append(n.id)
+        elif isinstance(n, ast.Call):
+            todo.extend(a.value for a in reversed(args(n)))
+        elif isinstance(n, ast.BinOp):
+            todo.extend((n.right, n.left))
+        elif isinstance(n, ast.Neg):
+            todo.append(n.operand)
+    return out
 
 
 def _named(node, name: str):
@@ -194,7 +214,6 @@ class _LevelBuild:
         self.ex = Exprs(self.g, consts, {p.name: p for p in spec.params}, level, _local, self.st, self.lookup,
                         memory=_Memories(self))
         self.done: dict[str, object] = {}
-        self.busy: set[str] = set()
         self.learned: set[str] = set()
 
     def lookup(self, name):
@@ -205,12 +224,22 @@ class _LevelBuild:
         raise BackendError(f"unknown name `{name}` in level `{self.spec.name}`")
 
     def flow(self, name):
-        if name not in self.done:
-            if name in self.busy:
-                raise BackendError(f"flow `{name}` of level `{self.spec.name}` depends on itself")
-            self.busy.add(name)
-            f = self.flows[name]
-            self.done[name] = _named(self.ex(f.value, f"{self.spec.name}.{name}"), name)
+        """A flow's node, built once, after the flows it reads (in the order they are
+        written in it). Built from an explicit stack: a chain of flows each reading the
+        next must not recurse as deep as it is long."""
+        todo = [name]
+        while todo:
+            top = todo[-1]
+            waiting = next((n for n in names_in(self.flows[top].value) if n in self.flows and n not in self.done), None)
+            if waiting is None:
+                todo.pop()
+                if top not in self.done:
+                    f = self.flows[top]
+                    self.done[top] = _named(self.ex(f.value, f"{self.spec.name}.{top}"), top)
+            elif waiting in todo:
+                raise BackendError(f"flow `{waiting}` of level `{self.spec.name}` depends on itself")
+            else:
+                todo.append(waiting)
         return self.done[name]
 
     def learn(self, memory: str):

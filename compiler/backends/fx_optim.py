@@ -28,8 +28,9 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from .. import ast
 from ..spec import FlowSpec, OptimizerSpec
-from .fx import BackendError, Exprs
+from .fx import BackendError, Exprs, names_in
 
 UPDATE_OPS = {"-=": operator.sub, "+=": operator.add, "*=": operator.mul}
 
@@ -52,7 +53,6 @@ class _OptimizerBuild:
         self.learns = {l.memory: (lv, l) for lv in spec.levels for l in lv.learns}
         self.mems = {m.name: m for lv in spec.levels for m in lv.memories}
         self.flows: dict[tuple[str | None, str], object] = {}
-        self.busy: set[tuple[str | None, str]] = set()
         self.learned: set[str] = set()
         self.reads: dict[str, fx.Node] = {}  # memories read by name, after their learn statement
         self.named: set[fx.Node] = {self.grad, self.W0, self.step, self.st}
@@ -80,21 +80,42 @@ class _OptimizerBuild:
             return stand_in
         if name in self.mems:
             return self.read(name, None, None)
-        for key in ((self.level, name), (None, name)):
-            if key in self.flow_specs:
-                return self.flow(key)
-        raise BackendError(f"unknown name `{name}` in optimizer `{self.spec.name}`")
+        key = self._visible(name, self.level)
+        if key is None:
+            raise BackendError(f"unknown name `{name}` in optimizer `{self.spec.name}`")
+        return self.flow(key)
+
+    def _visible(self, name: str, level: str | None) -> tuple[str | None, str] | None:
+        """The flow `name` means where `level`'s flows are visible: the level's own, else the optimizer's."""
+        return next((key for key in ((level, name), (None, name)) if key in self.flow_specs), None)
 
     def flow(self, key: tuple[str | None, str]):
-        if key not in self.flows:
-            if key in self.busy:
-                raise BackendError(f"flow `{key[1]}` of optimizer `{self.spec.name}` depends on itself")
-            self.busy.add(key)
-            f = self.flow_specs[key]
-            owner = ".".join(p for p in (self.spec.name, key[0], key[1]) if p)
-            with self._items(key[0]):
-                self.flows[key] = self._name(self.ex(f.value, owner), key[1])
+        """A flow's node, written once, after the flows it reads (in the order they are
+        written in it; not those of a `select` branch not taken). Built from an
+        explicit stack: a chain of flows each reading the next must not recurse as
+        deep as it is long."""
+        todo = [key]
+        while todo:
+            top = todo[-1]
+            reads = (self._visible(n, top[0]) for n in names_in(self.flow_specs[top].value, self._taken))
+            waiting = next((k for k in reads if k is not None and k not in self.flows), None)
+            if waiting is None:
+                todo.pop()
+                if top not in self.flows:
+                    owner = ".".join(p for p in (self.spec.name, top[0], top[1]) if p)
+                    with self._items(top[0]):
+                        self.flows[top] = self._name(self.ex(self.flow_specs[top].value, owner), top[1])
+            elif waiting in todo:
+                raise BackendError(f"flow `{waiting[1]}` of optimizer `{self.spec.name}` depends on itself")
+            else:
+                todo.append(waiting)
         return self.flows[key]
+
+    def _taken(self, call: ast.Call):
+        """The arguments of a call that are written: of `select`, the branch its constant condition picks."""
+        if call.func != "select":
+            return call.args
+        return (call.args[1 if self.ex(call.args[0].value, "") else 2],)
 
     def _name(self, node, name: str):
         """Give a flow's node the flow's name, unless the node already has a meaning of

@@ -43,8 +43,8 @@ def init(role: str, shape: tuple[int, ...], value: float | None = None) -> torch
 
 def register(module: nn.Module, path: str, value: torch.Tensor, buffer: bool = False) -> str:
     """Register a parameter (or buffer) at a dotted path of spec names, making the
-    modules between. A spec name that nn.Module already uses (`eval`, `to`, ...) gets
-    a trailing `_`. Returns the path it was registered at."""
+    modules between. A spec name that nn.Module or fx.GraphModule already uses (`eval`,
+    `to`, `graph`, `code`, ...) gets a trailing `_`. Returns the path it was registered at."""
     *parents, leaf = path.split(".")
     real = []
     for part in parents:
@@ -61,9 +61,14 @@ def register(module: nn.Module, path: str, value: torch.Tensor, buffer: bool = F
 
 
 def _free(module: nn.Module, name: str, container: bool = False) -> str:
-    while hasattr(module, name) and not (container and name in module._modules):
+    while (hasattr(module, name) or name in _GRAPH_MODULE_NAMES) and not (container and name in module._modules):
         name += "_"
     return name
+
+
+# The attributes of a GraphModule: `attach` builds one over the parameters, copied by
+# their paths onto it, where a first part like `graph` would overwrite its own.
+_GRAPH_MODULE_NAMES = frozenset(dir(fx.GraphModule)) | frozenset(vars(fx.GraphModule(nn.Module(), fx.Graph())))
 
 
 class Level(nn.Module):

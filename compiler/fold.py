@@ -1,0 +1,81 @@
+"""Constant folding: arithmetic and elementwise functions on plain numbers.
+
+The checker folds every constant part of a spec (`2 * dim`, `exp(-3)`, `1 / 0`) to
+report, where it is written, one that has no value in range (NL160); the torch
+backend folds the same parts with the same function. So a spec that checks clean
+never meets an overflow, a division by zero or a NaN while it is built. Plain `math`:
+the checker does not import torch.
+"""
+from __future__ import annotations
+
+import math
+import operator
+
+MAX_NUMBER = 1e18  # beyond this a number is a typo; its square still fits a float32
+
+
+class FoldError(ArithmeticError):
+    """A constant with no value in range. `str(e)` completes a sentence about the
+    expression ("divides by zero", "is out of range", ...); `help` says what is allowed."""
+
+    def __init__(self, reason: str, help: str | None = None):
+        super().__init__(reason)
+        self.help = help
+
+
+def _out_of_range() -> FoldError:
+    return FoldError("is out of range", f"a constant must be finite and at most {MAX_NUMBER:.0e} in size")
+
+
+def _sigmoid(x):
+    if x >= 0:
+        return 1 / (1 + math.exp(-x))
+    z = math.exp(x)  # the same value, without math.exp(-x) overflowing for very negative x
+    return z / (1 + z)
+
+
+def _pow(a, b):
+    v = float(a) ** b
+    if isinstance(v, complex):
+        raise FoldError("raises a negative number to a fractional power")
+    if isinstance(a, int) and isinstance(b, int) and b >= 0 and abs(v) <= MAX_NUMBER:
+        return a ** b  # exact, and small: the float result bounds it
+    return v
+
+
+BINARY = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv, "**": _pow}
+
+# The functions a constant may call, with their number of arguments. Their values on
+# numbers agree with nldsl.runtime.ops on tensors.
+FUNCS = {
+    "silu": (lambda x: x * _sigmoid(x), 1),
+    "gelu": (lambda x: 0.5 * x * (1 + math.erf(x / math.sqrt(2))), 1),
+    "relu": (lambda x: max(x, 0.0), 1),
+    "tanh": (math.tanh, 1),
+    "sigmoid": (_sigmoid, 1),
+    "softplus": (lambda x: max(x, 0.0) + math.log1p(math.exp(-abs(x))), 1),
+    "exp": (math.exp, 1),
+    "sqrt": (math.sqrt, 1),
+    "abs": (abs, 1),
+    "sign": (lambda x: float((x > 0) - (x < 0)), 1),
+    "max": (max, 2),
+    "min": (min, 2),
+    "select": (lambda cond, a, b: a if cond else b, 3),
+}
+
+
+def apply(op: str, *args):
+    """`op` (`+`, `-`, `*`, `/`, `**` or a name of FUNCS) applied to numbers; the
+    result is finite and at most MAX_NUMBER in size, or FoldError says why not."""
+    fn = BINARY[op] if op in BINARY else FUNCS[op][0]
+    try:
+        v = fn(*args)
+    except ZeroDivisionError:
+        raise FoldError("divides by zero") from None
+    except OverflowError:
+        raise _out_of_range() from None
+    except ValueError:  # a math domain error: only sqrt has one among FUNCS
+        raise FoldError("takes the square root of a negative number") from None
+    if not math.isfinite(v) or abs(v) > MAX_NUMBER:
+        raise _out_of_range()
+    return v
