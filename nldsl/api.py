@@ -2,14 +2,21 @@
 from __future__ import annotations
 
 import difflib
+import math
 from pathlib import Path
 
-from .compiler.driver import check
-from .compiler.diagnostics import NLError
+from .compiler.driver import check, load
+from .compiler.diagnostics import NLError, Report
 
 
 def _model_spec(source, name: str | None, overrides: dict):
-    program = check(source, **overrides)
+    from .compiler.check import check_program
+
+    # the overrides go to the checker as one dict, never as keywords, so that no setting's
+    # name can collide with a parameter of `check`
+    report = Report()
+    program = check_program(load(source, report), report, overrides)
+    report.raise_if_errors()
     models = [m for m in program.models if name is None or m.name == name]
     if not models:
         what = f"no model named `{name}`" if name else "no model"
@@ -17,8 +24,8 @@ def _model_spec(source, name: str | None, overrides: dict):
     return models[0]
 
 
-def compile(source: str | Path, *, name: str | None = None, inner_clip: float | None = None, fused: bool = True,
-            kernels: str = "auto", **overrides):
+def compile(source: str | Path, /, *, name: str | None = None, inner_clip: float | None = None,
+            fused: bool = True, kernels: str = "auto", **overrides):
     """A `.nl` spec (a path, or the text itself) -> a trainable `nn.Module`.
 
     `overrides` replace model settings (`dim=64, context=128`); `name` picks a model
@@ -33,6 +40,10 @@ def compile(source: str | Path, *, name: str | None = None, inner_clip: float | 
     from .runtime.kernels import check_mode
 
     check_mode(kernels)
+    if inner_clip is not None and not (isinstance(inner_clip, (int, float)) and math.isfinite(inner_clip)
+                                       and inner_clip > 0):
+        raise ValueError(f"inner_clip must be a positive number (the largest norm of an inner update), "
+                         f"not {inner_clip!r}")
     spec = _model_spec(source, name, overrides)
     model = build_model(spec)
     model.options.update(inner_clip=inner_clip, fused=fused, kernels=kernels)
@@ -45,8 +56,6 @@ def _optimizer_spec(source, name: str | None, hparams: dict):
     again with the new values, since sizes and later defaults may depend on them
     (`hidden` in dmgd.nl)."""
     from .compiler.check import Checker
-    from .compiler.diagnostics import Report
-    from .compiler.driver import load
 
     program = check(source)  # every error of the file, as NLError
     where = "the spec" if not (isinstance(source, Path) or str(source).endswith(".nl")) else str(source)
@@ -84,7 +93,7 @@ def _optimizer_spec(source, name: str | None, hparams: dict):
     return spec
 
 
-def compile_optimizer(source: str | Path, params, *, name: str | None = None, **hparams):
+def compile_optimizer(source: str | Path, params, /, *, name: str | None = None, **hparams):
     """An optimizer spec (a path, or the text itself) -> a `torch.optim.Optimizer` over
     `params` (tensors or parameter groups, as for any torch optimizer).
 

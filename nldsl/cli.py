@@ -6,13 +6,14 @@ prints a traceback (and says so).
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
 from .compiler import passes
 from .compiler.diagnostics import NLError, Report, render
 from .compiler.driver import check as check_source
-from .files import atomic_write
+from .files import FileError, atomic_write
 
 
 def _report_errors(e: NLError, fmt: str) -> int:
@@ -123,7 +124,7 @@ def cmd_fmt(args) -> int:
         path = Path(f)
         from .compiler.load import read_source
         text = read_source(path, report)
-        formatted = format_text(text, f, report) if text is not None else None
+        formatted = format_text(text, f, report, quote=path.suffix == ".nl") if text is not None else None
         if formatted is None:
             print(render(report.sorted(), report.sources), file=sys.stderr)
             status = 1
@@ -183,7 +184,7 @@ def cmd_train(args) -> int:
     train(args.file, data=args.data, steps=args.steps, out_dir=args.out, resume=args.resume,
           overrides=parse_overrides(args.set), seed=args.seed, eval_every=args.eval_every,
           eval_batches=args.eval_batches, ckpt_every=args.ckpt_every, sample=args.sample, quiet=args.quiet,
-          compile=args.compile)
+          compile=args.compile, inner_clip=args.inner_clip)
     return 0
 
 
@@ -197,23 +198,27 @@ def _ckpt_dir(args) -> Path:
 
 @_run_errors
 def cmd_eval(args) -> int:
-    from .data import Corpus
-    from .train import describe, evaluate, load_run
+    from .train import TrainError, describe, evaluate, load_run, run_corpus
     ckpt_dir = _ckpt_dir(args)
     model, ckpt = load_run(ckpt_dir, args.file)
-    data = args.data or ckpt.data
-    corpus = Corpus.load(data)
+    corpus = run_corpus(ckpt, args.data)
     corpus.require(int(model.settings["context"]))
     loss = evaluate(model, corpus, args.eval_batches or ckpt.eval_batches)
-    print(f"{ckpt_dir} (step {ckpt.step}), held-out {data}: {describe(loss)}")
+    if not math.isfinite(loss):
+        raise TrainError(f"the held-out loss of {ckpt_dir} (step {ckpt.step}) on {corpus.name} is {loss}: "
+                         f"the model's outputs are not finite")
+    print(f"{ckpt_dir} (step {ckpt.step}), held-out {corpus.name}: {describe(loss)}")
     return 0
 
 
 @_run_errors
 def cmd_generate(args) -> int:
-    from .train import generate, load_run
+    from .train import TrainError, generate, load_run
+    try:
+        prompt = args.prompt.encode()
+    except UnicodeEncodeError:  # bytes of the command line that are not UTF-8
+        raise TrainError("--prompt is not UTF-8 text") from None
     model, _ = load_run(_ckpt_dir(args), args.file)
-    prompt = args.prompt.encode()
     out = generate(model, prompt, args.n, temperature=args.temperature, top_k=args.top_k, seed=args.seed)
     print((prompt + out).decode("utf-8", errors="replace"))
     return 0
@@ -240,7 +245,7 @@ def cmd_bench(args) -> int:
 def _add_run_commands(sub) -> None:
     t = sub.add_parser("train", help="train a model on bytes (checkpoints, resumable)")
     t.add_argument("file", metavar="FILE")
-    t.add_argument("--data", help="`pydoc` (Python's help text, the default) or a text file")
+    t.add_argument("--data", help="`pydoc` (Python's help text, the default) or a file of at most 1 GiB")
     t.add_argument("--steps", type=int, default=1000, metavar="N", help="train up to step N (default 1000)")
     t.add_argument("--out", metavar="DIR", help="the run's folder (default: runs/<FILE's name>)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
@@ -252,6 +257,8 @@ def _add_run_commands(sub) -> None:
     t.add_argument("--eval-batches", type=int, default=8, metavar="N", help="held-out batches per evaluation (default 8)")
     t.add_argument("--ckpt-every", type=int, default=100, metavar="N", help="checkpoint every N steps (default 100; 0: at the end only)")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a model setting, e.g. --set dim=64 (repeatable)")
+    t.add_argument("--inner-clip", type=float, metavar="X",
+                   help="clip every inner update to norm X instead of stopping at a NaN or Inf (kept by the run)")
     t.add_argument("--sample", type=int, default=200, metavar="N", help="bytes to sample at the end (default 200; 0: none)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(run=cmd_train)
@@ -261,7 +268,7 @@ def _add_run_commands(sub) -> None:
     for s in (e, g):
         s.add_argument("file", metavar="FILE", nargs="?", help="the spec (default: the one stored in the checkpoint)")
         s.add_argument("--ckpt", metavar="DIR", help="the run's folder (default: runs/<FILE's name>)")
-    e.add_argument("--data", help="`pydoc` or a text file (default: the run's data)")
+    e.add_argument("--data", help="`pydoc` or a file of at most 1 GiB (default: the run's data)")
     e.add_argument("--eval-batches", type=int, metavar="N", help="held-out batches (default: as many as the run used)")
     e.set_defaults(run=cmd_eval)
     g.add_argument("--prompt", default="\n", metavar="TEXT", help="the text to continue (default: a newline)")
@@ -333,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args)
     except NLError as e:
         return _report_errors(e, getattr(args, "error_format", "text"))
+    except FileError as e:  # an output that cannot be written
+        return _fail(str(e))
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

@@ -6,12 +6,16 @@ would have drawn, and a checkpoint needs no RNG state.
 """
 from __future__ import annotations
 
-from pathlib import Path
+import hashlib
+import os
 
 import torch
 
+from .files import FileError, read_limited
+
 PYDOC = "pydoc"  # the English text that ships with every Python: its help topics
 HELDOUT = 0.1  # the last 10% of the bytes are held out
+MAX_DATA_BYTES = 1 << 30  # the whole file is held in memory (docs/training.md, "Data")
 
 
 class DataError(Exception):
@@ -19,14 +23,21 @@ class DataError(Exception):
 
 
 def read_bytes(data: str) -> bytes:
-    """`pydoc` (the help topics, in sorted key order, as UTF-8) or the bytes of a file."""
+    """`pydoc` (the help topics, in sorted key order, as UTF-8) or the bytes of a regular
+    file of at most MAX_DATA_BYTES (never a FIFO or a device, which could block or never end)."""
     if data == PYDOC:
         from pydoc_data.topics import topics
         return "".join(topics[k] for k in sorted(topics)).encode()
     try:
-        return Path(data).read_bytes()
-    except OSError as e:
-        raise DataError(f"cannot read data `{data}`: {e.strerror or e}") from None
+        return read_limited(data, MAX_DATA_BYTES, "data")
+    except FileError as e:
+        raise DataError(str(e)) from None
+
+
+def data_key(data: str) -> str:
+    """How a run records its data: `pydoc`, or the file's absolute path, so that the run's
+    folder can be evaluated from any directory."""
+    return data if data == PYDOC else os.path.abspath(data)
 
 
 class Corpus:
@@ -34,6 +45,7 @@ class Corpus:
 
     def __init__(self, raw: bytes, name: str):
         self.name = name
+        self.sha256 = hashlib.sha256(raw).hexdigest()  # recorded by a run, to notice changed data later
         cut = len(raw) - int(len(raw) * HELDOUT)
         self.train, self.heldout = _tensor(raw[:cut]), _tensor(raw[cut:])
 

@@ -1,19 +1,29 @@
 """Train, evaluate and sample byte-level language models compiled from specs.
 
 A run lives in one folder: `model.safetensors` (the weights, the optimizer's state and
-the run's metadata, rewritten atomically), `losses.csv`, `loss.png` and `sample.txt`.
+the run's metadata, with a sha256 of all of it, rewritten atomically), `losses.csv`,
+`loss.png`, `sample.txt` and `train.lock` (held while a training writes the folder).
 `resume` continues from the checkpoint and reproduces the uninterrupted run exactly:
 batches are a function of (seed, step) (see data.py) and the checkpoint holds the rest.
 Only the interface of `nldsl.compile` is used: `model(tokens, state) -> (logits, state)`,
 `model.settings` and `model.configure_optimizer()`.
+
+A run folder may come from someone else, so reading one never follows its paths:
+eval and generate build the model from the spec text stored in the checkpoint (which
+may import nldsl's library only), and every file is read bounded and only if regular.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
+import dataclasses
+import hashlib
 import io
 import json
 import math
+import os
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,12 +32,30 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .data import PYDOC, Corpus, DataError
-from .files import atomic_write
+from .data import PYDOC, Corpus, DataError, data_key
+from .files import FileError, atomic_write, read_limited, reason
+
+try:
+    import fcntl
+except ImportError:  # Windows: run folders are not locked
+    fcntl = None
 
 CHECKPOINT = "model.safetensors"
-FORMAT = "nldsl-run/1"
+LOCK = "train.lock"
+FORMAT = "nldsl-run/2"
+UNVERIFIED_FORMATS = ("nldsl-run/1",)  # older checkpoints, without a sha256: still loaded
+MAX_CHECKPOINT_BYTES = 64 << 30  # a checkpoint is read whole into memory
 TEMPERATURE = 0.8  # samples: a little sharper than the model's distribution
+
+# `--set` keys that are not model settings, and what to use instead
+NOT_SETTINGS = {
+    "name": "`nldsl compile --name` picks a model of the file; train uses its first model",
+    "source": "the spec is the FILE argument",
+    "report": "it names no setting of a model",
+    "inner_clip": "use `nldsl train --inner-clip X`, or `build(inner_clip=X)` in a compiled file",
+    "fused": "runs take the fused path; `nldsl bench --paths` compares it with the reference",
+    "kernels": "runs choose their kernels by device (`nldsl.compile(..., kernels=...)` in Python)",
+}
 
 
 class TrainError(Exception):
@@ -36,7 +64,7 @@ class TrainError(Exception):
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """The errors that are the user's or the data's doing: one `error:` line, no traceback."""
-    return (TrainError, DataError, *_nonfinite_errors())
+    return (TrainError, DataError, FileError, *_nonfinite_errors())
 
 
 def _nonfinite_errors() -> tuple[type[BaseException], ...]:
@@ -58,15 +86,17 @@ class History:
 @dataclass
 class Checkpoint:
     step: int
-    spec_path: str
+    spec_path: str  # where the spec was read from when training: shown, never read by eval or generate
     spec_text: str
     overrides: dict
     seed: int
-    data: str
+    data: str  # `pydoc` or an absolute path (as given, in nldsl-run/1)
     eval_batches: int
     history: History
     model: dict[str, torch.Tensor]
     optimizer: dict
+    inner_clip: float | None = None
+    data_sha256: str | None = None  # of the data trained on; None in nldsl-run/1
 
 
 def bits(loss: float) -> float:
@@ -85,16 +115,45 @@ def parse_overrides(items: list[str] | None) -> dict | None:
     out = {}
     for item in items:
         key, eq, value = item.partition("=")
-        if not eq or not key.strip():
+        key = key.strip()
+        if not eq or not key:
             raise TrainError(f"--set `{item}`: write a setting as key=value, e.g. --set dim=64")
         try:
-            out[key.strip()] = int(value)
+            out[key] = int(value)
         except ValueError:
             try:
-                out[key.strip()] = float(value)
+                out[key] = float(value)
             except ValueError:
                 raise TrainError(f"--set `{item}`: `{value}` is not a number") from None
+        try:
+            check_overrides({key: out[key]})
+        except TrainError as e:
+            raise TrainError(f"--set `{item}`: {e}") from None
     return out
+
+
+def check_overrides(overrides) -> dict:
+    """Overrides that can only be model settings: finite numbers, under names that are not
+    options of how a model runs. (Whether the model has such a setting is the checker's
+    to say.)"""
+    if not isinstance(overrides, dict):
+        raise TrainError(f"overrides map settings to numbers, not {type(overrides).__name__}")
+    for key, value in overrides.items():
+        if key in NOT_SETTINGS:
+            raise TrainError(f"`{key}` is not a model setting: {NOT_SETTINGS[key]}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise TrainError(f"the setting `{key}` must be a finite number, not {value!r}")
+    return overrides
+
+
+def check_inner_clip(inner_clip) -> float | None:
+    if inner_clip is None:
+        return None
+    if isinstance(inner_clip, bool) or not isinstance(inner_clip, (int, float)) \
+            or not (math.isfinite(inner_clip) and inner_clip > 0):
+        raise TrainError(f"--inner-clip {inner_clip}: give a positive number, the largest norm an inner "
+                         f"update may have")
+    return float(inner_clip)
 
 
 def default_out(spec_path: str | Path) -> Path:
@@ -103,7 +162,7 @@ def default_out(spec_path: str | Path) -> Path:
 
 # --- the model ---------------------------------------------------------------------
 
-def build(source: str | Path, overrides: dict, seed: int):
+def build(source: str | Path, overrides: dict, seed: int, inner_clip: float | None = None):
     """The first model of a spec (a path or its text), initialised from `seed`."""
     import nldsl
     program = nldsl.check(source, **overrides)  # a spec with errors raises NLError here
@@ -115,11 +174,25 @@ def build(source: str | Path, overrides: dict, seed: int):
     if not hasattr(nldsl, "compile"):
         raise TrainError("this nldsl cannot build models yet: nldsl.compile (the PyTorch backend) is missing")
     torch.manual_seed(seed)
-    model = nldsl.compile(source, **overrides)
+    model = nldsl.compile(source, inner_clip=inner_clip, **overrides)
     if int(model.settings["vocab"]) < 256:
         raise TrainError(f"byte-level training needs vocab 256 or more; `{program.models[0].name}` "
                          f"has vocab {int(model.settings['vocab'])}")
     return model
+
+
+def _norms(model) -> dict[str, float]:
+    """Each parameter's norm, computed in float64 (one sync for all): NaN or Inf exactly
+    where the parameter holds one, since float32 squares cannot overflow float64."""
+    named = dict(model.named_parameters())
+    if not named:
+        return {}
+    norms = torch.stack([torch.linalg.vector_norm(p.detach(), dtype=torch.float64) for p in named.values()])
+    return dict(zip(named, norms.tolist()))
+
+
+def _first_nonfinite(norms: dict[str, float]) -> str | None:
+    return next((name for name, n in norms.items() if not math.isfinite(n)), None)
 
 
 def _size(model, name: str) -> int:
@@ -158,25 +231,34 @@ def generate(model, prompt: bytes, n: int, temperature: float = TEMPERATURE, top
     model's state instead of feeding the context again. Temperature 0 picks the likeliest byte."""
     if not prompt:
         raise TrainError("the prompt is empty: give at least one byte to start from")
+    if n < 0:
+        raise TrainError(f"-n {n}: the number of bytes to generate cannot be negative")
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise TrainError(f"--temperature {temperature}: give 0 (the likeliest byte) or a positive number")
+    if top_k is not None and top_k < 1:
+        raise TrainError(f"--top-k {top_k}: sample among at least 1 byte")
     g = torch.Generator().manual_seed(seed)
     device = _device(model)
     logits, state = model(torch.tensor([list(prompt)], device=device))
     out = bytearray()
     while len(out) < n:
-        out.append(_pick(logits[0, -1], temperature, top_k, g))
+        out.append(_pick(logits[0, -1], temperature, top_k, g, len(prompt) + len(out)))
         if len(out) < n:
             logits, state = model(torch.tensor([[out[-1]]], device=device), state=state)
     return bytes(out)
 
 
-def _pick(logits: torch.Tensor, temperature: float, top_k: int | None, g: torch.Generator) -> int:
+def _pick(logits: torch.Tensor, temperature: float, top_k: int | None, g: torch.Generator, seen: int) -> int:
     logits = logits[:256].float().cpu()  # only bytes, whatever the vocab
-    if temperature <= 0:
+    if not torch.isfinite(logits.max()):  # a NaN anywhere, an Inf, or no possible byte
+        raise TrainError(f"the model's prediction after {seen} bytes is NaN or Inf: its outputs are not finite")
+    if temperature == 0:
         return int(logits.argmax())
     if top_k:
         kth = torch.topk(logits, min(top_k, len(logits))).values[-1]
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    return int(torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=g))
+    scaled = (logits - logits.max()) / temperature  # at most 0: a tiny temperature cannot overflow
+    return int(torch.multinomial(torch.softmax(scaled, -1), 1, generator=g))
 
 
 # --- checkpoints -------------------------------------------------------------------
@@ -222,40 +304,115 @@ def _unflatten(obj, tensors: dict):
     return {k: _unflatten(v, tensors) for k, v in obj.items()}
 
 
-def save_checkpoint(out: Path, model, optimizer, step: int, spec_path: Path, spec_text: str,
-                    overrides: dict, seed: int, data: str, eval_batches: int, history: History) -> None:
+def save_checkpoint(out: Path, ckpt: Checkpoint) -> None:
+    """Write `ckpt` (its `model` and `optimizer` are state dicts) as `out/model.safetensors`,
+    with the sha256 of its content, so that corruption is found when it is loaded."""
     from safetensors.torch import save
-    tensors = {f"model.{k}": _own(v) for k, v in model.state_dict().items()}
+    tensors = {f"model.{k}": _own(v) for k, v in ckpt.model.items()}
     opt = {}
-    opt_json = _flatten(optimizer.state_dict(), opt)
-    meta = {"format": FORMAT, "step": str(step), "seed": str(seed), "data": data, "eval_batches": str(eval_batches),
-            "spec_path": str(spec_path.resolve()), "spec": spec_text,
-            "overrides": json.dumps(overrides), "optimizer": json.dumps(opt_json),
-            "history": json.dumps({"train": history.train, "heldout": sorted(history.heldout.items())})}
-    atomic_write(out / CHECKPOINT, save({**tensors, **opt}, metadata=meta))
+    opt_json = _flatten(ckpt.optimizer, opt)
+    tensors.update(opt)
+    meta = {"format": FORMAT, "step": str(ckpt.step), "seed": str(ckpt.seed), "data": ckpt.data,
+            "data_sha256": ckpt.data_sha256 or "", "eval_batches": str(ckpt.eval_batches),
+            "spec_path": ckpt.spec_path, "spec": ckpt.spec_text, "overrides": json.dumps(ckpt.overrides),
+            "inner_clip": json.dumps(ckpt.inner_clip), "optimizer": json.dumps(opt_json),
+            "history": json.dumps({"train": ckpt.history.train, "heldout": sorted(ckpt.history.heldout.items())})}
+    meta["sha256"] = _digest(meta, tensors)
+    atomic_write(out / CHECKPOINT, save(tensors, metadata=meta))
+
+
+def _digest(meta: dict[str, str], tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 of a checkpoint's content: its metadata, then each tensor's name, dtype, shape
+    and bytes, in name order (what the file holds, independent of how it lays it out)."""
+    h = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
+    for key in sorted(tensors):
+        t = tensors[key].contiguous()
+        h.update(json.dumps([key, str(t.dtype), list(t.shape)]).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
 
 
 def load_checkpoint(out: str | Path) -> Checkpoint:
-    from safetensors import SafetensorError, safe_open
+    """The checkpoint in the run folder `out`, verified against its sha256; anything
+    missing, corrupt or malformed is a TrainError naming the file."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
     path = Path(out) / CHECKPOINT
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise TrainError(f"no checkpoint in {out}: {path} does not exist")
+    raw = read_limited(path, MAX_CHECKPOINT_BYTES, "checkpoint")
     try:
-        with safe_open(path, framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError) as e:
+        tensors = load(raw)
+        meta = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")]).get("__metadata__") or {}
+    except (SafetensorError, ValueError) as e:
         raise TrainError(f"cannot read the checkpoint {path}: {e}") from None
-    if meta.get("format") != FORMAT:
-        raise TrainError(f"{path} is not an nldsl checkpoint (format {meta.get('format')!r}, expected {FORMAT!r})")
-    hist = json.loads(meta["history"])
+    form = meta.get("format")
+    if form == FORMAT:
+        if meta.pop("sha256", None) != _digest(meta, tensors):
+            raise TrainError(f"the checkpoint {path} is corrupt: its content does not match the sha256 stored in it")
+    elif form in UNVERIFIED_FORMATS:
+        print(f"note: {path} is an {form} checkpoint, which holds no sha256: it is loaded unverified",
+              file=sys.stderr)
+    else:
+        raise TrainError(f"{path} is not an nldsl checkpoint (format {form!r}, expected {FORMAT!r})")
+    return _from_metadata(meta, tensors, path)
+
+
+_REQUIRED = object()
+
+
+def _from_metadata(meta: dict[str, str], tensors: dict, path: Path) -> Checkpoint:
+    """The checkpoint a file's metadata and tensors describe, every field checked: the
+    sha256 finds corruption, not forgery, so a file may hold anything."""
+    def read(key: str, parse, default=_REQUIRED):
+        if key not in meta:
+            if default is _REQUIRED:
+                raise TrainError(f"the checkpoint {path} is malformed: it has no `{key}`")
+            return default
+        try:
+            return parse(meta[key])
+        except (TrainError, ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError) as e:
+            detail = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            raise TrainError(f"the checkpoint {path} is malformed: `{key}`: {detail}") from None
+
+    step = read("step", _count)
+    history = read("history", _history)
+    if len(history.train) != step:
+        raise TrainError(f"the checkpoint {path} is malformed: its history has {len(history.train)} training "
+                         f"losses for {step} steps")
     return Checkpoint(
-        step=int(meta["step"]), spec_path=meta["spec_path"], spec_text=meta["spec"],
-        overrides=json.loads(meta["overrides"]), seed=int(meta["seed"]), data=meta["data"],
-        eval_batches=int(meta.get("eval_batches", 8)),
-        history=History(hist["train"], {int(s): v for s, v in hist["heldout"]}),
+        step=step, spec_path=read("spec_path", str), spec_text=read("spec", str),
+        overrides=read("overrides", lambda s: check_overrides(json.loads(s))), seed=read("seed", int),
+        data=read("data", _nonempty), eval_batches=read("eval_batches", _positive, 8), history=history,
         model={k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")},
-        optimizer=_unflatten(json.loads(meta["optimizer"]), tensors))
+        optimizer=read("optimizer", lambda s: _unflatten(json.loads(s), tensors)),
+        inner_clip=read("inner_clip", lambda s: check_inner_clip(json.loads(s)), None),
+        data_sha256=read("data_sha256", str, None) or None)
+
+
+def _count(s: str) -> int:
+    n = int(s)
+    if n < 0:
+        raise ValueError(f"{n} is negative")
+    return n
+
+
+def _positive(s: str) -> int:
+    n = int(s)
+    if n < 1:
+        raise ValueError(f"{n} is less than 1")
+    return n
+
+
+def _nonempty(s: str) -> str:
+    if not s:
+        raise ValueError("it is empty")
+    return s
+
+
+def _history(s: str) -> History:
+    h = json.loads(s)
+    return History([float(v) for v in h["train"]], {int(step): float(v) for step, v in h["heldout"]})
 
 
 def restore(model, ckpt: Checkpoint, where: str | Path, optimizer=None) -> None:
@@ -264,7 +421,7 @@ def restore(model, ckpt: Checkpoint, where: str | Path, optimizer=None) -> None:
         model.load_state_dict(ckpt.model)
         if optimizer is not None:
             optimizer.load_state_dict(ckpt.optimizer)
-    except (RuntimeError, ValueError, KeyError) as e:
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
         # load_state_dict's message is a header line, then one line per mismatch: show the first
         lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
         detail = lines[1] if len(lines) > 1 else lines[0]
@@ -273,26 +430,106 @@ def restore(model, ckpt: Checkpoint, where: str | Path, optimizer=None) -> None:
 
 
 def checkpoint_source(ckpt: Checkpoint, spec_path: str | Path | None = None) -> Path | str:
-    """What to build a checkpoint's model from: `spec_path` if given, else the spec stored in
-    it, read from its file while that is unchanged (so relative imports still resolve)."""
-    if spec_path is not None:
-        path = Path(spec_path)
-        if path.is_file() and path.read_text(encoding="utf-8") != ckpt.spec_text:
-            print(f"note: {path} has changed since this checkpoint was trained", file=sys.stderr)
-        return path
-    stored = Path(ckpt.spec_path)
-    if stored.is_file() and stored.read_text(encoding="utf-8") == ckpt.spec_text:
-        return stored
-    return ckpt.spec_text
+    """What to build a checkpoint's model from: the spec file `spec_path` if one is named,
+    else the spec text stored in the checkpoint. Never the file the run was trained from:
+    a run folder from elsewhere could point that anywhere."""
+    if spec_path is None:
+        return _stored_spec(ckpt)
+    path = Path(spec_path)
+    if path.is_file() and not _holds(path, ckpt.spec_text):
+        print(f"note: {path} has changed since this checkpoint was trained", file=sys.stderr)
+    return path
+
+
+def _holds(path: Path, text: str) -> bool:
+    """Whether the file `path` holds exactly `text` (read no further than that)."""
+    want = text.encode()
+    try:
+        return read_limited(path, len(want), "spec") == want
+    except FileError:
+        return False
+
+
+def _stored_spec(ckpt: Checkpoint) -> str:
+    """The spec text stored in a checkpoint, to build its model from. It may import only
+    specs of nldsl's library, so that a run folder cannot make nldsl read other files."""
+    from .compiler import ast
+    from .compiler.diagnostics import Report
+    from .compiler.load import library_root
+    from .compiler.parse import parse
+    text = ckpt.spec_text if ckpt.spec_text.endswith("\n") else ckpt.spec_text + "\n"  # never taken for a path
+    module = parse(text, "<checkpoint>", Report())  # None on a syntax error, which building reports
+    library = library_root().resolve()
+    for item in module.items if module is not None else ():
+        if isinstance(item, ast.Import) and not _in_library(item.path, library):
+            raise TrainError(f'the spec stored in the checkpoint imports "{item.path}", which is not a spec of '
+                             f"nldsl's library: give the spec file to build from (FILE)")
+    return text
+
+
+def _in_library(name: str, library: Path) -> bool:
+    """Whether `import "name"` in spec text, looked up in the current directory and then in
+    the library, finds a file of the library."""
+    try:
+        found, here = (library / name).resolve(), (Path.cwd() / name).resolve()
+        return found.is_file() and found.is_relative_to(library) and (here == found or not here.exists())
+    except (OSError, ValueError):
+        return False
 
 
 def load_run(ckpt_dir: str | Path, spec_path: str | Path | None = None):
     """A trained model and its checkpoint, ready to evaluate or sample."""
     ckpt = load_checkpoint(ckpt_dir)
-    model = build(checkpoint_source(ckpt, spec_path), ckpt.overrides, ckpt.seed)
+    model = build(checkpoint_source(ckpt, spec_path), ckpt.overrides, ckpt.seed, ckpt.inner_clip)
     restore(model, ckpt, ckpt_dir)
+    bad = _first_nonfinite(_norms(model))
+    if bad is not None:
+        raise TrainError(f"the checkpoint in {ckpt_dir} holds NaN or Inf in `{bad}`: its weights are not finite")
     model.eval()
     return model, ckpt
+
+
+def run_corpus(ckpt: Checkpoint, data: str | None = None) -> Corpus:
+    """The data to evaluate a run on (its own unless `data` is given), with a note when the
+    run's own data has changed since it was trained on."""
+    data = data or ckpt.data
+    corpus = Corpus.load(data)
+    if data_key(data) == data_key(ckpt.data) and ckpt.data_sha256 not in (None, corpus.sha256):
+        print(f"note: the data {data} has changed since this run was trained on it", file=sys.stderr)
+    return corpus
+
+
+@contextlib.contextmanager
+def lock_run(out: Path):
+    """Hold the run folder `out` for one training: created if need be, written to at once
+    (so a read-only or full folder stops the run before it starts), and locked, so that a
+    second training on it stops instead of overwriting. The kernel drops the lock when
+    the process ends, however it ends."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+    except (OSError, ValueError) as e:
+        raise TrainError(f"cannot write to --out {out}: {reason(e)}") from None
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 40).decode(errors="replace").strip()
+                raise TrainError(f"{out} is being trained by another process ({holder or 'pid unknown'}): "
+                                 f"wait for it to end, or choose another --out") from None
+            except OSError as e:
+                raise TrainError(f"cannot lock {out / LOCK}: {reason(e)}") from None
+        try:
+            tempfile.TemporaryFile(dir=out).close()  # every write makes a new file in the folder
+            os.ftruncate(fd, 0)
+            os.write(fd, f"pid {os.getpid()}\n".encode())
+            os.fsync(fd)
+        except OSError as e:
+            raise TrainError(f"cannot write to --out {out}: {reason(e)}") from None
+        yield
+    finally:
+        os.close(fd)
 
 
 class _NonFiniteLoss(ArithmeticError):
@@ -310,94 +547,156 @@ def _train_step(model, optimizer, x: torch.Tensor, y: torch.Tensor) -> float:
     return loss.item()
 
 
-def _agree(ckpt: Checkpoint, seed, data, overrides) -> tuple[int, str, dict]:
-    """A resumed run keeps its seed, data and overrides; asking for others is a mistake."""
-    for flag, given, stored in (("--seed", seed, ckpt.seed), ("--data", data, ckpt.data),
+def _resumed(ckpt: Checkpoint, seed, data, overrides, inner_clip) -> Checkpoint:
+    """A resumed run keeps its seed, data and overrides (asking for others is a mistake),
+    and its inner clip unless a new one is given."""
+    for flag, given, stored in (("--seed", seed, ckpt.seed),
+                                ("--data", None if data is None else data_key(data), data_key(ckpt.data)),
                                 ("--set", overrides, ckpt.overrides)):
         if given is not None and given != stored:
             raise TrainError(f"the run was trained with {flag} {stored!r}, not {given!r}: "
                              f"--resume keeps it (leave {flag} out)")
-    return ckpt.seed, ckpt.data, ckpt.overrides
+    return dataclasses.replace(ckpt, inner_clip=inner_clip if inner_clip is not None else ckpt.inner_clip)
 
 
 def train(spec_path: str | Path, data: str | None = None, steps: int = 1000, out_dir: str | Path | None = None,
           resume: bool = False, overrides: dict | None = None, seed: int | None = None,
           eval_every: int = 100, eval_batches: int = 8, ckpt_every: int = 100, sample: int = 200,
-          quiet: bool = False, on_step=None, compile: bool = False) -> History:
+          quiet: bool = False, on_step=None, compile: bool = False, inner_clip: float | None = None) -> History:
     """Train the first model of `spec_path` on bytes for `steps` steps in all, into `out_dir`.
 
     `resume` continues the run in `out_dir` from its checkpoint. `on_step(step, loss)` is
     called after every step, once that step's checkpoint (if any) is written. `compile`
     runs the training steps through `torch.compile` (the first step compiles;
     docs/performance.md); evaluation, checkpoints and the sample use the model as is.
+    `inner_clip` clips every inner update to that norm (nldsl.compile's option); it is
+    stored in the checkpoint, for eval, generate and resume.
     """
     if steps < 0:
         raise TrainError(f"--steps {steps}: the number of steps cannot be negative")
+    inner_clip = check_inner_clip(inner_clip)
     spec_path = Path(spec_path)
     out = Path(out_dir) if out_dir is not None else default_out(spec_path)
-    if resume:
-        ckpt = load_checkpoint(out)
-        seed, data, overrides = _agree(ckpt, seed, data, overrides)
-        start, history = ckpt.step, ckpt.history
-        if steps < start:
-            raise TrainError(f"the run in {out} is already at step {start}: ask for --steps {start} or more")
-    else:
-        if (out / CHECKPOINT).exists():
-            raise TrainError(f"{out} already holds a run: --resume to continue it, or choose another --out")
-        seed, data, overrides = seed if seed is not None else 0, data or PYDOC, overrides or {}
-        start, history = 0, History()
+    with contextlib.ExitStack() as held:
+        if resume:
+            if not os.path.lexists(out / CHECKPOINT):
+                raise TrainError(f"no checkpoint in {out}: {out / CHECKPOINT} does not exist")
+            held.enter_context(lock_run(out))  # before reading what another training may be rewriting
+            ckpt = _resumed(load_checkpoint(out), seed, data, overrides, inner_clip)
+            if steps < ckpt.step:
+                raise TrainError(f"the run in {out} is already at step {ckpt.step}: ask for --steps {ckpt.step} "
+                                 f"or more")
+        spec_text = _read_spec(spec_path)
+        if resume:
+            if spec_text != ckpt.spec_text:
+                print(f"note: {spec_path} has changed since step {ckpt.step} of this run", file=sys.stderr)
+            run = dataclasses.replace(ckpt, spec_path=str(spec_path.resolve()), spec_text=spec_text,
+                                      eval_batches=eval_batches)
+        else:
+            run = Checkpoint(step=0, spec_path=str(spec_path.resolve()), spec_text=spec_text,
+                             overrides=check_overrides(dict(overrides or {})), seed=seed if seed is not None else 0,
+                             data=data_key(data or PYDOC), eval_batches=eval_batches, history=History(), model={},
+                             optimizer={}, inner_clip=inner_clip)
+        model = build(spec_path, run.overrides, run.seed, run.inner_clip)
+        corpus = run_corpus(run)
+        run.data_sha256 = corpus.sha256
+        if not resume:
+            held.enter_context(lock_run(out))  # only now: a mistake in the spec or the data leaves no folder
+            if os.path.lexists(out / CHECKPOINT):
+                raise TrainError(f"{out} already holds a run: --resume to continue it, or choose another --out")
+        optimizer = model.configure_optimizer()
+        if resume:
+            restore(model, ckpt, out, optimizer)
+        return _run(model, optimizer, corpus, run, out, steps, eval_every, ckpt_every, sample, quiet, on_step,
+                    compile)
 
-    model = build(spec_path, overrides, seed)
-    spec_text = spec_path.read_text(encoding="utf-8")
-    corpus = Corpus.load(data)
-    optimizer = model.configure_optimizer()
-    if resume:
-        if spec_text != ckpt.spec_text:
-            print(f"note: {spec_path} has changed since step {start} of this run", file=sys.stderr)
-        restore(model, ckpt, out, optimizer)
+
+def _read_spec(spec_path: Path) -> str:
+    """The spec's text, to store in checkpoints. Text that is not UTF-8 is kept replaced:
+    building the model reports it, as it reports every mistake in a spec."""
+    from .compiler.parse import MAX_BYTES
+    return read_limited(spec_path, MAX_BYTES, "spec").decode("utf-8", errors="replace")
+
+
+def _run(model, optimizer, corpus: Corpus, run: Checkpoint, out: Path, steps: int, eval_every: int,
+         ckpt_every: int, sample: int, quiet: bool, on_step, compile: bool) -> History:
+    """The training loop of `train`, with its run folder held."""
+    start, history, seed, eval_batches = run.step, run.history, run.seed, run.eval_batches
     batch, context = _size(model, "batch"), _size(model, "context")
     corpus.require(context)
     model.train()
+    saved = start if os.path.lexists(out / CHECKPOINT) else None  # a fresh run has none yet
 
     def save(step: int) -> None:
-        save_checkpoint(out, model, optimizer, step, spec_path, spec_text, overrides, seed, data, eval_batches,
-                        history)
+        save_checkpoint(out, dataclasses.replace(run, step=step, history=history, model=model.state_dict(),
+                                                 optimizer=optimizer.state_dict()))
+
+    def last() -> str:
+        return f"; the last checkpoint (step {saved}) is in {out}" if saved is not None else ""
+
+    size, growth = math.hypot(*_norms(model).values()), 1.0  # the weights' norm, and how the last step grew it
+
+    def blame(step: int) -> str:
+        """A NaN right after an outer update that blew the weights up is that update's doing."""
+        return (f"; the outer update of step {step} grew the weights' norm {growth:.3g}×: lower the learning "
+                f"rate on the spec's `optimizer` line" if growth > 2 else "")
+
+    def heldout(step: int) -> float:
+        try:
+            loss = evaluate(model, corpus, eval_batches)
+            problem = None if math.isfinite(loss) else f"the held-out loss is {loss}"
+        except _nonfinite_errors() as e:
+            problem = str(e)
+        if problem is None:
+            return loss
+        if step == 0:
+            raise TrainError(f"the model is not finite at initialisation, before any training: {problem}")
+        if step == start:
+            raise TrainError(f"the model is not finite at step {step}, where the run resumes: {problem}")
+        raise TrainError(f"training diverged by step {step} (held-out evaluation): {problem}{blame(step)}{last()}")
 
     if start not in history.heldout:
-        history.heldout[start] = evaluate(model, corpus, eval_batches)
+        history.heldout[start] = heldout(start)
     print(f"held-out at step {start}: {describe(history.heldout[start])}")
 
     stepper = torch.compile(model) if compile else model  # the same parameters either way
-    saved = start if resume else None
     began = time.perf_counter()
     with tqdm(total=steps, initial=start, disable=quiet, unit="step", dynamic_ncols=True) as bar:
         for step in range(start + 1, steps + 1):
             try:
-                history.train.append(_train_step(stepper, optimizer, *corpus.batch(seed, step, batch, context)))
+                loss = _train_step(stepper, optimizer, *corpus.batch(seed, step, batch, context))
             except (_NonFiniteLoss, *_nonfinite_errors()) as e:
-                last = f"; the last checkpoint (step {saved}) is in {out}" if saved is not None else ""
-                raise TrainError(f"training diverged at step {step}: {e}{last}") from e
+                raise TrainError(f"training diverged at step {step}: {e}{blame(step - 1)}{last()}") from e
+            norms = _norms(model)
+            bad = _first_nonfinite(norms)
+            if bad is not None:  # the inner levels would be blamed at the next step: name the real cause
+                raise TrainError(f"training diverged at step {step}: the outer optimizer's update made `{bad}` "
+                                 f"NaN or Inf (the loss before it was {loss:.4g}); lower the learning rate on the "
+                                 f"spec's `optimizer` line{last()}")
+            now = math.hypot(*norms.values())
+            size, growth = now, now / size if size else 1.0
+            history.train.append(loss)
             tokens_per_s = (step - start) * batch * context / max(time.perf_counter() - began, 1e-9)
-            bar.set_postfix_str(f"loss {history.train[-1]:.3f}, {tokens_per_s:,.0f} tok/s")
+            bar.set_postfix_str(f"loss {loss:.3f}, {tokens_per_s:,.0f} tok/s")
             bar.update()
             if eval_every and step % eval_every == 0 and step != steps:
-                history.heldout[step] = evaluate(model, corpus, eval_batches)
+                history.heldout[step] = heldout(step)
                 tqdm.write(f"held-out at step {step}: {describe(history.heldout[step])}")
             if ckpt_every and step % ckpt_every == 0 and step != steps:
                 save(step)
                 saved = step
             if on_step is not None:
-                on_step(step, history.train[-1])
+                on_step(step, loss)
 
     if steps not in history.heldout:
-        history.heldout[steps] = evaluate(model, corpus, eval_batches)
+        history.heldout[steps] = heldout(steps)
     save(steps)
     write_losses(out / "losses.csv", history)
-    plot_losses(out / "loss.png", history, spec_path.stem)
-    first, last = history.heldout[start], history.heldout[steps]
+    plot_losses(out / "loss.png", history, Path(run.spec_path).stem)
+    first, last_loss = history.heldout[start], history.heldout[steps]
     if start != steps:
-        print(f"held-out, step {start} -> {steps}: loss {first:.4f} -> {last:.4f} nats, "
-              f"{bits(first):.4f} -> {bits(last):.4f} bits/byte")
+        print(f"held-out, step {start} -> {steps}: loss {first:.4f} -> {last_loss:.4f} nats, "
+              f"{bits(first):.4f} -> {bits(last_loss):.4f} bits/byte")
     if sample:
         model.eval()
         prompt = corpus.prompt()

@@ -29,9 +29,10 @@ class ByteGRU(nn.Module):
     interface (settings from the spec, `model(tokens, state) -> (logits, state)` that
     streams, `configure_optimizer()`), so the training code can be tested on its own."""
 
-    def __init__(self, source, **overrides):
+    def __init__(self, source, inner_clip=None, **overrides):
         super().__init__()
         self.settings = dict(nldsl.check(source, **overrides).models[0].settings)
+        self.options = {"inner_clip": inner_clip}
         vocab, dim = int(self.settings["vocab"]), int(self.settings["dim"])
         self.embed = nn.Embedding(vocab, dim)
         self.rnn = nn.GRU(dim, dim, num_layers=int(self.settings.get("depth", 1)), batch_first=True)
