@@ -58,6 +58,7 @@ def max_difference(a, b) -> float:
 # --- the optimizers of torch.optim ----------------------------------------------------
 
 TORCH_CASES = {
+    "sgd": ("sgd.nl", dict(lr=0.05, weight_decay=0.01), lambda p: torch.optim.SGD(p, lr=0.05, weight_decay=0.01)),
     "sgd_momentum": ("sgd_momentum.nl", dict(lr=0.05, momentum=0.9, weight_decay=0.01, nesterov=False),
                      lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, dampening=0, weight_decay=0.01,
                                                nesterov=False)),
@@ -83,6 +84,16 @@ def test_reproduces_torch_optim_step_for_step(case, dtype):
     # 100 steps grow to a few 1e-6 (measured: at most 2.3e-6, AdamW).
     tol = 1e-5 if dtype == torch.float32 else 1e-12
     assert max_difference(ours, theirs) < tol
+
+
+@pytest.mark.parametrize("file, reference", [
+    ("adam.nl", torch.optim.Adam), ("adamw.nl", torch.optim.AdamW), ("muon.nl", torch.optim.Muon)])
+def test_defaults_are_torch_optims_defaults(file, reference):
+    """Unchanged hyperparameters: the spec's defaults are torch's, so a spec used as
+    `optimizer adam` means what `torch.optim.Adam(params)` means."""
+    ours = trajectory(lambda p: nldsl.compile_optimizer(OPTIM / file, p), bias=False, steps=20)
+    theirs = trajectory(reference, bias=False, steps=20)
+    assert max_difference(ours, theirs) < 1e-5
 
 
 @pytest.mark.parametrize("nesterov", [True, False])
@@ -168,7 +179,10 @@ def test_dmgd_one_step_by_hand():
 
 def newton_schulz_by_hand(G, steps=5, eps=1e-7):
     """Jordan et al.'s quintic iteration X ← aX + (bA + cA²)X, A = XXᵀ, from
-    X = G/‖G‖ on the wide orientation, in bfloat16 (as torch.optim.Muon)."""
+    X = G/‖G‖ on the wide orientation, in bfloat16 (as torch.optim.Muon). A vector
+    is left as it is (the library's convention; the paper orthogonalises matrices)."""
+    if G.dim() < 2:
+        return G
     a, b, c = 3.4445, -4.7750, 2.0315
     X = G.bfloat16()
     tall = X.shape[0] > X.shape[1]
@@ -179,35 +193,69 @@ def newton_schulz_by_hand(G, steps=5, eps=1e-7):
         # a·X + (b·A + c·A²)·X, with torch.addmm as torch.optim.Muon writes it: in
         # bfloat16 every rounding shows, so the same fused operations are needed
         X = torch.addmm(X, torch.addmm(A, A, A, beta=b, alpha=c), X, beta=a)
-    return (X.T if tall else X).float()
+    return (X.T if tall else X).to(G.dtype)
 
 
-def test_m3_fast_and_slow_levels_by_hand():
-    """M3 (paper Algorithm 1, as optim/m3.nl writes it): every step
-    m1 = β1·m1 + g, v = β2·v + (1−β2)·g²; every `slow_every` = 4 steps
-    m2 = β3⁴·m2 + Σ of the period's 4 gradients (decay once per item, design §5),
-    unchanged in between; W −= lr·(NS(m1) + α·NS(m2)) / (√v + ε)."""
-    lr, b1, b2, b3, alpha, eps = 0.01, 0.9, 0.99, 0.5, 0.7, 1e-8
-    W0 = torch.randn(4, 6)
-    W = nn.Parameter(W0.clone())
-    opt = nldsl.compile_optimizer(OPTIM / "m3.nl", [W], lr=lr, beta1=b1, beta2=b2, beta3=b3, alpha=alpha)
-    m1, v, m2 = torch.zeros(4, 6), torch.zeros(4, 6), torch.zeros(4, 6)
-    period, want = [], W0.clone()
+def m3_by_hand(W, grads, lr, b1, b2, b3, alpha, eps, f):
+    """optim/m3.nl from its equations: Adam's moments m1, v; m2 the moving average
+    of the chunks' mean gradient, decayed by β3 once a chunk, at steps f, 2f, ...;
+    W −= lr·(NS(m̂1 / (√v̂ + ε)) + α·NS(m2 / (√v̂ + ε)))."""
+    m1, v, m2, chunk = (torch.zeros_like(W) for _ in range(4))
+    out = []
+    for t, g in enumerate(grads, 1):
+        m1 = b1 * m1 + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        chunk = chunk + g
+        if t % f == 0:  # the step that completes a chunk reads the new m2
+            m2, chunk = b3 * m2 + (1 - b3) * chunk / f, torch.zeros_like(W)
+        denom = (v / (1 - b2 ** t)).sqrt() + eps
+        W = W - lr * (newton_schulz_by_hand(m1 / (1 - b1 ** t) / denom) + alpha * newton_schulz_by_hand(m2 / denom))
+        out.append(W)
+    return out
+
+
+def m3_literal_by_hand(W, grads, lr, b1, b2, b3, alpha, eps, f):
+    """Algorithm 1 as printed (optim/m3_literal.nl): M1 += β1·g, V += β2·g² every
+    step; M2 += β3·(the chunk's f gradients) at steps f, 2f, ...;
+    W −= lr·(NS(M1) + α·NS(M2)) / (√V + ε)."""
+    M1, V, M2, chunk = (torch.zeros_like(W) for _ in range(4))
+    out = []
+    for t, g in enumerate(grads, 1):
+        M1 = M1 + b1 * g
+        V = V + b2 * g * g
+        chunk = chunk + g
+        if t % f == 0:
+            M2, chunk = M2 + b3 * chunk, torch.zeros_like(W)
+        W = W - lr * (newton_schulz_by_hand(M1) + alpha * newton_schulz_by_hand(M2)) / (V.sqrt() + eps)
+        out.append(W)
+    return out
+
+
+@pytest.mark.parametrize("file, by_hand", [("m3.nl", m3_by_hand), ("m3_literal.nl", m3_literal_by_hand)])
+def test_m3_readings_follow_their_equations(file, by_hand):
+    """Both readings of M3 (docs/optimizers.md), step for step against loops written
+    from their equations, over two boundaries of the slow level (t = 4, 8) and the
+    steps around them, on a wide and a tall matrix and a vector. In float64 the
+    momenta agree to round-off, so Newton-Schulz sees the same bfloat16 input."""
+    hp = dict(lr=0.01, beta1=0.8, beta2=0.95, beta3=0.6, alpha=0.7, eps=1e-8, slow_every=4)
     gen = torch.Generator().manual_seed(3)
-    for t in range(1, 10):  # two boundaries of the slow level (t = 4, 8) and the steps around them
-        g = torch.randn(4, 6, generator=gen)
-        W.grad = g.clone()
+    shapes = [(4, 6), (6, 4), (5,)]
+    W0 = [torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes]
+    grads = [[torch.randn(s, generator=gen, dtype=torch.float64) for _ in range(10)] for s in shapes]
+    params = [nn.Parameter(w.clone()) for w in W0]
+    opt = nldsl.compile_optimizer(OPTIM / file, params, **hp)
+    ours = []
+    for t in range(10):
+        for p, gs in zip(params, grads):
+            p.grad = gs[t].clone()
         opt.step()
-        m1, v = b1 * m1 + g, b2 * v + (1 - b2) * g * g
-        period.append(g)
-        if t % 4 == 0:
-            m2 = b3 ** 4 * m2 + sum(period)
-            period = []
-        torch.testing.assert_close(opt.state[W]["m2"], m2, rtol=0, atol=1e-6)
-        torch.testing.assert_close(opt.state[W]["m1"], m1, rtol=0, atol=1e-6)
-        want = want - lr * (newton_schulz_by_hand(m1) + alpha * newton_schulz_by_hand(m2)) / (v.sqrt() + eps)
-        torch.testing.assert_close(W.detach(), want, rtol=0, atol=1e-5)
-    assert not torch.equal(m2, torch.zeros(4, 6))
+        ours.append([p.detach().clone() for p in params])
+    args = [hp[k] for k in ("lr", "beta1", "beta2", "beta3", "alpha", "eps", "slow_every")]
+    for i, (w0, gs) in enumerate(zip(W0, grads)):
+        want = by_hand(w0, gs, *args)
+        for t in range(10):
+            torch.testing.assert_close(ours[t][i], want[t], rtol=1e-12, atol=1e-12, msg=f"{shapes[i]}, step {t + 1}")
+    assert not torch.equal(opt.state[params[0]]["m2"], torch.zeros(4, 6, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("file, hparams", [
