@@ -9,7 +9,10 @@ parameter has one name in `state_dict`.
 The model runs a sequence in segments cut where a level learning on the outer task
 (`learn M : task`) reaches a period boundary: after each segment the scheduler takes
 the gradient of that period's next-token loss with respect to the level's state and
-applies the level's rule (chunk-wise test-time training, design §4).
+applies the level's rule (chunk-wise test-time training, design §4). That gradient is
+the level's own gradient flow: what other task levels did (their updates, a nested
+memory's restart) is given to it (`Given`), while the outer gradient goes through
+everything; so every autograd mode computes one model (docs/semantics.md §10).
 """
 from __future__ import annotations
 
@@ -24,6 +27,39 @@ from . import memory as M
 from .desc import LevelDesc
 from .errors import NonFiniteError
 from .level import Carry, LevelState, differentiable, pieces
+
+
+class Given(torch.autograd.Function):
+    """A state that one task level gives another (an update inside the other's period, a
+    nested restart): the identity, except that no gradient passes back while a task level
+    takes its inner gradient, to which the state is given (its own gradient flow); the
+    outer gradient goes through. `taking` counts the inner gradients being taken, one count
+    for the process: the autograd engine runs backward functions on threads of its own."""
+
+    taking = 0
+
+    @staticmethod
+    def forward(ctx, t):
+        return t.view_as(t)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return None if Given.taking else grad
+
+
+def given(theta: dict | None) -> dict | None:
+    """A memory's state (or momentum) as `Given`."""
+    return None if theta is None else {k: Given.apply(t) for k, t in theta.items()}
+
+
+@contextlib.contextmanager
+def inner_gradient():
+    """While a task level takes its inner gradient: `Given` passes nothing back."""
+    Given.taking += 1
+    try:
+        yield
+    finally:
+        Given.taking -= 1
 
 
 def init(role: str, shape: tuple[int, ...], value: float | None = None) -> torch.Tensor:
@@ -213,16 +249,34 @@ class Model(nn.Module):
                     if src.desc.scope == "sequence"]
         return math.gcd(*periods) if periods else None
 
+    def holds_given(self) -> bool:
+        """Whether a task level's update (at another task level's period) or a nested
+        restart can fall inside a task level's period: what `Given` is for. (Dynamo
+        cannot trace the count `inner_gradient` keeps, so only such models keep it.)"""
+        tasks = self.task_levels()
+        restarts = any(src.desc.scope == "sequence" for lv in self.levels() for src, _ in lv.links.values())
+        return bool(tasks) and (len({lv.desc.period for lv in tasks}) > 1 or restarts)
+
     def task_span(self) -> int:
-        """Tokens after which every task level is at a boundary together: the exact
-        gradient of a period's loss reaches back through everything since it began."""
+        """Tokens after which every task level is at a boundary together: a period's
+        inner gradient reaches back through everything since the period began."""
         return math.lcm(*(lv.desc.period for lv in self.task_levels()))
 
     # -- running
     def forward(self, tokens: torch.Tensor, state: ModelState | None = None):
+        tasks = self.task_levels()
+        gated = self.holds_given()
+        if gated and torch.compiler.is_compiling():
+            # what `Given` passes back depends on which gradient is being taken, which a
+            # traced graph cannot follow: such a model runs eagerly under torch.compile
+            return torch.compiler.disable(self.forward)(tokens, state)
+        if tasks and torch.is_inference_mode_enabled():
+            # a task level's inner gradient needs autograd, which inference tensors cannot
+            # enter: run as under no_grad, on normal tensors (the model is the same)
+            with torch.inference_mode(False), torch.no_grad():
+                return self.forward(tokens.clone() if tokens.is_inference() else tokens, state)
         if state is None:
             state = ModelState(self, tokens.shape[0])
-        tasks = self.task_levels()
         span = self.task_span() if tasks else 1
         outer_grad = torch.is_grad_enabled()
         outs = []
@@ -231,7 +285,7 @@ class Model(nn.Module):
             with torch.enable_grad() if tasks else contextlib.nullcontext():
                 logits = self.segment(seg, state)
                 if tasks:
-                    self._task_step(tasks, state, logits, seg, outer_grad)
+                    self._task_step(tasks, state, logits, seg, outer_grad, span, gated)
             state.pos += n
             self._restart_nested(state)
             if not outer_grad:  # inference: keep no graph, except what a task period still needs
@@ -242,11 +296,13 @@ class Model(nn.Module):
         state.verify()
         return (torch.cat(outs, 1) if len(outs) > 1 else outs[0]), state
 
-    def _task_step(self, tasks, state: ModelState, logits, seg, outer_grad: bool) -> None:
+    def _task_step(self, tasks, state: ModelState, logits, seg, outer_grad: bool, span: int, gated: bool) -> None:
         """Chunk-wise test-time training: each task level's memories take the gradient
         of their period's next-token loss at S_j, summed over the pairs (t, t+1) that
         lie inside one period, and update at the period's end. Memories whose levels
-        share a period share that loss and one backward pass."""
+        share a period share that loss and one backward pass. The gradient is the
+        level's own: other task levels' updates are given to it. It is differentiable
+        (create_graph) when the outer gradient is wanted, which goes through everything."""
         start, n = state.pos, seg.shape[1]
         prev = state.last_logits
         state.last_logits = logits[:, -1:]
@@ -273,8 +329,9 @@ class Model(nn.Module):
                     if not group:
                         continue
                     inputs = [t for f in group for t in f.theta.values()]
-                    grads = iter(torch.autograd.grad(loss, inputs, create_graph=create, retain_graph=True,
-                                                     allow_unused=True))
+                    with inner_gradient() if gated else contextlib.nullcontext():
+                        grads = iter(torch.autograd.grad(loss, inputs, create_graph=create, retain_graph=True,
+                                                         allow_unused=True))
                     for f in group:
                         lr = f.task_rates[0]
                         terms = {}
@@ -291,16 +348,23 @@ class Model(nn.Module):
                 if (start + n) % P == 0:
                     f.update()
                     ls.check(f)
+                    if (start + n) % span:  # a slower task level's period goes on: to it, this is given
+                        f.theta, f.z = given(f.theta), given(f.z)
                     f.theta = differentiable(f.theta)
 
     def _restart_nested(self, state: ModelState) -> None:
+        """Nested CMS: at each boundary of its source, a memory restarts from a copy of the
+        source's state, given: from then on each is its own memory, whose inner gradient
+        flows through its own reads only (the outer gradient goes through the copy)."""
         for lv in self.levels():
             for mem, (src, src_mem) in lv.links.items():
                 if src.desc.scope != "sequence" or state.pos % src.desc.period:
                     continue
                 if lv.key in state.levels and src.key in state.levels:
                     f = state.levels[lv.key].fast[mem]
-                    f.theta = dict(state.levels[src.key].theta(src_mem))
+                    f.theta = given(state.levels[src.key].theta(src_mem))
+                    if f.objective == "task":
+                        f.theta = differentiable(f.theta)
                     f.clear()
                     if f.z is not None:
                         f.z = {k: torch.zeros_like(v) for k, v in f.z.items()}
