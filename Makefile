@@ -9,13 +9,15 @@ STAMP   := $(VENV)/.installed
 setup: $(STAMP)
 
 # torch first and pinned: 2.13.0 is the CPU build on this disk; anything looser
-# pulls a multi-GB CUDA build. Then the package itself with its test extras.
+# pulls a multi-GB CUDA build. Then the package itself with its test extras, under a
+# constraints file that holds torch and triton where they are.
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q triton==3.7.1 numpy
-	$(BIN)/pip install -q -e '.[test]'
+	printf 'torch==2.13.0\ntriton==3.7.1\n' > $(VENV)/constraints.txt
+	$(BIN)/pip install -q -c $(VENV)/constraints.txt -e '.[test]'
 	@command -v dot >/dev/null 2>&1 || ./scripts/install-graphviz.sh || true
 	touch $(STAMP)
 

@@ -28,7 +28,7 @@ of the repeats, peak memory in a fresh process per configuration (nldsl.bench.pe
    at batch 4, 4,096 tokens, 8 heads of 128 in bfloat16, nldsl's Triton kernel
    (kernels.gated_delta_rule) and its PyTorch chunked form against fla's Triton
    chunk_gated_delta_rule, after checking the kernel against the chunked form and against
-   fla's kernel where their rules agree (no decay). `--small` tries it on a CPU under
+   fla's kernel (the same rule: nldsl's with `decay_first`). `--small` tries it on a CPU under
    TRITON_INTERPRET=1 at tiny shapes.
 
 A peer that is not installed or does not run here is reported, with the reason, and
@@ -146,10 +146,9 @@ def delta_inputs(batch: int, tokens: int, heads: int, head_dim: int, device: str
 
 def delta_core(impl: str = "nldsl", batch: int = 4, tokens: int = 2048, heads: int = 2, head_dim: int = 64,
                device: str = "cpu", dtype: str = "float32") -> Workload:
-    """The gated delta recurrence alone on the same inputs. nldsl takes each item's
-    gradient at the state before its decay (S_t = S_{t-1}(α_t I − β_t k_t k_tᵀ) + β_t v_t k_tᵀ),
-    fla after it (S_t = α_t S_{t-1}(I − β_t k_t k_tᵀ) + β_t v_t k_tᵀ): the same cost, the same
-    result when α = 1 (checked by `check_delta_match`)."""
+    """The gated delta recurrence alone on the same inputs, S_t = α_t S_{t-1}(I − β_t k_t k_tᵀ)
+    + β_t v_t k_tᵀ in every implementation (nldsl's with `decay_first`, as gated_deltanet.nl;
+    checked by `check_delta_match`)."""
     (q, k, v, beta, log_alpha), upstream = delta_inputs(batch, tokens, heads, head_dim, device, dtype=dtype)
     fn = delta_fn(impl)
 
@@ -171,7 +170,8 @@ def delta_fn(impl: str):
         def run(q, k, v, beta, log_alpha):
             B, _, H, K = k.shape
             S0 = q.new_zeros(B, H, v.shape[-1], K)
-            return delta_rule(S0, q, k, v, beta, log_alpha, period=1, tile=64, within=True, l2=True)[0]
+            return delta_rule(S0, q, k, v, beta, log_alpha, period=1, tile=64, within=True, l2=True,
+                              decay_first=True)[0]
         return run
     if impl == "nldsl triton":
         from nldsl.runtime.kernels import gated_delta_rule
@@ -179,7 +179,7 @@ def delta_fn(impl: str):
         def run(q, k, v, beta, log_alpha):  # the kernel computes in float32 whatever it is given
             B, _, H, K = k.shape
             S0 = q.new_zeros(B, H, v.shape[-1], K, dtype=torch.float32)
-            return gated_delta_rule(S0, q, k, v, beta, log_alpha, within=True, tile=64)[0]
+            return gated_delta_rule(S0, q, k, v, beta, log_alpha, within=True, tile=64, decay_first=True)[0]
         return run
     from fla.ops.gated_delta_rule import (chunk_gated_delta_rule, naive_chunk_gated_delta_rule,
                                           naive_recurrent_gated_delta_rule)
@@ -194,12 +194,12 @@ def delta_fn(impl: str):
 
 def check_delta_match(device: str, ours: str = "nldsl", theirs: str = "fla naive_recurrent",
                       dtype: str = "float32", heads: int = 2, head_dim: int = 32) -> str:
-    """One of nldsl's delta rules against one of fla's with α = 1 (where the two rules agree)."""
-    (q, k, v, beta, log_alpha), _ = delta_inputs(1, 256, heads, head_dim, device, decay=False, dtype=dtype)
+    """One of nldsl's gated delta rules against one of fla's, on the same inputs."""
+    (q, k, v, beta, log_alpha), _ = delta_inputs(1, 256, heads, head_dim, device, dtype=dtype)
     with torch.no_grad():
         a = delta_fn(ours)(q, k, v, beta, log_alpha).float()
         b = delta_fn(theirs)(q, k, v, beta, log_alpha).float()
-    return f"max |o {ours} - o {theirs}| with no decay, 256 tokens, {dtype}: {(a - b).abs().max().item():.2e}"
+    return f"max |o {ours} - o {theirs}|, 256 tokens, {dtype}: {(a - b).abs().max().item():.2e}"
 
 
 def triton_runs(device: str) -> str | None:

@@ -19,7 +19,7 @@ PIP=("$VENV/bin/pip" install -q -c "$CONSTRAINTS")
 
 "${PIP[@]}" --upgrade pip
 "${PIP[@]}" torch==2.13.0
-"${PIP[@]}" -e .
+"${PIP[@]}" -e '.[test]'  # with the test extra: tests/test_peers.py runs here too
 # Peers: one at a time, so one that fails to install does not stop the other
 # (peers.py then says which is missing and why). fla's `cpu` extra brings triton,
 # which `import fla.ops` needs even for its plain-torch reference functions.

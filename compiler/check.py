@@ -25,8 +25,8 @@ from .spec import (LIKE_W, AssignSpec, BlockSpec, FlowSpec, LearnSpec, LevelSpec
 MEMORY_KINDS = ("linear", "mlp", "elementwise", "attention")
 OBJECTIVES = ("l2", "dot", "task")
 RULES = {  # rule -> (required options, optional options)
-    "gd": (("lr",), ("decay",)),
-    "momentum": (("lr", "beta"), ("decay",)),
+    "gd": (("lr",), ("decay", "decay_first", "per_token")),
+    "momentum": (("lr", "beta"), ("decay", "per_token")),
     "implicit": (("lr",), ()),
     "append": ((), ()),
 }
@@ -38,6 +38,7 @@ SETTINGS = {"vocab": None, "dim": None, "heads": 1, "depth": 1, "context": 512, 
 OBJECTIVE_STMTS = ("next_token",)
 SELECTORS = ("all", "matrices", "vectors", "rest")
 HINTS = {"tile": int, "kernel": ("auto", "torch", "triton"), "group": ("off", "on")}
+RULE_FLAGS = ("decay_first", "per_token")  # rule options written bare, like a memory's `residual`
 INITS = ("zeros", "ones", "normal", "identity")
 MAX_SIZE = 1 << 24  # a dimension beyond this is a typo, and would not fit anyway
 WORDS = {"self": "inside a learn statement, the memory being learned", "true": "the constant 1",
@@ -97,7 +98,7 @@ class Checker:
             key = a.key if a.key is not None else a.value.id if isinstance(a.value, ast.Name) else None
             if key in seen:
                 self.err("NL101", f"option `{key}` is given twice", a.span)
-            elif a.key is not None or key in ("residual", "bias", "fixed", "detach"):
+            elif a.key is not None or key in ("residual", "bias", "fixed", "detach") + RULE_FLAGS:
                 seen.add(key)
 
     def clashes(self, memories, env: Env) -> None:
@@ -804,40 +805,107 @@ class Checker:
                      s.rule.span)
             return None
         rates: dict = {}
+        flags: dict[str, tuple[bool, Span | None]] = {}
         if rule_name is not None:
             required, optional = RULES[rule_name]
             self.once(rule_args)
             for a in rule_args:
-                if a.key is None:
+                bare = a.value.id if a.key is None and isinstance(a.value, ast.Name) else None
+                option = a.key or bare
+                if bare in RULE_FLAGS and bare in optional:
+                    flags[bare] = (True, a.span)
+                elif option in RULE_FLAGS and option not in optional:
+                    owners = " and ".join(f"`{r}`" for r, (_, opts) in RULES.items() if option in opts)
+                    self.err("NL113", f"`{rule_name}` has no option `{option}`", a.span,
+                             f"`{option}` is an option of {owners}; `{rule_name}` has "
+                             f"{', '.join(required + optional) or 'none'}")
+                elif a.key is None:
                     self.err("NL115", f"`{rule_name}` options are named, like `lr: 0.1`", a.span)
                 elif a.key not in required + optional:
                     self.err("NL113", f"`{rule_name}` has no option `{a.key}`", a.span,
                              did_you_mean(a.key, required + optional) or f"options: {', '.join(required + optional) or 'none'}")
+                elif a.key in RULE_FLAGS:
+                    on = self.const(a.value, env, f"option `{a.key}`")
+                    flags[a.key] = (bool(on), a.span)
                 else:
                     rates[a.key] = a.value
-                    self.expect_rate(a.value, mem, env, f"`{a.key}`")
+                    size = self.expect_rate(a.value, mem, env, f"`{a.key}`")
                     if obj == "task" and not _per_period(a.value, env):
                         self.err("NL130", f"rate `{a.key}` of a `task` objective is one number per period: a constant "
                                  "or `learned(c)`, not a value of each token", a.value.span,
                                  "the period's gradient is of the whole chunk's loss")
+                    elif obj == "task" and size not in (1, None):
+                        self.err("NL130", f"rate `{a.key}` of a `task` objective is one number, not one per head",
+                                 a.value.span, "write `learned(c)`, one scalar for all heads")
             for r in required:
                 if r not in rates:
                     self.err("NL114", f"`{rule_name}` needs `{r}:`", s.rule.span)
+        decay_first, flag_span = flags.get("decay_first", (False, None))
+        if decay_first and not self.decay_first_ok(s, obj, scope, period, "decay" in rates, flag_span):
+            return None
+        per_token, flag_span = flags.get("per_token", (False, None))
+        if per_token and not self.per_token_ok(obj, scope, period, rule_name, "decay" in rates, flag_span):
+            return None
         return LearnSpec(memory=mem.name, objective=obj, key=key, value=value, rule=rule_name,
                          lr=rates.get("lr"), decay=rates.get("decay"), beta=rates.get("beta"),
-                         read=s.read or "before", span=s.span)
+                         decay_first=decay_first, per_token=per_token, read=s.read or "before", span=s.span)
+
+    def decay_first_ok(self, s: ast.Learn, obj: str, scope: str, period: PeriodSpec, has_decay: bool, span) -> bool:
+        """`gd(..., decay_first)`: each token's gradient is taken at the state its own decay
+        made, α_t S_{t−1} (Gated DeltaNet's order). Only a token's own decay is known
+        before its gradient, so the level learns every token, from `l2` or `dot`."""
+        if scope == "optimizer":
+            self.err("NL112", "`decay_first` is for model levels; an optimizer's memories decay after their step",
+                     span, "remove `decay_first`")
+        elif obj == "task":
+            self.err("NL112", "`decay_first` takes each token's gradient at its decayed state; `task` learns from "
+                     "a whole period's loss", span, "remove `decay_first`, or learn from `l2(k, v)`")
+        elif period.count != 1:
+            self.err("NL112", f"`decay_first` needs a level that learns every token, not {period}: a token's "
+                     "gradient is taken at the state its own decay made, α_t S_{t-1}", span,
+                     "write `every 1 token`, or remove `decay_first` (the period's decay then applies after its step)")
+        elif not has_decay:
+            self.err("NL114", "`decay_first` needs `decay:`, the decay it applies before the step", s.rule.span)
+        else:
+            return True
+        return False
+
+    def per_token_ok(self, obj: str, scope: str, period: PeriodSpec, rule: str, has_decay: bool, span) -> bool:
+        """`gd(..., per_token)`, `momentum(..., per_token)`: the rule steps at every token of a
+        period, each gradient taken at the state the period started with (Titans' mini-batch
+        rule). An optimizer's items are steps, and `task` has one gradient per period: NL112.
+        Where the per-token steps add up to the one step of the period, it changes nothing: NL118."""
+        if scope == "optimizer":
+            self.err("NL112", "`per_token` is for model levels, which count tokens; an optimizer level steps "
+                     "once per period", span, "remove `per_token`")
+            return False
+        if obj == "task":
+            self.err("NL112", "`per_token` steps on each token's gradient; `task` has one gradient per period, "
+                     "of the whole period's loss", span, "remove `per_token`")
+            return False
+        if period.count == 1:
+            self.report.warning("NL118", "`per_token` changes nothing at `every 1 token`: a period of one token "
+                                "has one step either way", span, "remove `per_token`")
+        elif rule == "gd" and not has_decay:
+            self.report.warning("NL118", "`per_token` changes nothing for `gd` without `decay:`: a period's "
+                                "per-token steps, all taken at its start, add up to its one step", span,
+                                "remove `per_token`, or give `gd` a `decay:`")
+        return True
 
     def expect_size(self, e, want, env: Env, what: str) -> None:
         size = self.typeof(e, env, [], "")
         if size is not None and want is not None and size != want and not (want == LIKE_W and size == 1):
             self.err("NL130", f"{what} has size {_size(size)}, but the memory expects {_size(want)}", e.span)
 
-    def expect_rate(self, e, mem: MemorySpec, env: Env, what: str) -> None:
+    def expect_rate(self, e, mem: MemorySpec, env: Env, what: str) -> Size | None:
+        """The size of a rate (None after an error): one number, or one per head."""
         size = self.typeof(e, env, [], "")
         ok = (1, mem.heads) + ((LIKE_W,) if mem.kind == "elementwise" else ())
         if size is not None and size not in ok:
             self.err("NL130", f"rate {what} has size {_size(size)}; a rate is one number"
                      + (f" or one per head ({mem.heads})" if mem.heads > 1 else ""), e.span)
+            return None
+        return size
 
     # ------------------------------------------------------------ causality
     def causality(self, level: LevelSpec, env: Env) -> None:
@@ -1111,10 +1179,10 @@ class _Typer:
                 hint = f"`{f}` is not available in {where}"
             self.err("NL116", f"unknown function `{f}`", e.span, hint)
             return None
-        arity = {"proj": (1, 2), "conv": (2, 2), "learned": (1, 1), "max": (2, 2), "min": (2, 2),
+        arity = {"proj": (1, 2), "conv": (2, 2), "learned": (1, 2), "max": (2, 2), "min": (2, 2),
                  "select": (3, 3), "newton_schulz": (1, 3), "rows": (1, 1), "cols": (1, 1),
                  "l2norm": (1, 1), "rmsnorm": (1, 1)}.get(f, (1, 1))
-        allowed_kw = {"l2norm": ("heads",), "rmsnorm": ("eps",)}.get(f, ())
+        allowed_kw = {"l2norm": ("heads",), "rmsnorm": ("eps", "heads")}.get(f, ())
         for k, a in kw.items():
             if k not in allowed_kw:
                 self.err("NL113", f"`{f}` has no option `{k}`", a.span, did_you_mean(k, allowed_kw))
@@ -1129,11 +1197,14 @@ class _Typer:
                 self.err("NL115", f"`{f}` measures the parameter: `{f}(W)`", pos[0].span)
                 return None
             return 1
-        if f == "learned":
+        if f == "learned":  # one scalar, or a vector of n (e.g. one per head) starting at c
             if c.const(pos[0], env, "the initial value of `learned`") is None:
                 return None
-            self.param("scalar", "learned", (), e.span)
-            return 1
+            n = c.count(pos[1], env, "the size of `learned`") if len(pos) == 2 else 1
+            if n is None:
+                return None
+            self.param("scalar", "learned", (n,) if len(pos) == 2 else (), e.span)
+            return n
         size = self(pos[0])
         if size is None:
             return None
@@ -1154,17 +1225,17 @@ class _Typer:
                 return None
             self.param("conv", "conv", (size, width), e.span)
             return size
-        if f == "rmsnorm":
-            self.param("norm", "rmsnorm", (size,), e.span)
-            if "eps" in kw and c.const(kw["eps"].value, env, "`eps`") is None:
-                return None
-            return size
-        if f == "l2norm" and "heads" in kw:
+        h = 1
+        if f in ("rmsnorm", "l2norm") and "heads" in kw:
             h = c.count(kw["heads"].value, env, "`heads`")
             if h is None:
                 return None
             if size != LIKE_W and size % h:
                 self.err("NL131", f"{h} heads do not divide the size {size}", e.span)
+                return None
+        if f == "rmsnorm":  # per head: one scale of a head's size, shared by the heads
+            self.param("norm", "rmsnorm", (size // h,), e.span)
+            if "eps" in kw and c.const(kw["eps"].value, env, "`eps`") is None:
                 return None
             return size
         if f == "newton_schulz":

@@ -143,6 +143,10 @@ def _add_level(g: nx.DiGraph, lv: LevelSpec, copies: int, stream: str, prefix: s
         g.add_node(mid, kind="memory", name=m.name, memory=m.kind, spec=m,
                    objective=learn.objective if learn else None, rule=learn.rule if learn else None,
                    read=learn.read if learn else None)
+        if learn is not None and learn.decay_first:  # Gated DeltaNet's order of decay and step
+            g.nodes[mid]["order"] = "decay first"
+        if learn is not None and learn.per_token:  # Titans' mini-batch rule: a step at every token
+            g.nodes[mid]["steps"] = "per token"
         g.add_edge(lid, mid, kind="member")
         visible[m.name] = mid
     flows = {f.name: f for f in (*outer_flows, *lv.flows)}

@@ -115,6 +115,8 @@ class LearnSpec(Node):
     lr: Expr | None = None
     decay: Expr | None = None
     beta: Expr | None = None
+    decay_first: bool = False  # gd: each token's gradient at its decayed state, α_t S_{t-1}
+    per_token: bool = False  # gd, momentum: a step at every token, every gradient at the period's start state
     read: Literal["before", "within"] = "before"
     span: Span | None = None
 

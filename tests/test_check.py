@@ -1,7 +1,9 @@
 """What the checker computes (sizes, defaults, parameters), beyond its diagnostics."""
+import contextlib
+
 import pytest
 
-from nldsl.compiler.diagnostics import NLError
+from nldsl.compiler.diagnostics import NLError, Report
 from nldsl.compiler.driver import check
 
 HEAD = "vocab 10\ndim 8\nheads 2\ncontext 32\n"
@@ -46,3 +48,50 @@ def test_memory_defaults():
     a, b = m.level("f").memories
     assert (a.hidden, a.act, a.residual, a.init, a.heads) == (8, "silu", False, "normal", 1)
     assert (b.d_in, b.d_out, b.init) == (8, 2, "zeros")
+
+
+def test_per_head_functions_and_the_decay_first_flag():
+    """`learned(c, n)` is a vector of n, `rmsnorm(e, heads: h)` has one scale of a head's
+    size, and `decay_first` (bare or as `decay_first: true`) is recorded on the learn."""
+    m = model("level a every 1 token { memory M : linear(dim, heads: heads)\n"
+              "  flow k = l2norm(proj(x), heads: heads)\n"
+              "  flow keep = exp(-softplus(proj(x, heads) + learned(-4, heads)))\n"
+              "  learn M : l2(k, x) by gd(lr: 0.5, decay: keep, decay_first) read within\n"
+              "  out rmsnorm(M(k), heads: heads) }\n"
+              "level b every 1 token { memory M : linear(dim)\n"
+              "  learn M : l2(x, x) by gd(lr: 0.5, decay: 0.9, decay_first: false) }\n"
+              "block { x = x + a(x) + b(x) }")
+    shapes = {p.name: p.shape for p in m.level("a").params}
+    assert shapes["a.keep.learned"] == (2,) and shapes["a.out.rmsnorm"] == (4,)
+    assert m.level("a").flows[1].size == 2
+    assert [m.level(n).learns[0].decay_first for n in "ab"] == [True, False]
+
+
+def test_task_rates_are_one_number_not_one_per_head():
+    with pytest.raises(NLError, match="one number, not one per head"):
+        model("level t every 4 tokens { memory F : mlp(dim, heads: heads)\n"
+              "  learn F : task by gd(lr: learned(0.1, heads)) }\nblock { x = x + t(x) }")
+
+
+
+def test_the_per_token_flag_of_gd_and_momentum():
+    """`per_token` (bare, `: true` or `: false`) is recorded on the learn, on `gd` and
+    `momentum`; not an option of `implicit` (NL113), not for `task` (NL112); where it
+    changes nothing, a warning (NL118)."""
+    m = model("level a every 4 tokens { memory A, B, C : mlp(dim)\n"
+              "  learn A : l2(x, x) by momentum(lr: 0.1, beta: 0.9, per_token) read within\n"
+              "  learn B : l2(x, x) by gd(lr: 0.1, decay: 0.9, per_token: true)\n"
+              "  learn C : l2(x, x) by gd(lr: 0.1, decay: 0.9, per_token: false)\n"
+              "  out A(x) + B(x) + C(x) }\n"
+              "block { x = x + a(x) }")
+    assert [l.per_token for l in m.level("a").learns] == [True, True, False]
+    cases = {("every 4 tokens", "linear", "l2(x, x) by implicit(lr: 0.1, per_token)"): "NL113",
+             ("every 4 tokens", "mlp", "task by gd(lr: 0.1, decay: 0.9, per_token)"): "NL112",
+             ("every 1 token", "linear", "l2(x, x) by momentum(lr: 0.1, beta: 0.9, per_token)"): "NL118",
+             ("every 4 tokens", "linear", "l2(x, x) by gd(lr: 0.1, per_token)"): "NL118"}
+    for (period, kind, learn), code in cases.items():
+        report = Report()
+        with contextlib.suppress(NLError):
+            check(f"model m {{\n{HEAD}level a {period} {{ memory M : {kind}(dim)\n  learn M : {learn} }}\n"
+                  f"block {{ x = x + a(x) }}\n{TAIL}}}\n", report)
+        assert [(d.code, d.severity) for d in report.diagnostics] == [(code, "warning" if code == "NL118" else "error")]

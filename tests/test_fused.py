@@ -19,17 +19,21 @@ def _seed():
     torch.manual_seed(0)
 
 
-def loop(S0, q, k, v, eta, log_decay, P, within, l2):
-    """Per token: items of a period take their gradients at S_j; the period's decay
-    (the product of its items') and summed steps apply at its end."""
+def loop(S0, q, k, v, eta, log_decay, P, within, l2, decay_first=False, per_token=False):
+    """Per token: items of a period take their gradients at S_j (at a_j S_j with
+    `decay_first`, a_j the period's decay); the period's decay (the product of its
+    items') and summed steps apply at its end. With `per_token` the state steps at
+    every token, S_t = α_t S_{t-1} − η_t ∇ℓ_t(S_j): a step decays with the tokens after it."""
     B, n, h, _ = k.shape
     out = torch.zeros(B, n, h, v.shape[-1], dtype=q.dtype)
     S, alpha = S0.clone(), log_decay.exp()
     for j in range(0, n, P):
         G, decay = torch.zeros_like(S), torch.ones(B, h, dtype=q.dtype)
+        at = alpha[:, j:j + P].prod(1)[..., None, None] * S if decay_first else S
         for t in range(j, j + P):
-            r = torch.einsum("bhoi,bhi->bho", S, k[:, t]) - v[:, t] if l2 else -v[:, t]
-            G = G + eta[:, t, :, None, None] * torch.einsum("bho,bhi->bhoi", r, k[:, t])
+            r = torch.einsum("bhoi,bhi->bho", at, k[:, t]) - v[:, t] if l2 else -v[:, t]
+            G = (alpha[:, t, :, None, None] * G if per_token else G) + eta[:, t, :, None, None] * torch.einsum(
+                "bho,bhi->bhoi", r, k[:, t])
             decay = decay * alpha[:, t]
             seen = decay[..., None, None] * S - G if within else S
             out[:, t] = torch.einsum("bhoi,bhi->bho", seen, q[:, t])
@@ -65,6 +69,39 @@ def test_chunked_delta_rule_gradients_equal_the_loops(P, within):
     got = torch.autograd.grad((delta_rule(*args, period=P, tile=4, within=within)[0] * probe).sum(), args)
     want = torch.autograd.grad((loop(*args, P, within, True)[0] * probe).sum(), args)
     for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("P,within", [(1, True), (1, False), (3, False)])
+def test_chunked_decay_first_equals_the_loop(P, within):
+    """The gradient at the decayed state (Gated DeltaNet's order): reads, end state and
+    gradients, for every tile."""
+    args = [a.requires_grad_() for a in _inputs(n=12)]
+    want, want_S = loop(*args, P, within, True, decay_first=True)
+    for tile in (1, 4, 12):
+        got, S = delta_rule(*args, period=P, tile=tile, within=within, decay_first=True)
+        torch.testing.assert_close(got, want)
+        torch.testing.assert_close(S, want_S)
+    probe = torch.randn_like(want)
+    got = torch.autograd.grad((delta_rule(*args, period=P, tile=4, within=within, decay_first=True)[0] * probe).sum(),
+                              args)
+    for a, b in zip(got, torch.autograd.grad((want * probe).sum(), args)):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("P,within", [(3, False), (3, True), (4, True), (24, False)])
+def test_chunked_per_token_equals_the_loop(P, within):
+    """`per_token` (Titans' mini-batch rule, gd): reads, end state and gradients, every tile."""
+    args = [a.requires_grad_() for a in _inputs()]
+    want, want_S = loop(*args, P, within, True, per_token=True)
+    for tile in (1, 4, 12, 64):
+        got, S = delta_rule(*args, period=P, tile=tile, within=within, per_token=True)
+        torch.testing.assert_close(got, want)
+        torch.testing.assert_close(S, want_S)
+    probe, probe_S = torch.randn_like(want), torch.randn_like(want_S)
+    got, S = delta_rule(*args, period=P, tile=4, within=within, per_token=True)
+    got = torch.autograd.grad((got * probe).sum() + (S * probe_S).sum(), args)
+    for a, b in zip(got, torch.autograd.grad((want * probe).sum() + (want_S * probe_S).sum(), args)):
         torch.testing.assert_close(a, b)
 
 
@@ -161,6 +198,77 @@ def test_other_rules_and_reads_fused_equal_the_reference(P, learn, out, parallel
     assert next(fused.levels()).desc.parallel == parallel
     tokens = torch.randint(0, 32, (2, 30))
     torch.testing.assert_close(fused(tokens)[0], ref(tokens)[0])
+
+
+DECAY_FIRST = """model m {{
+  vocab 32
+  dim 8
+  heads 2
+  context 32
+  level L every 1 token {{
+    memory A, B : mlp(dim, hidden: 8, heads: heads)
+    memory C : linear(dim, heads: heads)
+    flow k = l2norm(proj(x), heads: heads)
+    flow v = proj(x)
+    flow eta = 0.5 * sigmoid(proj(x, heads))
+    flow keep = sigmoid(proj(x, heads))
+    learn A, B : l2(k, {value}) by gd(lr: eta, decay: keep, decay_first)
+    learn C : l2(k, v) by gd(lr: eta, decay: keep, decay_first) read within
+    out A(v) + B(v) + C(v)
+  }}
+  block {{ x = x + L(rmsnorm(x)) }}
+  objective next_token
+  optimizer adam(lr: 1e-3)
+}}"""
+
+
+@pytest.mark.parametrize("value,parallel", [("v", True), ("self(v)", False)])
+def test_decay_first_fused_equals_the_reference(value, parallel):
+    """`decay_first` on the fused path: mlp memories by the loop over periods (whole spans,
+    or stacked into one batched gradient when self-modifying), the linear memory in
+    chunk-parallel form; forward and backward over a stream cut in two."""
+    ref, fused = _pair(DECAY_FIRST.format(value=value))
+    desc = next(fused.levels()).desc
+    assert (desc.parallel, desc.stacks) == (parallel, () if parallel else (("A", "B"),))
+    _same_stream(ref, fused, torch.randint(0, 32, (2, 20)), cut=9)
+
+
+PER_TOKEN = """model m {{
+  vocab 32
+  dim 8
+  heads 2
+  context 32
+  level L every 4 tokens {{
+    memory A : mlp(dim, hidden: 8, heads: heads)
+    memory B : mlp(dim, hidden: 8, heads: heads)
+    memory C : linear(dim, heads: heads)
+    memory D : mlp(dim, hidden: 8, heads: heads, bias)
+    flow k = l2norm(proj(x), heads: heads)
+    flow v = proj(x)
+    flow eta = 0.5 * sigmoid(proj(x, heads))
+    flow beta = sigmoid(proj(x, heads))
+    flow keep = sigmoid(proj(x, heads))
+    learn A : l2(k, {value}) by momentum(lr: eta, beta: beta, decay: keep, per_token) read {read}
+    learn B : l2(k, {value}) by gd(lr: eta, decay: keep, per_token) read {read}
+    learn C : l2(k, v) by gd(lr: eta, decay: keep, per_token) read {read}
+    learn D : l2(k, v) by gd(lr: eta, decay: keep, per_token) read {read}
+    out A(v) + B(v) + C(v) + D(v)
+  }}
+  block {{ x = x + L(rmsnorm(x)) }}
+  objective next_token
+  optimizer adam(lr: 1e-3)
+}}"""
+
+
+@pytest.mark.parametrize("value,read", [("v", "before"), ("v", "within"), ("self(v)", "before")])
+def test_per_token_fused_equals_the_reference(value, read):
+    """`per_token` on the fused path: gd read before by the mlp's one node per period on
+    rates times the later decays (B), the linear memory in chunk-parallel form (C),
+    momentum (A), an mlp with biases (D) and reads within by the loop over periods;
+    forward and backward over a stream cut mid-period."""
+    ref, fused = _pair(PER_TOKEN.format(value=value, read=read))
+    assert next(fused.levels()).desc.parallel == (value == "v")
+    _same_stream(ref, fused, torch.randint(0, 32, (2, 22)), cut=9)
 
 
 def test_the_tile_hint_does_not_change_results():

@@ -122,3 +122,13 @@ def test_parameter_count_matches_a_count_by_hand():
     final_norm = 8
     per_layer = 3 * 8 * 8 + 2 * 4 * 4 + 8  # q, k, v projections; θ₀ of 2 heads of 4x4; the block's rmsnorm
     assert ir.graph.nodes["weights"]["params"] == embed + head + final_norm + 2 * per_layer
+
+
+def test_memory_nodes_carry_the_rules_flags():
+    """`nldsl ir` shows how each memory steps: `steps=per token` for `per_token` (HOPE's
+    titans level), `order=decay first` for `decay_first` (Gated DeltaNet)."""
+    hope = passes.run(check(ROOT / "examples/hope.nl").models[0]).graph.nodes
+    assert (hope["memory:titans.mem"]["rule"], hope["memory:titans.mem"].get("steps")) == ("gd", "per token")
+    assert hope["memory:cms1.ffn"].get("steps") is None
+    gdn = passes.run(check(ROOT / "examples/gated_deltanet.nl").models[0]).graph.nodes
+    assert gdn["memory:delta.S"]["order"] == "decay first" and gdn["memory:delta.S"].get("steps") is None

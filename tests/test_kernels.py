@@ -51,14 +51,16 @@ def test_available(monkeypatch):
 
 
 # ---------------------------------------------------------------- delta rule
-def loop(S0, q, k, v, eta, log_decay, within):
+def loop(S0, q, k, v, eta, log_decay, within, decay_first=False):
     """The gated delta rule one token at a time, from its equation:
-    S_t = α_t S_{t-1} − η_t (S_{t-1} k_t − v_t) k_tᵀ;  o_t = S_t q_t or S_{t-1} q_t."""
+    S_t = α_t S_{t-1} − η_t (S_{t-1} k_t − v_t) k_tᵀ;  o_t = S_t q_t or S_{t-1} q_t;
+    with `decay_first` the gradient at α_t S_{t-1}: S_t = α_t S_{t-1}(I − η_t k_t k_tᵀ) + η_t v_t k_tᵀ."""
     S, outs = S0, []
     for t in range(k.shape[1]):
         kt, qt = k[:, t, :, :, None], q[:, t, :, :, None]  # [B, h, i, 1]
         alpha = 1.0 if log_decay is None else log_decay[:, t, :, None, None].exp()
-        new = alpha * S - eta[:, t, :, None, None] * (S @ kt - v[:, t, :, :, None]) @ kt.transpose(-1, -2)
+        at = alpha * S if decay_first else S
+        new = alpha * S - eta[:, t, :, None, None] * (at @ kt - v[:, t, :, :, None]) @ kt.transpose(-1, -2)
         outs.append(((new if within else S) @ qt)[..., 0])
         S = new
     return torch.stack(outs, 1), S
@@ -78,17 +80,19 @@ NAMES = ("S0", "q", "k", "v", "eta", "log_decay")
 
 
 @pytest.mark.parametrize("within", [True, False], ids=["within", "before"])
-@pytest.mark.parametrize("decay", [True, False], ids=["decay", "nodecay"])
+@pytest.mark.parametrize("decay,first", [(True, False), (False, False), (True, True)],
+                         ids=["decay", "nodecay", "decay_first"])
 @pytest.mark.parametrize("tile,n,i,o", [(16, 40, 16, 32), (32, 40, 32, 16)])
-def test_gated_delta_rule(within, decay, tile, n, i, o):
+def test_gated_delta_rule(within, decay, first, tile, n, i, o):
     """Reads, end state and the gradients of all six inputs, against chunked.delta_rule
-    and the per-token loop; n is not a multiple of the tile."""
+    and the per-token loop, in both orders of decay and step; n is not a multiple of
+    the tile."""
     inputs = delta_inputs(2, n, 2, i, o, decay)
     given = [x for x in inputs if x is not None]
     results = {
-        "kernel": gated_delta_rule(*inputs, within=within, tile=tile),
-        "chunked": delta_rule(*inputs, period=1, tile=tile, within=within),
-        "loop": loop(*inputs, within=within),
+        "kernel": gated_delta_rule(*inputs, within=within, tile=tile, decay_first=first),
+        "chunked": delta_rule(*inputs, period=1, tile=tile, within=within, decay_first=first),
+        "loop": loop(*inputs, within=within, decay_first=first),
     }
     w_out, w_state = torch.randn_like(results["loop"][0]), torch.randn_like(results["loop"][1])
     grads = {name: torch.autograd.grad((out * w_out).sum() + (S * w_state).sum(), given)
@@ -276,7 +280,8 @@ def triton_against_torch(source, sizes: dict, cut: int, kernel: str, calls):
     (EXAMPLES / "gated_deltanet.nl", dict(dim=16, heads=2, context=32, depth=1), "gated_delta_rule", 21),
     (IMPLICIT, {}, "gated_delta_rule", 21),
     (MLP, {}, "mlp_period_update", 10),
-], ids=["gated_deltanet", "implicit", "mlp"])
+    (MLP.replace("gd(lr: eta, decay: keep)", "gd(lr: eta, decay: keep, per_token)"), {}, "mlp_period_update", 10),
+], ids=["gated_deltanet", "implicit", "mlp", "mlp_per_token"])
 def test_fused_path_with_kernels_equals_torch(source, sizes, kernel, cut, calls):
     """kernels="triton" against kernels="torch", same weights: logits, every parameter's
     gradient and the fast states left. Float32 (the kernels compute in it), so the two

@@ -78,30 +78,54 @@ def _causal_conv(x, w):  # x [B, T, d], w [d, width]: depthwise, left-padded
     return F.conv1d(F.pad(x.transpose(1, 2), (w.shape[1] - 1, 0)), w.unsqueeze(1), groups=w.shape[0]).transpose(1, 2)
 
 
-def test_gated_deltanet_is_the_per_token_delta_rule():
-    model = nldsl.compile(EXAMPLES / "gated_deltanet.nl", dim=16, heads=2, context=10, depth=1).double()
-    lv = level_of(model, "delta")
-    x = torch.randn(2, 10, 16, dtype=torch.float64)
-    y, _ = run_level(model, "delta", x)
-
-    def unit(t):  # l2norm per item
-        return t / (t.norm(dim=-1, keepdim=True) + 1e-6)
+def gated_delta_flows(lv, x, h: int):
+    """The flows of the `delta` level of gated_deltanet.nl (and _nl88), computed here
+    from its weights: q, k (unit per head), v, β, α = exp(−exp(A) softplus(a(x) + dt_bias))
+    and the output gate."""
+    def unit(t):  # l2norm per head
+        s = t.reshape(*t.shape[:-1], h, -1)
+        return (s / (s.norm(dim=-1, keepdim=True) + 1e-6)).reshape(t.shape)
 
     q = unit(F.silu(_causal_conv(x @ lv.q.proj.T, lv.q.conv)))
     k = unit(F.silu(_causal_conv(x @ lv.k.proj.T, lv.k.conv)))
     v = F.silu(_causal_conv(x @ lv.v.proj.T, lv.v.conv))
-    beta, alpha = torch.sigmoid(x @ lv.beta.proj.T), torch.sigmoid(x @ lv.alpha.proj.T)
-    out = torch.zeros(2, 10, 16, dtype=torch.float64)
+    beta = torch.sigmoid(x @ lv.beta.proj.T)
+    alpha = torch.exp(-lv.alpha.learned.exp() * F.softplus(x @ lv.alpha.proj.T + lv.alpha.learned_1))
+    return q, k, v, beta, alpha, F.silu(x @ lv.gate.proj.T)
+
+
+def head_rmsnorm(o, weight, h: int, eps: float = 1e-5):
+    """RMSNorm of each of the h slices of o, with one scale shared by the heads."""
+    s = o.reshape(*o.shape[:-1], h, -1)
+    return (s * torch.rsqrt(s.pow(2).mean(-1, keepdim=True) + eps) * weight).reshape(o.shape)
+
+
+@pytest.mark.parametrize("example", ["gated_deltanet.nl", "gated_deltanet_nl88.nl"])
+def test_gated_deltanet_is_its_papers_recurrence(example):
+    """gated_deltanet.nl: Yang et al.'s S_t = α_t S_{t-1}(I − β_t k_t k_tᵀ) + β_t v_t k_tᵀ;
+    gated_deltanet_nl88.nl: the NL paper's S_t = S_{t-1}(α_t I − β_t k_t k_tᵀ) + β_t v_t k_tᵀ.
+    o_t = S_t q_t per head, then the gated per-head RMSNorm and the output projection."""
+    model = nldsl.compile(EXAMPLES / example, dim=16, heads=2, context=10, depth=1).double()
+    lv = level_of(model, "delta")
+    with torch.no_grad():
+        lv.alpha.learned_1.fill_(0.5)  # α near 0.4 rather than 0.99: the two orders differ plainly
+    x = torch.randn(2, 10, 16, dtype=torch.float64)
+    y, _ = run_level(model, "delta", x)
+    q, k, v, beta, alpha, gate = gated_delta_flows(lv, x, 2)
+    eye = torch.eye(8, dtype=torch.float64)
+    o = torch.zeros(2, 10, 16, dtype=torch.float64)
     for b in range(2):
         for h in range(2):
             sl = slice(8 * h, 8 * h + 8)
             S = torch.zeros(8, 8, dtype=torch.float64)
             for t in range(10):
-                kt, vt, qt = k[b, t, sl], v[b, t, sl], q[b, t, sl]
-                S = S @ (alpha[b, t, h] * torch.eye(8, dtype=torch.float64) - beta[b, t, h] * torch.outer(kt, kt)) \
-                    + beta[b, t, h] * torch.outer(vt, kt)
-                out[b, t, sl] = S @ qt
-    torch.testing.assert_close(y, out @ lv.out.proj.T)
+                kt, vt, a, bt = k[b, t, sl], v[b, t, sl], alpha[b, t, h], beta[b, t, h]
+                if example == "gated_deltanet.nl":  # decay, then the delta-rule write
+                    S = a * S @ (eye - bt * torch.outer(kt, kt)) + bt * torch.outer(vt, kt)
+                else:  # the gradient at S_{t-1}, then the decay
+                    S = S @ (a * eye - bt * torch.outer(kt, kt)) + bt * torch.outer(vt, kt)
+                o[b, t, sl] = S @ q[b, t, sl]
+    torch.testing.assert_close(y, (head_rmsnorm(o, lv.out.rmsnorm, 2) * gate) @ lv.out.proj.T)
 
 
 def test_softmax_attention_is_causal_attention():
@@ -213,11 +237,50 @@ def test_mlp_memory_with_momentum_equals_autograd_loop():
     torch.testing.assert_close(y, out)
 
 
+@pytest.mark.parametrize("within", [False, True])
+def test_decay_first_takes_the_gradient_at_the_decayed_state(within):
+    """`gd(..., decay_first)` on an MLP memory, every token: θ_t = α_t θ_{t-1} −
+    η_t ∇ℓ(α_t θ_{t-1}), every tensor of θ decayed, the gradient by torch.autograd."""
+    read_mode = "within" if within else "before"
+    text = spec(f"""every 1 token {{
+    memory M : mlp(dim, hidden: 12, bias)
+    flow q = proj(x)
+    flow k = proj(x)
+    flow v = proj(x)
+    flow lr = 0.5 * sigmoid(proj(x, 1))
+    flow keep = sigmoid(proj(x, 1))
+    learn M : l2(k, v) by gd(lr: lr, decay: keep, decay_first) read {read_mode}
+    out M(q)
+  }}""")
+    model = nldsl.compile(text).double()
+    lv = level_of(model, "L")
+    x = torch.randn(2, 7, 8, dtype=torch.float64)
+    y, _ = run_level(model, "L", x)
+    q, k, v = qkv(lv, x)
+    lr, keep = (torch.sigmoid(x @ getattr(lv, n).proj.T)[..., 0] for n in ("lr", "keep"))
+    lr = 0.5 * lr
+
+    def mlp(th, e):
+        return th["W1"] @ F.silu(th["W2"] @ e + th["b2"]) + th["b1"]
+
+    out = torch.zeros_like(q)
+    for b in range(2):
+        th = {n: getattr(lv.M, n)[0].detach().clone() for n in ("W1", "W2", "b1", "b2")}
+        for t in range(7):
+            at = {n: (keep[b, t] * p).detach().requires_grad_() for n, p in th.items()}
+            g = torch.autograd.grad(0.5 * (mlp(at, k[b, t]) - v[b, t]).pow(2).sum(), list(at.values()))
+            new = {n: at[n].detach() - lr[b, t] * d for (n, _), d in zip(at.items(), g)}
+            out[b, t] = mlp(new if within else th, q[b, t])
+            th = new
+    torch.testing.assert_close(y, out)
+
+
 def test_self_modifying_titans_equals_a_loop_over_periods():
     """HOPE's titans level (design §7), written from its equations: per period, every
     memory is read at S_j; q, k, v pass a causal width-4 conv over the whole stream;
-    each memory takes the autograd gradient of Σ η_t/2 ‖M(k_t) − M(v_t)‖² (target
-    held constant) at S_j and decays by the product of the period's α_t, per head."""
+    each memory steps at every token by the NL paper's Eq. 90 (`per_token`),
+    M_t = α_t M_{t-1} − η_t ∇ℓ_t(S_j), per head, the autograd gradient of
+    η_t/2 ‖M(k_t) − M(v_t)‖² (target held constant) at S_j."""
     model = nldsl.compile(EXAMPLES / "hope.nl", dim=8, heads=2, depth=1, context=64).double()
     lv = level_of(model, "titans")
     B, T, d, h, P = 2, 40, 8, 2, 16  # 40: the last period is cut short
@@ -258,12 +321,15 @@ def test_self_modifying_titans_equals_a_loop_over_periods():
             out[b, j:span.stop] = mem(th["mem"], q, True).flatten(-2)
             new = {}
             for name in names:
-                target = mem(th[name], val, name not in ("eta", "alpha")).detach()
-                leaves = {w: t.clone().requires_grad_() for w, t in th[name].items()}
-                loss = (lr[..., None] * 0.5 * (mem(leaves, key, name not in ("eta", "alpha")) - target) ** 2).sum()
-                g = dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values()))))
-                decay = keep.prod(0)[:, None, None]
-                new[name] = {w: decay * th[name][w] - g[w] for w in th[name]}
+                residual = name not in ("eta", "alpha")
+                target = mem(th[name], val, residual).detach()
+                M = th[name]
+                for i in range(n):  # token by token, every gradient at the period's start
+                    leaves = {w: t.clone().requires_grad_() for w, t in th[name].items()}
+                    loss = (lr[i, :, None] * 0.5 * (mem(leaves, key[i], residual) - target[i]) ** 2).sum()
+                    g = dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values()))))
+                    M = {w: keep[i, :, None, None] * M[w] - g[w] for w in M}
+                new[name] = M
             if span.stop - j == P:  # a period cut short by the stream's end waits for its boundary
                 th = new
         for name in names:

@@ -117,7 +117,8 @@ class Exprs:
             return self.call("conv", (self.st, weight.target, args[0], weight), span=span, method=True)
         if f == "rmsnorm":
             eps = self(kw["eps"], owner) if "eps" in kw else 1e-6
-            return self.call(ops.rmsnorm, (args[0], self.param(owner, "rmsnorm", span), eps), span=span)
+            heads = (int(self(kw["heads"], owner)),) if "heads" in kw else ()
+            return self.call(ops.rmsnorm, (args[0], self.param(owner, "rmsnorm", span), eps, *heads), span=span)
         if f == "l2norm":
             heads = int(self(kw["heads"], owner)) if "heads" in kw else 1
             return self.call(ops.l2norm, (args[0], heads), span=span)
@@ -277,7 +278,9 @@ def describe(spec: LevelSpec) -> LevelDesc:
             name=m.name, kind=m.kind, heads=m.heads, shapes=tuple(m.state_shapes().items()), act=m.act,
             residual=m.residual, init="normal" if nested else m.init, constant=m.fixed or spec.scope == "frozen",
             source=m.init if nested else None, detach=m.detach, window=m.window,
-            objective=l.objective if l else None, rule=l.rule if l else None, read=l.read if l else "before"))
+            objective=l.objective if l else None, rule=l.rule if l else None,
+            decay_first=bool(l and l.decay_first), per_token=bool(l and l.per_token),
+            read=l.read if l else "before"))
     return LevelDesc(name=spec.name, scope=spec.scope, period=spec.period.count if spec.period.kind == "tokens" else None,
                      memories=tuple(mems), tile=int(spec.hints.get("tile", 64)), kernel=spec.hints.get("kernel"),
                      group=spec.hints.get("group", "on") == "on")
@@ -346,8 +349,10 @@ def _share_common(graph: fx.Graph) -> None:
 
 def _alike(desc: LevelDesc) -> dict[str, tuple]:
     """Memories whose states stack into one batch: same kind, state shapes, heads,
-    activation, residual, objective, rule, read mode and detach."""
-    return {m.name: (m.kind, m.shapes, m.heads, m.act, m.residual, m.objective, m.rule, m.read, m.detach)
+    activation, residual, objective, rule (its order of decay and step, its steps per
+    token or per period), read mode and detach."""
+    return {m.name: (m.kind, m.shapes, m.heads, m.act, m.residual, m.objective, m.rule, m.decay_first, m.per_token,
+                     m.read, m.detach)
             for m in desc.memories if m.kind in ("linear", "mlp")}
 
 

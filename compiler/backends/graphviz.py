@@ -41,6 +41,8 @@ def _memory_label(m: MemorySpec, d: dict) -> str:
     learn = ""
     if d.get("objective"):
         rule = f" · {d['rule']}" if d.get("rule") else ""
+        rule += f", {d['order']}" if d.get("order") else ""
+        rule += f", {d['steps']}" if d.get("steps") else ""
         read = " · read within" if d.get("read") == "within" else ""
         learn = f"\n{d['objective']}{rule}{read}"
     return f"{m.name}\n{m.kind}({shape}){heads}{learn}"
@@ -50,7 +52,8 @@ def _level_label(d: dict) -> str:
     name = d["name"] + (f"  × {d['copies']}" if d.get("copies", 1) > 1 else "")
     lv = d["spec"]
     parts = [name, d["period"] if lv.scope != "outer" else "outer (every 1 step)"]
-    learned = sorted({f"{l.objective}" + (f" · {l.rule}" if l.rule else "") for l in lv.learns})
+    learned = sorted({f"{l.objective}" + (f" · {l.rule}" if l.rule else "") + (", decay first" if l.decay_first else "")
+                      + (", per token" if l.per_token else "") for l in lv.learns})
     if lv.scope == "cross":
         learned = ["task · multi-rate outer steps"]
     if lv.scope == "frozen":

@@ -22,6 +22,8 @@ class MemoryDesc:
     window: int | None = None
     objective: str | None = None  # l2 | dot | task; None: never learns
     rule: str | None = None  # gd | momentum | implicit | append
+    decay_first: bool = False  # gd: each token's gradient at α_t S_{t-1}, the decayed state (Gated DeltaNet)
+    per_token: bool = False  # gd, momentum: a step at every token, the gradients at the period's start (Titans)
     read: str = "before"
 
 

@@ -6,12 +6,17 @@ The step is the reference's own graph; only the state it calls differs. `Span`
 takes each memory's items for the whole run when the step calls `learn`, and
 answers the step's one read of that memory with the reads of every token:
 
-- a `linear` memory on `l2` or `dot` by `gd` (or `implicit` with period 1, a delta
-  rule with η/(1+η‖k‖²)) in chunk-parallel form (`chunked.delta_rule`);
-- a 2-layer `mlp` without biases on `l2` by `gd` or `momentum`, read before, by a
-  loop over periods, each one autograd node with a written backward (`period.py`);
+- a `linear` memory on `l2` or `dot` by `gd` (with or without `decay_first` or
+  `per_token`; or `implicit` with period 1, a delta rule with η/(1+η‖k‖²)) in
+  chunk-parallel form (`chunked.delta_rule`);
+- a 2-layer `mlp` without biases on `l2` by `gd` (not `decay_first`; `per_token` as
+  the one step per period on rates times `rates.later_decays`) or `momentum` (not
+  `per_token`), read before, by a loop over periods, each one autograd node with a
+  written backward (`period.py`);
 - any other memory by a loop over periods that does only the memory's own algebra
-  (one batched gradient per period for all sequences and heads, `headmajor.py`);
+  (one batched gradient per period for all sequences and heads, `headmajor.py`),
+  `momentum` with `per_token` among them: its two weighted sums of the period's
+  gradients (`Fast.record`) are not period.py's one;
 - attention memories and memories that do not learn as the reference does.
 
 With the compile option `kernels` (docs/performance.md), the gated delta rule
@@ -28,6 +33,7 @@ import torch
 from . import chunked, headmajor, kernels
 from . import memory as M
 from .period import mlp_period
+from .rates import later_decays
 from .errors import NonFiniteError
 
 
@@ -59,7 +65,7 @@ def mlp_kernel(f, clip) -> bool:
     on l2 by gd, read at the period's start, with the gradient flowing through."""
     m = f.mem
     return (m.kind == "mlp" and f.objective == "l2" and f.rule == "gd" and not f.within
-            and not m.detach and clip is None)
+            and not m.detach and not m.decay_first and clip is None)
 
 
 def mlp_loop(f, clip) -> bool:
@@ -67,7 +73,8 @@ def mlp_loop(f, clip) -> bool:
     on l2 by gd or momentum, read at the period's start, with the gradient flowing through."""
     m = f.mem
     return (m.kind == "mlp" and f.objective == "l2" and f.rule in ("gd", "momentum") and not f.within
-            and not m.detach and clip is None and set(f.theta) == {"W1", "W2"})
+            and not m.detach and not m.decay_first and not (f.per_token and f.rule == "momentum")
+            and clip is None and set(f.theta) == {"W1", "W2"})
 
 
 class Span:
@@ -112,18 +119,22 @@ class Span:
                 eta = eta / (1 + eta * k.pow(2).sum(-1))
             log_decay = None if decay is None else M.as_rate(decay, B, n, m.heads, key).log()
             q = k if e is None else M.split_heads(e, m.heads)
+            first = m.decay_first and log_decay is not None
             if P == 1 and f.objective == "l2" and use_kernel(ls.kernel, key):  # the same recurrence, in Triton
                 y, S = kernels.gated_delta_rule(f.theta["W"], q, k, v, eta, log_decay, within=f.within,
-                                                tile=self.tile)
+                                                tile=self.tile, decay_first=first)
             else:
                 y, S = chunked.delta_rule(f.theta["W"], q, k, v, eta, log_decay, period=P, tile=self.tile,
-                                          within=f.within, l2=f.objective == "l2")
+                                          within=f.within, l2=f.objective == "l2", decay_first=first,
+                                          per_token=f.per_token)
             f.theta = {"W": S}
             return None if e is None else M.merge_heads(y)
         if mlp_kernel(f, clip) and use_kernel(ls.kernel, key):
-            return self._mlp_periods(f, key, value, lr, decay, e)
+            return self._mlp_periods(f, key, value, self._one_step_rates(f, key, lr, decay), decay, e)
         if mlp_loop(f, clip):
-            return self._mlp_loop(f, key, value, lr, decay, beta, e)
+            return self._mlp_loop(f, key, value, self._one_step_rates(f, key, lr, decay), decay, beta, e)
+        # any other memory, per period with the reference's own algebra: momentum with `per_token`
+        # falls back here, since period.py's node makes one weighted sum of gradients, not two
         outs, count = [], n // P
         for items in zip(*(periods(t, P, count) for t in (key, value, lr, decay, beta, e))):
             *learned, q = items
@@ -134,6 +145,15 @@ class Span:
             f.end_chunk()
             f.update()
         return torch.cat(outs, 1) if outs else None
+
+    def _one_step_rates(self, f, key, lr, decay):
+        """The rates on which one gd step per period is gd's `per_token` rule read before
+        (the paths here take no momentum with it): each item's times the decays after it
+        in its period."""
+        if not f.per_token or decay is None:
+            return lr
+        B, n, h = *key.shape[:2], f.mem.heads
+        return M.as_rate(lr, B, n, h, key) * later_decays(M.as_rate(decay, B, n, h, key), self.ls.period)
 
     def _mlp_periods(self, f, key, value, lr, decay, e):
         """The loop over periods with one kernel call per period in place of record,

@@ -5,8 +5,8 @@ tokens inside one period, its flows, the items its memories learn from, and its
 output. `scan` cuts a segment of tokens at the level's period boundaries, runs the
 step on each piece, and at every boundary applies the update rule. Between
 boundaries each memory holds S_j, the state from the start of the period, and the
-running sums its rule needs, so a period cut across calls (streaming) gives what
-one call gives.
+running sums its rule needs (with `per_token`, the states S_t and Z_t its tokens'
+steps have made), so a period cut across calls (streaming) gives what one call gives.
 
 This is the reference: one loop iteration per piece, every formula written out.
 """
@@ -18,6 +18,7 @@ from . import headmajor, kernels
 from . import memory as M
 from .errors import NonFiniteError
 from .fused import run_span
+from .rates import products
 from .ops import conv, conv_tail
 
 
@@ -41,6 +42,7 @@ class Fast:
         self.objective = mem.objective if learns else None
         self.rule = mem.rule if learns else None
         self.within = self.objective in ("l2", "dot") and mem.read == "within"
+        self.per_token = self.objective in ("l2", "dot") and mem.per_token  # a step at every token (Titans)
         self.theta = theta  # S_j
         self.z = {k: torch.zeros_like(v) for k, v in theta.items()} if self.rule == "momentum" else None
         self.clear()
@@ -50,12 +52,21 @@ class Fast:
         self.acc = None  # Σ η_i ∇ℓ_i (or the implicit step's sums) since the period began
         self.decay = None  # Π α_i since the period began, [B, h]
         self.beta = None
+        self.current = None  # per_token: S_t, the state the period's tokens have made so far (None: S_j)
 
     # -- the items of one chunk
     def record(self, key, value, lr, decay=None, beta=None, clip=None):
         s, B, n = self.mem, key.shape[0], key.shape[1]
         lr = M.as_rate(lr, B, n, s.heads, key)
-        theta = {k: v.detach() for k, v in self.theta.items()} if s.detach else self.theta
+        theta = self.theta
+        if s.decay_first and decay is not None:  # the gradient at α_t S_{t-1} (a period is one token)
+            alpha = M.as_rate(decay, B, n, s.heads, key).prod(1)
+            theta = {k: v * _per_head(alpha, v) for k, v in theta.items()}
+        if s.detach:  # first order: the gradient's point is a constant
+            theta = {k: v.detach() for k, v in theta.items()}
+        if self.per_token:
+            self.chunk = self._steps(theta, key, value, lr, decay, beta, clip)
+            return
         if self.rule == "implicit":
             terms = M.implicit_stats(key, value, lr, s.heads, per_item=self.within)
         else:
@@ -74,9 +85,54 @@ class Fast:
                           **{name: None if r is None else running(M.as_rate(r, B, n, s.heads, key))
                              for name, r in (("decay", decay), ("beta", beta))})
 
+    def _steps(self, theta, key, value, lr, decay, beta, clip) -> dict:
+        """The chunk's items as steps at every token (`per_token`), every gradient g_i taken
+        at θ, the period's start state S_j (Titans' mini-batch rule):
+            Z_t = β_t Z_{t−1} − η_t g_t,  S_t = α_t S_{t−1} + Z_t     (gd: S_t = α_t S_{t−1} − η_t g_t).
+        Unrolled from the chunk's start state (S, Z), after its items up to t:
+            S_t = a_t S + γ_t Z − Σ_i W[t, i] η_i g_i,   Z_t = b_t Z − Σ_i D_β[t, i] η_i g_i,
+        with a, b the running products of α and β, D_r[t, i] = Π_{i<l≤t} r_l, W = D_α D_β
+        (gd: D_α) and γ = D_α b. Reading before needs only the chunk's last t."""
+        s, B, n = self.mem, key.shape[0], key.shape[1]
+        alpha = M.as_rate(1.0 if decay is None else decay, B, n, s.heads, key)
+        D_alpha, a = products(alpha), alpha.cumprod(1)
+        W, D_beta, b, gamma = D_alpha, None, None, None
+        if self.rule == "momentum":
+            beta = M.as_rate(1.0 if beta is None else beta, B, n, s.heads, key)
+            D_beta, b = products(beta), beta.cumprod(1)
+            W = D_alpha @ D_beta
+            gamma = (D_alpha @ b.transpose(1, 2).unsqueeze(-1)).squeeze(-1).transpose(1, 2)
+        if self.within:  # each item's gradient once, mixed into every token's sums
+            each = M.grads(s.kind, self.objective, theta, key, value, lr, s.heads, s.act, s.residual, per_item=True)
+
+            def sums(weights):  # [B, n, h, ...]: Σ_i weights[t, i] η_i g_i for every t
+                return {k: torch.einsum("bhti,bihx->bthx", weights, v.flatten(3)).reshape(v.shape)
+                        for k, v in each.items()}
+        else:
+            def sums(weights):  # [B, h, ...]: the chunk's last t, the weights folded into the rates
+                return self.formulas.grads(s.kind, self.objective, theta, key, value,
+                                           lr * weights[..., -1, :].transpose(1, 2), s.heads, s.act, s.residual)
+            a, b, gamma = (None if r is None else r[:, -1:] for r in (a, b, gamma))
+        cum, zcum = sums(W), None if D_beta is None else sums(D_beta)
+        terms, zterms = cum, zcum  # the chunk's whole steps
+        if self.within:
+            terms, zterms = (None if x is None else {k: v[:, -1] for k, v in x.items()} for x in (cum, zcum))
+        else:
+            cum = None
+        if clip is not None:
+            terms, zterms = (None if x is None else {k: _clip(v, clip) for k, v in x.items()} for x in (terms, zterms))
+        return dict(terms=terms, zterms=zterms, cum=cum, decay=a, beta=b, gamma=gamma)
+
     def end_chunk(self):
         c, self.chunk = self.chunk, None
         if c is None:
+            return
+        if self.per_token:  # the chunk's steps move S_t and Z_t; S_j stays for the period's gradients
+            S = self.theta if self.current is None else self.current
+            gamma = None if c["gamma"] is None else c["gamma"][:, -1]
+            self.current = _moved(S, self.z, c["decay"][:, -1], gamma, c["terms"])
+            if self.z is not None:
+                self.z = _moved(self.z, None, c["beta"][:, -1], None, c["zterms"])
             return
         self.acc = c["terms"] if self.acc is None else {k: self.acc[k] + v for k, v in c["terms"].items()}
         for name in ("decay", "beta"):
@@ -90,6 +146,11 @@ class Fast:
         """Per-item states [B, n, h, ...]: S_j moved by the items up to each token
         (design §6), with the period's decay so far."""
         c = self.chunk
+        if self.per_token:  # S_t of the per-token recurrence, from the chunk's start state
+            S = self.theta if self.current is None else self.current
+            def items(x):  # a state as the start of every item's
+                return None if x is None else {k: v.unsqueeze(1) for k, v in x.items()}
+            return _moved(items(S), items(self.z), c["decay"], c["gamma"], c["cum"])
         # the period's sums up to each item: this chunk's running sums on top of earlier chunks'
         steps = {k: v + (0 if self.acc is None else self.acc[k].unsqueeze(1)) for k, v in c["cum"].items()}
         if self.rule == "implicit":
@@ -113,14 +174,18 @@ class Fast:
 
     # -- the boundary
     def update(self) -> None:
-        """S_{j+1} from S_j and the period's sums (design §5)."""
-        if self.acc is not None:
+        """S_{j+1} from S_j and the period's sums (design §5); with `per_token`, the state
+        its tokens' steps made."""
+        if self.per_token and self.current is not None:
+            self.theta = self.current
+        elif self.acc is not None:
             self.theta, self.z = apply_rule(self.rule, self.theta, self.z, self.acc, self.decay, self.beta)
         self.clear()
 
 
 def apply_rule(rule: str, S: dict, Z: dict | None, acc: dict, decay=None, beta=None):
-    """One boundary of an update rule (design §5), all gradients taken at S:
+    """One boundary of an update rule (design §5), all gradients taken at S (at α S
+    with `decay_first`, where `Fast.record` took them):
     gd        S' = α S − Σ η ∇ℓ
     momentum  Z' = β Z − Σ η ∇ℓ;  S' = α S + Z'
     implicit  S' = (S + Σ η v kᵀ)(I + Σ η k kᵀ)⁻¹, the exact proximal step.
@@ -133,6 +198,12 @@ def apply_rule(rule: str, S: dict, Z: dict | None, acc: dict, decay=None, beta=N
         return {k: decayed[k] - acc[k] for k in S}, None
     Z = {k: v * (1.0 if beta is None else _per_head(beta, v)) - acc[k] for k, v in Z.items()}
     return {k: decayed[k] + Z[k] for k in S}, Z
+
+
+def _moved(S: dict, Z: dict | None, a, gamma, steps: dict) -> dict:
+    """a S + γ Z − steps, per head: where the per-token steps of a chunk take (S, Z)."""
+    return {k: S[k] * _per_head(a, steps[k]) - steps[k]
+            + (0 if Z is None else Z[k] * _per_head(gamma, steps[k])) for k in S}
 
 
 def differentiable(theta: dict) -> dict:
@@ -257,6 +328,7 @@ class LevelState(Carry):
                 f.K, f.V = cut(f.K), cut(f.V)
                 continue
             f.theta, f.z, f.acc, f.decay, f.beta = cut(f.theta), cut(f.z), cut(f.acc), cut(f.decay), cut(f.beta)
+            f.current = cut(f.current)
             if f.objective == "task":
                 f.theta = differentiable(f.theta)
         super().detach()

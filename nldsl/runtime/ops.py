@@ -76,8 +76,14 @@ def l2norm(x, heads: int = 1, eps: float = 1e-6):
     return x.reshape(shape)
 
 
-def rmsnorm(x, weight, eps: float = 1e-6):
-    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+def rmsnorm(x, weight, eps: float = 1e-6, heads: int = 1):
+    """RMS normalisation of each item, or of each of its `heads` equal slices; with heads,
+    the scale `weight` has a head's size and is shared by the heads."""
+    if heads == 1:
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+    shape = x.shape
+    x = x.reshape(*shape[:-1], heads, shape[-1] // heads)
+    return (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight).reshape(shape)
 
 
 def conv(x, weight, tail):

@@ -4,18 +4,24 @@ Per sequence b and head h, a state S [o, i] (value dim × key dim) learns from t
 items (k_t, v_t) with rate η_t and decay α_t = exp(log_decay_t):
 
     S_t = α_t S_{t-1} − η_t (S_{t-1} k_t − v_t) k_tᵀ,
-    o_t = S_t q_t  (within)      or      o_t = S_{t-1} q_t  (before).
+    o_t = S_t q_t  (within)      or      o_t = S_{t-1} q_t  (before);
+
+with `decay_first` (Gated DeltaNet's order) the gradient is taken at the decayed state:
+
+    S_t = α_t S_{t-1} − η_t (α_t S_{t-1} k_t − v_t) k_tᵀ = α_t S_{t-1}(I − η_t k_t k_tᵀ) + η_t v_t k_tᵀ.
 
 This is `chunked.delta_rule` with period 1 and l2; that function is the reference.
 Over a tile of C tokens starting at state S₀, with γ_t = Σ_{s≤t} log α_s (the tile's
 log decay through t), γ⁻_t = γ_t − log α_t and γ_C the whole tile's:
 
-    U = T diag(η) X,     X = V − diag(e^{γ⁻}) K S₀ᵀ,     T = (I + A)⁻¹,
-    A[s, r] = η_s e^{γ⁻_s − γ_r} k_sᵀ k_r  (r < s),
+    U = T diag(η) X,     X = V − diag(e^{π}) K S₀ᵀ,     T = (I + A)⁻¹,
+    A[s, r] = η_s e^{π_s − γ_r} k_sᵀ k_r  (r < s),
     O = diag(e^ρ) Q S₀ᵀ + (M ∘ Q Kᵀ) U,   M[t, s] = e^{ρ_t − γ_s}  (s ≤ t within, s < t before),
     S_C = e^{γ_C} S₀ + Uᵀ diag(e^{γ_C − γ}) K,
 
-with ρ = γ (within) or γ⁻ (before); row s of U is u_s = η_s (v_s − S_{s−1} k_s).
+with ρ = γ (within) or γ⁻ (before), and π, the log decay of S₀ at the point where each
+item's gradient is taken, γ⁻ (or γ with `decay_first`); row s of U is
+u_s = η_s (v_s − S_{s−1} k_s) (or η_s (v_s − α_s S_{s−1} k_s)).
 T is found by forward substitution, one row at a time (A is strictly lower).
 
 Layouts as in `chunked.delta_rule`: S₀ [B, h, o, i]; q, k [B, n, h, i];
@@ -30,10 +36,10 @@ respect to the tile's end state); per tile it recomputes T, U and the masks from
 the saved start state, then differentiates the three equations above:
 
     dU = diag(e^{γ_C − γ}) K dSᵀ + (M ∘ Q Kᵀ)ᵀ dO,    dR = Tᵀ dU  (R = diag(η) X),
-    dA = −dR Uᵀ  (kept on r < s),                   dS₀ = e^{γ_C} dS + dOᵀ diag(e^ρ) Q − dRᵀ diag(η e^{γ⁻}) K,
+    dA = −dR Uᵀ  (kept on r < s),                   dS₀ = e^{γ_C} dS + dOᵀ diag(e^ρ) Q − dRᵀ diag(η e^{π}) K,
 
-and from them dq, dk, dv, dη and the gradients of γ, γ⁻, γ_C, which reverse cumulative
-sums turn into the gradient of each log decay.
+and from them dq, dk, dv, dη and the gradients of γ, γ⁻ (π is one of them), γ_C, which
+reverse cumulative sums turn into the gradient of each log decay.
 """
 from __future__ import annotations
 
@@ -71,7 +77,7 @@ def _unit_lower_inverse(A, C: tl.constexpr):
 
 
 @triton.jit
-def _tile(S, q, k, v, eta, log_decay, WITHIN: tl.constexpr, C: tl.constexpr):
+def _tile(S, q, k, v, eta, log_decay, WITHIN: tl.constexpr, DECAY_FIRST: tl.constexpr, C: tl.constexpr):
     """One tile from its start state S [o, i]: the reads, the end state, and the
     intermediates the backward needs (see the module docstring for the equations)."""
     rows = tl.arange(0, C)
@@ -82,26 +88,33 @@ def _tile(S, q, k, v, eta, log_decay, WITHIN: tl.constexpr, C: tl.constexpr):
     # for the tile's last item: the log decays may reach −60 per item, and float32
     # rounds two sums of them differently
     g_end = tl.sum(tl.where(rows == C - 1, g, 0.0), 0)
-    # e^{γ⁻_t − γ_s} for s < t: the decay from after item s to just before item t
-    decay_a = tl.exp(tl.where(s < t, g_ex[:, None] - g[None, :], float("-inf")))
+    if DECAY_FIRST:  # π: item t's gradient is taken after its own decay, or just before it
+        g_at = g
+    else:
+        g_at = g_ex
+    # e^{π_t − γ_s} for s < t: the decay from after item s to where item t's gradient is taken
+    decay_a = tl.exp(tl.where(s < t, g_at[:, None] - g[None, :], float("-inf")))
     if WITHIN:
         read = g
         decay_o = tl.exp(tl.where(s <= t, g[:, None] - g[None, :], float("-inf")))
     else:
         read = g_ex
-        decay_o = decay_a
+        if DECAY_FIRST:
+            decay_o = tl.exp(tl.where(s < t, g_ex[:, None] - g[None, :], float("-inf")))
+        else:
+            decay_o = decay_a
     KK = tl.dot(k, tl.trans(k), input_precision=IEEE)
     A = eta[:, None] * decay_a * KK
     T = _unit_lower_inverse(A, C)
     KS = tl.dot(k, tl.trans(S), input_precision=IEEE)  # row s: S₀ k_s
-    X = v - tl.exp(g_ex)[:, None] * KS  # v_s minus what the decayed start state predicts
-    U = tl.dot(T, eta[:, None] * X, input_precision=IEEE)  # row s: u_s = η_s (v_s − S_{s−1} k_s)
+    X = v - tl.exp(g_at)[:, None] * KS  # v_s minus what the decayed start state predicts
+    U = tl.dot(T, eta[:, None] * X, input_precision=IEEE)  # row s: u_s = η_s (v_s − S_{s−1} k_s) (or α_s S_{s−1})
     QS = tl.dot(q, tl.trans(S), input_precision=IEEE)
     P = decay_o * tl.dot(q, tl.trans(k), input_precision=IEEE)
     o = tl.exp(read)[:, None] * QS + tl.dot(P, U, input_precision=IEEE)
     w = tl.exp(g_end - g)  # each item's decay to the tile's end
     S_end = tl.exp(g_end) * S + tl.dot(tl.trans(w[:, None] * U), k, input_precision=IEEE)
-    return o, S_end, g_ex, g_end, read, decay_a, decay_o, KK, A, T, KS, X, U, QS, P, w
+    return o, S_end, g_at, g_end, read, decay_a, decay_o, KK, A, T, KS, X, U, QS, P, w
 
 
 @triton.jit
@@ -131,8 +144,8 @@ def _load_tile(Q, K, V, ETA, LD, b, h, j, n, H, DI, DO, HAS_DECAY: tl.constexpr,
 # ------------------------------------------------------------------- kernels
 @triton.jit
 def _forward_kernel(S0, Q, K, V, ETA, LD, O, S_END, STATES, n, H, DI, DO, N_TILES,
-                    WITHIN: tl.constexpr, HAS_DECAY: tl.constexpr, SAVE_STATES: tl.constexpr,
-                    C: tl.constexpr, BI: tl.constexpr, BO: tl.constexpr):
+                    WITHIN: tl.constexpr, DECAY_FIRST: tl.constexpr, HAS_DECAY: tl.constexpr,
+                    SAVE_STATES: tl.constexpr, C: tl.constexpr, BI: tl.constexpr, BO: tl.constexpr):
     pid = tl.program_id(0).to(tl.int64)  # one program per (b, h)
     b, h = pid // H, pid % H
     co, ci = tl.arange(0, BO), tl.arange(0, BI)
@@ -144,7 +157,7 @@ def _forward_kernel(S0, Q, K, V, ETA, LD, O, S_END, STATES, n, H, DI, DO, N_TILE
             tl.store(STATES + (pid * N_TILES + j) * DO * DI + at_state, S, mask=mask_state)
         q, k, v, eta, log_decay, item, real, at_i, mask_i, at_o, mask_o = _load_tile(
             Q, K, V, ETA, LD, b, h, j, n, H, DI, DO, HAS_DECAY, C, BI, BO)
-        o, S, _, _, _, _, _, _, _, _, _, _, _, _, _, _ = _tile(S, q, k, v, eta, log_decay, WITHIN, C)
+        o, S, _, _, _, _, _, _, _, _, _, _, _, _, _, _ = _tile(S, q, k, v, eta, log_decay, WITHIN, DECAY_FIRST, C)
         tl.store(O + at_o, o, mask=mask_o)
     tl.store(S_END + pid * DO * DI + at_state, S, mask=mask_state)
 
@@ -152,7 +165,7 @@ def _forward_kernel(S0, Q, K, V, ETA, LD, O, S_END, STATES, n, H, DI, DO, N_TILE
 @triton.jit
 def _backward_kernel(Q, K, V, ETA, LD, STATES, DOUT, DS_END,
                      DS0, DQ, DK, DV, DETA, DLD, n, H, DI, DO, N_TILES,
-                     WITHIN: tl.constexpr, HAS_DECAY: tl.constexpr,
+                     WITHIN: tl.constexpr, DECAY_FIRST: tl.constexpr, HAS_DECAY: tl.constexpr,
                      C: tl.constexpr, BI: tl.constexpr, BO: tl.constexpr):
     pid = tl.program_id(0).to(tl.int64)
     b, h = pid // H, pid % H
@@ -168,8 +181,8 @@ def _backward_kernel(Q, K, V, ETA, LD, STATES, DOUT, DS_END,
         q, k, v, eta, log_decay, item, real, at_i, mask_i, at_o, mask_o = _load_tile(
             Q, K, V, ETA, LD, b, h, j, n, H, DI, DO, HAS_DECAY, C, BI, BO)
         dout = tl.load(DOUT + at_o, mask=mask_o, other=0.0).to(tl.float32)
-        _, _, g_ex, g_end, read, decay_a, decay_o, KK, A, T, KS, X, U, QS, P, w = _tile(
-            S, q, k, v, eta, log_decay, WITHIN, C)
+        _, _, g_at, g_end, read, decay_a, decay_o, KK, A, T, KS, X, U, QS, P, w = _tile(
+            S, q, k, v, eta, log_decay, WITHIN, DECAY_FIRST, C)
 
         KdS = tl.dot(k, tl.trans(dS), input_precision=IEEE)  # row s: dS k_s
         dU = w[:, None] * KdS + tl.dot(tl.trans(P), dout, input_precision=IEEE)
@@ -179,7 +192,7 @@ def _backward_kernel(Q, K, V, ETA, LD, STATES, DOUT, DS_END,
         dQK = dP * decay_o
         dKK = eta[:, None] * decay_a * dA
         e_read = tl.exp(read)
-        shrink = eta * tl.exp(g_ex)  # how much of S₀ k_s the right side R takes off
+        shrink = eta * tl.exp(g_at)  # how much of S₀ k_s the right side R takes off
 
         dq = e_read[:, None] * tl.dot(dout, S, input_precision=IEEE) + tl.dot(dQK, k, input_precision=IEEE)
         dk = (w[:, None] * tl.dot(U, dS, input_precision=IEEE)
@@ -200,7 +213,12 @@ def _backward_kernel(Q, K, V, ETA, LD, STATES, DOUT, DS_END,
             Za = dA * A
             d_read = e_read * tl.sum(dout * QS, 1) + tl.sum(Zo, 1)
             d_g = -dw - tl.sum(Zo, 0) - tl.sum(Za, 0)
-            d_gex = tl.sum(Za, 1) - shrink * tl.sum(KS * dR, 1)
+            d_at = tl.sum(Za, 1) - shrink * tl.sum(KS * dR, 1)  # through π
+            d_gex = tl.zeros([C], dtype=tl.float32)
+            if DECAY_FIRST:
+                d_g += d_at
+            else:
+                d_gex += d_at
             if WITHIN:
                 d_g += d_read
             else:
@@ -224,7 +242,7 @@ def _launch_options(C: int, BI: int, BO: int) -> dict:
 
 class _GatedDeltaRule(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, S0, q, k, v, eta, log_decay, within: bool, tile: int):
+    def forward(ctx, S0, q, k, v, eta, log_decay, within: bool, tile: int, decay_first: bool):
         B, n, H, DI = k.shape
         DO = v.shape[-1]
         C, BI, BO = _block(tile), _block(DI), _block(DO)
@@ -238,22 +256,24 @@ class _GatedDeltaRule(torch.autograd.Function):
         save = any(ctx.needs_input_grad)  # no checkpoints when nothing will go backward
         states = torch.empty(B, H, N if save else 0, DO, DI, dtype=torch.float32, device=k.device)
         _forward_kernel[(B * H,)](S0c, qc, kc, vc, etac, ld, o, S_end, states, n, H, DI, DO, N,
-                                  WITHIN=within, HAS_DECAY=log_decay is not None, SAVE_STATES=save,
+                                  WITHIN=within, DECAY_FIRST=decay_first, HAS_DECAY=log_decay is not None,
+                                  SAVE_STATES=save,
                                   C=C, BI=BI, BO=BO,
                                   **_launch_options(C, BI, BO))
         ctx.save_for_backward(S0, q, k, v, eta, log_decay, states)
-        ctx.meta = (within, log_decay is not None, C, BI, BO, S0.dtype)
+        ctx.meta = (within, decay_first, log_decay is not None, C, BI, BO, S0.dtype)
         return o, S_end
 
     @staticmethod
     def backward(ctx, d_o, d_S_end):
         S0, q, k, v, eta, log_decay, states = ctx.saved_tensors
-        within, has_decay, C, BI, BO, s_dtype = ctx.meta
+        within, decay_first, has_decay, C, BI, BO, s_dtype = ctx.meta
         if torch.is_grad_enabled():  # create_graph: the Triton backward has no derivative; the reference's has
             def reference(S0, q, k, v, eta, log_decay):
-                return delta_rule(S0, q, k, v, eta, log_decay, period=1, tile=C, within=within, l2=True)
+                return delta_rule(S0, q, k, v, eta, log_decay, period=1, tile=C, within=within, l2=True,
+                                  decay_first=decay_first)
             return (*differentiate(reference, (S0, q, k, v, eta, log_decay), ctx.needs_input_grad[:6],
-                                   (d_o, d_S_end)), None, None)
+                                   (d_o, d_S_end)), None, None, None)
         q, k, v, eta = (x.contiguous() for x in (q, k, v, eta))
         ld = log_decay.contiguous() if has_decay else eta  # a placeholder pointer, never read
         B, n, H, DI = k.shape
@@ -264,19 +284,19 @@ class _GatedDeltaRule(torch.autograd.Function):
         dld = torch.empty_like(ld) if has_decay else deta  # a placeholder pointer, never written
         _backward_kernel[(B * H,)](q, k, v, eta, ld, states, d_o.contiguous(), d_S_end.contiguous(),
                                    dS0, dq, dk, dv, deta, dld, n, H, DI, DO, N,
-                                   WITHIN=within, HAS_DECAY=has_decay, C=C, BI=BI, BO=BO,
+                                   WITHIN=within, DECAY_FIRST=decay_first, HAS_DECAY=has_decay, C=C, BI=BI, BO=BO,
                                    **_launch_options(C, BI, BO))
-        return dS0, dq, dk, dv, deta, dld if has_decay else None, None, None
+        return dS0, dq, dk, dv, deta, dld if has_decay else None, None, None, None
 
 
 def gated_delta_rule(S0: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eta: torch.Tensor,
-                     log_decay: torch.Tensor | None, *, within: bool, tile: int = 64):
+                     log_decay: torch.Tensor | None, *, within: bool, tile: int = 64, decay_first: bool = False):
     """Reads and end state of the gated delta rule over n tokens (see the module
-    docstring): `chunked.delta_rule(..., period=1, l2=True)` in Triton, differentiable
+    docstring): `chunked.delta_rule(..., period=1, l2=True, decay_first=...)` in Triton, differentiable
     in every input. S0 [B, h, o, i]; q, k [B, n, h, i]; v [B, n, h, o]; eta and
     log_decay [B, n, h] (log_decay None: no decay). `tile` is rounded up to a power
     of two of at least 16; it changes rounding only. Returns (o [B, n, h, o],
     S_end [B, h, o, i])."""
     if log_decay is not None:  # as the reference: a decay below e^-60 counts as e^-60
         log_decay = log_decay.clamp(min=LOG_FLOOR)
-    return _GatedDeltaRule.apply(S0, q, k, v, eta, log_decay, bool(within), int(tile))
+    return _GatedDeltaRule.apply(S0, q, k, v, eta, log_decay, bool(within), int(tile), bool(decay_first))
