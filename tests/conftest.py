@@ -14,3 +14,14 @@ ROOT = Path(__file__).resolve().parent.parent
 def repo_root() -> Path:
     """The repository root (the folder holding `examples/` and `tests/`)."""
     return ROOT
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: threads only add overhead (and the machine is shared)."""
+    import torch  # here, not above: the Triton switch is set before anything imports torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -45,13 +45,7 @@ BYTES = torch.tensor(list(b"the quick brown fox jumps over the lazy dog. " * 3))
 TOKENS = torch.stack([BYTES[i:i + 17] for i in range(0, 96, 12)])  # 8 windows of 16 tokens and their targets
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: threads only add overhead (and the machine is shared)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def test_every_library_optimizer_has_a_first_step_kind():
