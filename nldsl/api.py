@@ -10,13 +10,7 @@ from .compiler.diagnostics import NLError, Report
 
 
 def _model_spec(source, name: str | None, overrides: dict):
-    from .compiler.check import check_program
-
-    # the overrides go to the checker as one dict, never as keywords, so that no setting's
-    # name can collide with a parameter of `check`
-    report = Report()
-    program = check_program(load(source, report), report, overrides)
-    report.raise_if_errors()
+    program = check(source, **overrides)  # positional `source` and `report`: every keyword is a setting
     models = [m for m in program.models if name is None or m.name == name]
     if not models:
         what = f"no model named `{name}`" if name else "no model"

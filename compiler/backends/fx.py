@@ -161,6 +161,28 @@ def names_in(e, args=lambda call: call.args) -> list[str]:
     return out
 
 
+def in_order(key, reads, done: dict, build, cycle):
+    """`done[key]`, built after every key it reads: `reads(k)` lists the keys k reads (in
+    the order they are written), `build(k)` makes k's value, `cycle(k)` the error for a
+    key that reads itself. From an explicit stack: a chain of flows each reading the next
+    must not recurse as deep as it is long."""
+    todo, open_ = [key], {key}
+    while todo:
+        top = todo[-1]
+        waiting = next((k for k in reads(top) if k not in done), None)
+        if waiting is None:
+            todo.pop()
+            open_.discard(top)
+            if top not in done:
+                done[top] = build(top)
+        elif waiting in open_:
+            raise cycle(waiting)
+        else:
+            todo.append(waiting)
+            open_.add(waiting)
+    return done[key]
+
+
 def _named(node, name: str):
     """Give a flow's node the flow's name (numbers stay numbers)."""
     if isinstance(node, fx.Node) and node.op != "get_attr":
@@ -225,23 +247,11 @@ class _LevelBuild:
         raise BackendError(f"unknown name `{name}` in level `{self.spec.name}`")
 
     def flow(self, name):
-        """A flow's node, built once, after the flows it reads (in the order they are
-        written in it). Built from an explicit stack: a chain of flows each reading the
-        next must not recurse as deep as it is long."""
-        todo = [name]
-        while todo:
-            top = todo[-1]
-            waiting = next((n for n in names_in(self.flows[top].value) if n in self.flows and n not in self.done), None)
-            if waiting is None:
-                todo.pop()
-                if top not in self.done:
-                    f = self.flows[top]
-                    self.done[top] = _named(self.ex(f.value, f"{self.spec.name}.{top}"), top)
-            elif waiting in todo:
-                raise BackendError(f"flow `{waiting}` of level `{self.spec.name}` depends on itself")
-            else:
-                todo.append(waiting)
-        return self.done[name]
+        """A flow's node, built once, after the flows it reads."""
+        return in_order(
+            name, lambda n: (r for r in names_in(self.flows[n].value) if r in self.flows), self.done,
+            lambda n: _named(self.ex(self.flows[n].value, f"{self.spec.name}.{n}"), n),
+            lambda n: BackendError(f"flow `{n}` of level `{self.spec.name}` depends on itself"))
 
     def learn(self, memory: str):
         if memory in self.learned:

@@ -30,7 +30,7 @@ from torch import nn
 
 from .. import ast
 from ..spec import FlowSpec, OptimizerSpec
-from .fx import BackendError, Exprs, names_in
+from .fx import BackendError, Exprs, in_order, names_in
 
 UPDATE_OPS = {"-=": operator.sub, "+=": operator.add, "*=": operator.mul}
 
@@ -90,26 +90,19 @@ class _OptimizerBuild:
         return next((key for key in ((level, name), (None, name)) if key in self.flow_specs), None)
 
     def flow(self, key: tuple[str | None, str]):
-        """A flow's node, written once, after the flows it reads (in the order they are
-        written in it; not those of a `select` branch not taken). Built from an
-        explicit stack: a chain of flows each reading the next must not recurse as
-        deep as it is long."""
-        todo = [key]
-        while todo:
-            top = todo[-1]
-            reads = (self._visible(n, top[0]) for n in names_in(self.flow_specs[top].value, self._taken))
-            waiting = next((k for k in reads if k is not None and k not in self.flows), None)
-            if waiting is None:
-                todo.pop()
-                if top not in self.flows:
-                    owner = ".".join(p for p in (self.spec.name, top[0], top[1]) if p)
-                    with self._items(top[0]):
-                        self.flows[top] = self._name(self.ex(self.flow_specs[top].value, owner), top[1])
-            elif waiting in todo:
-                raise BackendError(f"flow `{waiting[1]}` of optimizer `{self.spec.name}` depends on itself")
-            else:
-                todo.append(waiting)
-        return self.flows[key]
+        """A flow's node, written once, after the flows it reads (not those of a `select`
+        branch not taken)."""
+        def reads(k):
+            return (r for r in (self._visible(n, k[0]) for n in names_in(self.flow_specs[k].value, self._taken))
+                    if r is not None)
+
+        def build(k):
+            owner = ".".join(p for p in (self.spec.name, k[0], k[1]) if p)
+            with self._items(k[0]):
+                return self._name(self.ex(self.flow_specs[k].value, owner), k[1])
+
+        return in_order(key, reads, self.flows, build,
+                        lambda k: BackendError(f"flow `{k[1]}` of optimizer `{self.spec.name}` depends on itself"))
 
     def _taken(self, call: ast.Call):
         """The arguments of a call that are written: of `select`, the branch its constant condition picks."""
