@@ -3,11 +3,12 @@ at its shipped settings and at dim 64 and 96 (context 128, batch 8), seeds 0, 1 
 trained on Python's help text for --steps steps with `nldsl train`'s loop. A run that
 stops with NaN or Inf is recorded with the message that names its cause.
 
-Every run is its own run folder under --out and checkpoints every 100 steps, so an
-interrupted sweep continues where it stopped when started again (finished runs are
-read from results.json, unfinished ones resume from their checkpoint).
+Results go to --results (kept in the repository: docs/benchmarks.md reads from it);
+finished runs are not run again. Every run is its own run folder under --out and
+checkpoints every 100 steps, so an interrupted run resumes from its checkpoint. --jobs
+runs that many runs at once, one thread each.
 
-    .venv/bin/python benchmarks/stability.py                      # the whole sweep: hours
+    .venv/bin/python benchmarks/stability.py --jobs 2             # the whole sweep: hours
     .venv/bin/python benchmarks/stability.py --only titans --steps 200
 """
 from __future__ import annotations
@@ -16,7 +17,11 @@ import argparse
 import contextlib
 import io
 import json
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
+
+import torch
 
 import nldsl
 from nldsl.compiler.driver import check
@@ -53,15 +58,49 @@ def run(file: Path, name: str, size: str, seed: int, steps: int, out: Path) -> d
     folder = out / f"{name}-{size.replace(' ', '')}-seed{seed}"
     spec = alone(file, name, out / "specs")
     log = io.StringIO()
+    start = time.perf_counter()
     try:
         with contextlib.redirect_stdout(log):
             history = train(spec, steps=steps, out_dir=folder, resume=(folder / CHECKPOINT).exists(),
                             overrides=dict(SIZES[size]) or None, seed=seed, eval_every=0, ckpt_every=100,
                             sample=0, quiet=True)
         first, last = history.heldout[0], history.heldout[steps]
-        return {"steps": steps, "diverged": None, "heldout_start": first, "heldout_end": last}
+        return {"steps": steps, "diverged": None, "heldout_start": first, "heldout_end": last,
+                "seconds": round(time.perf_counter() - start)}
     except TrainError as e:
         return {"steps": steps, "diverged": str(e)}
+
+
+def one_thread() -> None:
+    torch.set_num_threads(1)
+    nldsl.flush_subnormals()
+
+
+def show(key: str, r: dict) -> None:
+    what = (f"diverged: {r['diverged']}" if r["diverged"] else
+            f"held-out {r['heldout_start']:.3f} -> {r['heldout_end']:.3f} nats")
+    print(f"{key:40s} {r['steps']:>5} steps  {what}", flush=True)
+
+
+def report(results: dict, sizes: list[str], seeds: list[int]) -> str:
+    """The markdown table of docs/benchmarks.md: one row per model and size, held-out
+    loss at the first and last step per seed, or the step it diverged at."""
+    def cell(r: dict | None) -> str:
+        if r is None:
+            return "not run"
+        if r["diverged"]:
+            step = r["diverged"].split("step ")[1].split(":")[0] if "step " in r["diverged"] else "?"
+            return f"**diverged at step {step}**"
+        return f"{r['heldout_start']:.3f} → {r['heldout_end']:.3f}"
+    names = dict.fromkeys(key.split(" | ")[0] for key in results)
+    lines = ["| model | size | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+             "|---|---|" + "---|" * len(seeds)]
+    for name in names:
+        for size in sizes:
+            row = [results.get(f"{name} | {size} | seed {s}") for s in seeds]
+            if any(row):
+                lines.append(f"| {name} | {size} | " + " | ".join(cell(r) for r in row) + " |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -69,27 +108,38 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--sizes", default=",".join(SIZES), help=f"of {', '.join(SIZES)}")
-    ap.add_argument("--only", nargs="*", help="model names (default: every model example)")
-    ap.add_argument("--out", type=Path, default=ROOT / "out" / "stability")
+    ap.add_argument("--only", nargs="*", help="model names, run in this order (default: every model example)")
+    ap.add_argument("--jobs", type=int, default=1, help="runs at once, one thread each")
+    ap.add_argument("--out", type=Path, default=ROOT / "out" / "stability", help="run folders")
+    ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "stability.json")
+    ap.add_argument("--report", action="store_true", help="print the table of --results and stop")
     args = ap.parse_args()
-    nldsl.flush_subnormals()
-    results_path = args.out / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    (args.out / "specs").mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in args.seeds.split(",")]
-    for file, name in models():
-        if args.only and name not in args.only:
-            continue
-        for size in args.sizes.split(","):
-            for seed in seeds:
-                key = f"{name} | {size} | seed {seed}"
-                if results.get(key, {}).get("steps") != args.steps:
-                    results[key] = run(file, name, size, seed, args.steps, args.out)
-                    atomic_write(results_path, json.dumps(results, indent=1).encode())
-                r = results[key]
-                what = (f"diverged: {r['diverged']}" if r["diverged"] else
-                        f"held-out {r['heldout_start']:.3f} -> {r['heldout_end']:.3f} nats")
-                print(f"{key:40s} {r['steps']:>5} steps  {what}", flush=True)
+    if args.report:
+        results = json.loads(args.results.read_text()) if args.results.exists() else {}
+        print(report(results, args.sizes.split(","), seeds))
+        return
+    results = json.loads(args.results.read_text()) if args.results.exists() else {}
+    (args.out / "specs").mkdir(parents=True, exist_ok=True)
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    found = dict((name, file) for file, name in models())
+    unknown = [n for n in args.only or [] if n not in found]
+    if unknown:
+        ap.error(f"no model example named {', '.join(unknown)} (there are {', '.join(found)})")
+    todo = [(f"{name} | {size} | seed {seed}", (found[name], name, size, seed, args.steps, args.out))
+            for name in args.only or found for size in args.sizes.split(",")
+            for seed in seeds]
+    for key, _ in todo:
+        if results.get(key, {}).get("steps") == args.steps:
+            show(key, results[key])
+    with ProcessPoolExecutor(args.jobs, initializer=one_thread) as pool:
+        running = {pool.submit(run, *job): key for key, job in todo
+                   if results.get(key, {}).get("steps") != args.steps}
+        for done in as_completed(running):
+            key = running[done]
+            results[key] = done.result()
+            atomic_write(args.results, json.dumps(dict(sorted(results.items())), indent=1).encode())
+            show(key, results[key])
 
 
 if __name__ == "__main__":

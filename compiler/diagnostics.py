@@ -55,6 +55,9 @@ class NLError(Exception):
         self.sources = sources
         super().__init__(render(diagnostics, sources))
 
+    def __reduce__(self):  # crosses process boundaries (a pool of runs) whole
+        return type(self), (self.diagnostics, self.sources)
+
 
 @dataclass
 class Report:

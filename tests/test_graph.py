@@ -69,7 +69,7 @@ def test_clusters_nest_slowest_outermost_inside_the_optimizer():
 
 def test_level_labels_carry_period_objective_rule_and_parameters():
     dot = hope_dot()
-    assert 'label="titans  × 2\\nevery 16 tokens\\nl2 · gd, per token\\n101,888 params"' in dot
+    assert 'label="titans  × 2\\nevery 16 tokens\\nl2 · gd, per token\\n101,896 params"' in dot
     assert 'label="k\\nmlp(128, hidden 128, residual) ×4 heads\\nl2 · gd, per token"' in dot
     assert "cms1  × 2\\nevery 64 tokens\\ntask · gd" in dot
 

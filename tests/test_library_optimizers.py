@@ -111,7 +111,7 @@ def test_trains_a_small_nl_model(name):
 def test_m3_trains_hope_where_the_printed_algorithm_breaks_it():
     """HOPE (dim 16) with optim/m3.nl takes steps of the order of lr and its loss goes
     down; with the printed algorithm (m3_literal) its first step moves weights by
-    about 5e4·lr and the second step's forward pass is not finite."""
+    about 7e5·lr and by the fifth step HOPE's inner state is not finite."""
     def hope(optimizer):
         text, n = re.subn(r"(?m)^  optimizer .*$", f"  optimizer {optimizer}", (ROOT / "examples" / "hope.nl").read_text())
         assert n == 1
@@ -127,4 +127,4 @@ def test_m3_trains_hope_where_the_printed_algorithm_breaks_it():
     check_first_step("m3", opt.parts[0][0].spec.hparams["lr"], moved, grad)
     model, opt = hope("m3_literal")
     with pytest.raises(NonFiniteError):
-        train(model, opt, lambda: model.loss(tokens), 2)
+        train(model, opt, lambda: model.loss(tokens), 6)

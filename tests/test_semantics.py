@@ -278,7 +278,8 @@ def test_decay_first_takes_the_gradient_at_the_decayed_state(within):
 def test_self_modifying_titans_equals_a_loop_over_periods():
     """HOPE's titans level (design §7), written from its equations: per period, every
     memory is read at S_j; q, k, v pass a causal width-4 conv over the whole stream;
-    each memory steps at every token by the NL paper's Eq. 90 (`per_token`),
+    keys, queries and values of unit length per head; each memory steps at every
+    token by the NL paper's Eq. 90 (`per_token`),
     M_t = α_t M_{t-1} − η_t ∇ℓ_t(S_j), per head, the autograd gradient of
     η_t/2 ‖M(k_t) − M(v_t)‖² (target held constant) at S_j."""
     model = nldsl.compile(EXAMPLES / "hope.nl", dim=8, heads=2, depth=1, context=64).double()
@@ -315,9 +316,9 @@ def test_self_modifying_titans_equals_a_loop_over_periods():
             n = len(span)
             q = unit(causal_conv(q_all[b, :span.stop], lv.q.conv)[-n:])
             key = unit(causal_conv(torch.cat(kx), lv.key_.conv)[-n:])
-            val = causal_conv(torch.cat(vx), lv.val.conv)[-n:]
-            lr = 0.02 * F.softplus(mem(th["eta"], xs, False)[..., 0])  # [n, h]
-            keep = torch.sigmoid(mem(th["alpha"], xs, False)[..., 0])
+            val = unit(causal_conv(torch.cat(vx), lv.val.conv)[-n:])
+            lr = 0.02 * torch.sigmoid(mem(th["eta"], xs, False)[..., 0])  # [n, h]
+            keep = torch.sigmoid(mem(th["alpha"], xs, False)[..., 0] + lv.keep.learned)
             out[b, j:span.stop] = mem(th["mem"], q, True).flatten(-2)
             new = {}
             for name in names:
