@@ -20,7 +20,7 @@ of the repeats, peak memory in a fresh process per configuration (nldsl.bench.pe
    Both are measured.
 2. the delta rule at 2,048 tokens: the `delta` level of examples/gated_deltanet.nl, fused
    (chunk-parallel) against the reference backend's per-token loop; and the recurrence
-   alone, nldsl's chunk-parallel form (nldsl.runtime.chunked.delta_rule) against
+   alone, nldsl's chunk-parallel form (nldsl.runtime.memories.linear.chunk.delta_rule) against
    flash-linear-attention's plain-torch references (naive_chunk_gated_delta_rule,
    naive_recurrent_gated_delta_rule) and its Triton kernel chunk_gated_delta_rule where
    it runs.
@@ -165,7 +165,7 @@ def delta_core(impl: str = "nldsl", batch: int = 4, tokens: int = 2048, heads: i
 def delta_fn(impl: str):
     """(q, k, v, β, log α) [B, T, H, .] -> o [B, T, H, V] for each implementation, q unscaled."""
     if impl == "nldsl":
-        from nldsl.runtime.chunked import delta_rule
+        from nldsl.runtime.memories.linear.chunk import delta_rule
 
         def run(q, k, v, beta, log_alpha):
             B, _, H, K = k.shape

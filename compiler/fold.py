@@ -45,29 +45,29 @@ def _pow(a, b):
 
 BINARY = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv, "**": _pow}
 
-# The functions a constant may call, with their number of arguments. Their values on
+# The functions a constant may call (their arity is in nldsl/vocab.py). Their values on
 # numbers agree with nldsl.runtime.ops on tensors.
 FUNCS = {
-    "silu": (lambda x: x * _sigmoid(x), 1),
-    "gelu": (lambda x: 0.5 * x * (1 + math.erf(x / math.sqrt(2))), 1),
-    "relu": (lambda x: max(x, 0.0), 1),
-    "tanh": (math.tanh, 1),
-    "sigmoid": (_sigmoid, 1),
-    "softplus": (lambda x: max(x, 0.0) + math.log1p(math.exp(-abs(x))), 1),
-    "exp": (math.exp, 1),
-    "sqrt": (math.sqrt, 1),
-    "abs": (abs, 1),
-    "sign": (lambda x: float((x > 0) - (x < 0)), 1),
-    "max": (max, 2),
-    "min": (min, 2),
-    "select": (lambda cond, a, b: a if cond else b, 3),
+    "silu": lambda x: x * _sigmoid(x),
+    "gelu": lambda x: 0.5 * x * (1 + math.erf(x / math.sqrt(2))),
+    "relu": lambda x: max(x, 0.0),
+    "tanh": math.tanh,
+    "sigmoid": _sigmoid,
+    "softplus": lambda x: max(x, 0.0) + math.log1p(math.exp(-abs(x))),
+    "exp": math.exp,
+    "sqrt": math.sqrt,
+    "abs": abs,
+    "sign": lambda x: float((x > 0) - (x < 0)),
+    "max": max,
+    "min": min,
+    "select": lambda cond, a, b: a if cond else b,
 }
 
 
 def apply(op: str, *args):
     """`op` (`+`, `-`, `*`, `/`, `**` or a name of FUNCS) applied to numbers; the
     result is finite and at most MAX_NUMBER in size, or FoldError says why not."""
-    fn = BINARY[op] if op in BINARY else FUNCS[op][0]
+    fn = BINARY[op] if op in BINARY else FUNCS[op]
     try:
         v = fn(*args)
     except ZeroDivisionError:

@@ -82,10 +82,17 @@ class LevelGraph:
         """The derived level hierarchy, slowest first (as nested in the diagram)."""
         out = [f"levels of {self.spec.name}, slowest first:"]
         for i, tier in enumerate(reversed(self.tiers)):
-            names = ", ".join(tier["levels"])
+            names = ", ".join(level_name(n) for n in tier["nodes"])
             params = f"{tier['params']:,} params" if tier.get("params") else ""
             out.append(f"  {'  ' * 0}{len(self.tiers) - i:>2}. {tier['label']:<22} {names}  {params}".rstrip())
         return "\n".join(out)
+
+
+def level_name(node: str) -> str:
+    """A level as `nldsl ir --levels`, `nldsl stats` and the diagram name it: its node id
+    without `level:` (`titans`; `adamw/moments` for an optimizer's level, which two
+    optimizers may both call `moments`), and `W` for the outer parameters."""
+    return "W" if node == "weights" else node.split(":", 1)[1]
 
 
 def _fmt(v) -> str:

@@ -7,6 +7,11 @@ library shipped with nldsl (the `examples/` folder, e.g. `import "optim/adam.nl"
 An import never reads a file whose name does not end in `.nl`, nor leaves those
 folders by `..`, an absolute path or a symbolic link: a spec cannot make the checker
 read, or quote in a diagnostic, any other file.
+
+The loader also reads the library optimizers that the root file's models use by name
+alone (`optimizer adam(...)` finds the library's `optim/adam.nl`, docs/language.md
+§12): a name that is an identifier, under the library's own `optim/`
+folder. All reading happens here; the checker only reads the `Program`.
 """
 from __future__ import annotations
 
@@ -31,6 +36,10 @@ class Program:
     root: str
     modules: dict[str, ast.Module] = field(default_factory=dict)  # imports before importers
     imports: dict[str, list[str]] = field(default_factory=dict)  # file -> files it imports
+    # optimizers the root file's models use by name alone, from the library: name -> (definition, file)
+    library: dict[str, tuple[ast.OptimizerDef, str]] = field(default_factory=dict)
+    # the optimizers the library offers by name, listed when a use names one it does not have
+    library_names: tuple[str, ...] = ()
 
 
 # ------------------------------------------------------------------ reading
@@ -90,6 +99,8 @@ def load(source: str | Path, report: Report, text: str | None = None) -> Program
         key, folder, quote = root, _cwd(), True
     program = Program(root)
     _load(root, key, text, _Place(folder, folder), program, report, stack=[], quote=quote)
+    if not report.errors:
+        _load_library_optimizers(program, report)
     return program if not report.errors else None
 
 
@@ -120,6 +131,53 @@ def _load(file: str, key: str, text: str, place: _Place, program: Program, repor
                 _load(child, child, child_text, child_place, program, report, stack)
     stack.pop()
     program.modules[file] = module
+
+
+def library_optimizers() -> tuple[str, ...]:
+    """The names of the optimizers the library offers without an import."""
+    return tuple(p.stem for p in (library_root() / "optim").glob("*.nl"))
+
+
+def _load_library_optimizers(program: Program, report: Report) -> None:
+    """Load the library optimizers that the root file's models name in `optimizer NAME(...)`
+    lines and that neither the root file nor a file it imports directly defines."""
+    root = program.modules.get(program.root)
+    if root is None:
+        return
+    defined = {item.name for f in program.imports.get(program.root, []) + [program.root] if f in program.modules
+               for item in program.modules[f].items if isinstance(item, ast.OptimizerDef)}
+    tried: set[str] = set()
+    for model in (i for i in root.items if isinstance(i, ast.Model)):
+        for use in (s for s in model.body if isinstance(s, ast.OptimizerUse)):
+            name, _ = ast.head(use.value)
+            if name is None or name in defined or name in tried:
+                continue
+            tried.add(name)
+            found = _library_optimizer(name, program, report)
+            if found is not None:
+                program.library[name] = found
+            elif not program.library_names:
+                program.library_names = library_optimizers()
+
+
+def _library_optimizer(name: str, program: Program, report: Report) -> tuple[ast.OptimizerDef, str] | None:
+    """`optimizer NAME` in the library's `optim/NAME.nl`: its definition and file, or None."""
+    path = library_root() / "optim" / f"{name}.nl"
+    try:
+        found = name.isidentifier() and path.is_file()
+    except OSError:  # e.g. a name too long for the file system
+        found = False
+    if not found:
+        return None
+    key = str(path.resolve())
+    module = program.modules.get(key)  # already loaded when a file imports it
+    if module is None:
+        text = read_source(path, report)
+        module = parse(text, key, report) if text is not None else None
+    if module is None:
+        return None
+    item = next((i for i in module.items if isinstance(i, ast.OptimizerDef) and i.name == name), None)
+    return (item, key) if item else None
 
 
 def _resolve(item: ast.Import, place: _Place, report: Report) -> tuple[Path, _Place] | None:

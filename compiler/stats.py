@@ -1,7 +1,7 @@
 """`nldsl stats`: what a spec costs before it runs."""
 from __future__ import annotations
 
-from .ir import LevelGraph
+from .ir import LevelGraph, level_name
 
 
 def _n(x: float) -> str:
@@ -16,7 +16,7 @@ def level_rows(ir: LevelGraph) -> list[dict]:
     rows = []
     for n, d in g.nodes(data=True):
         if d["kind"] == "level":
-            rows.append({"level": n.split(":", 1)[1], "period": d["period"], "scope": d["scope"],
+            rows.append({"level": level_name(n), "period": d["period"], "scope": d["scope"],
                          "copies": d["copies"], "params": d["params"], "state": d["state"], "flops": d["flops"]})
     order = {t: i for i, tier in enumerate(ir.tiers) for t in tier["nodes"]}
     return sorted(rows, key=lambda r: (order.get(f"level:{r['level']}", 99), r["level"]))
@@ -39,20 +39,25 @@ def _numel(shape) -> int:
     return n
 
 
+def group_shapes(ir: LevelGraph, selector: str) -> list[tuple[int, ...]]:
+    """The outer parameters an `optimizer ... for SELECTOR` line trains: `matrices` have
+    two or more dimensions, `vectors` fewer, `rest` are those no other line names."""
+    shapes = outer_params(ir)
+    groups = {"matrices": [s for s in shapes if len(s) >= 2], "vectors": [s for s in shapes if len(s) < 2]}
+    if selector == "all":
+        return shapes
+    if selector == "rest":
+        named = {u.selector for u in ir.spec.optimizers}
+        return [s for k, g in groups.items() if k not in named for s in g]
+    return groups[selector]
+
+
 def optimizer_state(ir: LevelGraph) -> int:
     """Numbers the optimizers hold: an elementwise memory per coordinate of each
     parameter in its group, a coordinate-wise memory's own state per parameter."""
-    shapes = outer_params(ir)
-    groups = {"matrices": [s for s in shapes if len(s) >= 2], "vectors": [s for s in shapes if len(s) < 2]}
-    named = {u.selector for u in ir.spec.optimizers}
     total = 0
     for use in ir.spec.optimizers:
-        if use.selector == "all":
-            group = shapes
-        elif use.selector == "rest":
-            group = [s for k, g in groups.items() if k not in named for s in g]
-        else:
-            group = groups[use.selector]
+        group = group_shapes(ir, use.selector)
         for lv in use.optimizer.levels:
             for m in lv.memories:
                 per = sum(_numel(s) for s in group) if m.kind == "elementwise" else m.state_numel * len(group)

@@ -31,6 +31,7 @@ def compile(source: str | Path, /, *, name: str | None = None, inner_clip: float
     TRITON_INTERPRET=1), "torch" never; the results are the same within float32
     rounding."""
     from .compiler.backends.fx import build_model
+    from .compiler.backends.fx_optim import build_optimizers
     from .runtime.kernels import check_mode
 
     check_mode(kernels)
@@ -40,6 +41,7 @@ def compile(source: str | Path, /, *, name: str | None = None, inner_clip: float
                          f"not {inner_clip!r}")
     spec = _model_spec(source, name, overrides)
     model = build_model(spec)
+    model.optimizers = build_optimizers(spec)  # the runtime's outer optimizer builds from these alone
     model.options.update(inner_clip=inner_clip, fused=fused, kernels=kernels)
     return model
 
@@ -94,9 +96,11 @@ def compile_optimizer(source: str | Path, params, /, *, name: str | None = None,
     `name` picks an optimizer definition (default: the first one defined in the file);
     `hparams` replace its defaults (`lr=3e-4, nesterov=True`). The hyperparameters are
     constants of the compiled step. See docs/optimizers.md."""
+    from .compiler.backends.fx_optim import build_optimizer, describe_optimizer
     from .runtime.optim import SpecOptimizer
 
-    return SpecOptimizer(params, _optimizer_spec(source, name, hparams))
+    spec = _optimizer_spec(source, name, hparams)
+    return SpecOptimizer(params, describe_optimizer(spec), build_optimizer(spec))
 
 
 def flush_subnormals(on: bool = True) -> bool:

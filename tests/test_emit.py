@@ -7,6 +7,8 @@ import importlib.util
 import math
 import operator
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -203,6 +205,94 @@ def test_emitted_model_trains(tmp_path):
     loss = model.loss(tokens)
     loss.backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+# Loads an emitted file where the compiler cannot be imported, trains it a few steps with
+# its own optimizer (`configure_optimizer`), and saves the weights.
+STANDALONE = """
+import importlib.abc
+import importlib.util
+import sys
+
+
+class NoCompiler(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "nldsl.compiler" or name.startswith("nldsl.compiler."):
+            raise ModuleNotFoundError(f"{name} is refused: the emitted file must not need it")
+        return None
+
+
+sys.meta_path.insert(0, NoCompiler())
+try:
+    import nldsl.compiler
+except ModuleNotFoundError:
+    pass
+else:
+    raise AssertionError("the compiler was importable")
+
+import torch
+
+emitted, weights, batches, out = sys.argv[1:]
+torch.set_num_threads(1)
+spec = importlib.util.spec_from_file_location("emitted", emitted)
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+model = module.build()
+model.load_state_dict(torch.load(weights))
+opt = model.configure_optimizer()
+for tokens in torch.load(batches):
+    opt.zero_grad()
+    model.loss(tokens).backward()
+    opt.step()
+assert not [name for name in sys.modules if name.startswith("nldsl.compiler")]
+torch.save(model.state_dict(), out)
+"""
+
+# two optimizers with memories of their own: elementwise moments and a slow level every
+# 2 steps (m3), a coordinate-wise mlp memory drawn from the optimizer's seed (dmgd); the
+# level `slow` is cross-sequence, stepped every 3 calls (test_optim.py)
+TWO_OPTIMIZERS = """model tiny {
+  vocab 16
+  dim 8
+  context 4
+  batch 2
+  level slow every 24 tokens { memory ffn : mlp(dim, hidden: 8) }
+  block { x = x + slow(rmsnorm(x)) }
+  objective next_token
+  optimizer m3(lr: 1e-2, slow_every: 2) for matrices
+  optimizer dmgd(lr: 1e-2) for rest
+}
+"""
+
+
+@pytest.mark.parametrize("source,sizes,length", [
+    (EXAMPLES / "hope.nl", dict(dim=16, heads=2, context=64, depth=1), 65),
+    (TWO_OPTIMIZERS, {}, 5),
+], ids=["hope", "m3-dmgd"])
+def test_emitted_model_steps_its_optimizer_without_the_compiler(source, sizes, length, tmp_path, one_thread):
+    """The emitted file carries its optimizers' steps (`OPTIMIZERS`): built where the
+    compiler cannot be imported, it trains as the compiled model does, step for step."""
+    torch.manual_seed(0)
+    model = nldsl.compile(source, **sizes)
+    (tmp_path / "emitted.py").write_text(emit(model))
+    torch.save(model.state_dict(), tmp_path / "weights.pt")
+    gen = torch.Generator().manual_seed(0)
+    batches = [torch.randint(0, int(model.settings["vocab"]), (2, length), generator=gen) for _ in range(3)]
+    torch.save(batches, tmp_path / "batches.pt")
+    run = subprocess.run([sys.executable, "-c", STANDALONE] + [str(tmp_path / f) for f in
+                         ("emitted.py", "weights.pt", "batches.pt", "trained.pt")],
+                         cwd=tmp_path, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    opt = model.configure_optimizer()
+    for tokens in batches:
+        opt.zero_grad()
+        model.loss(tokens).backward()
+        opt.step()
+    trained, initial = torch.load(tmp_path / "trained.pt"), torch.load(tmp_path / "weights.pt")
+    assert list(trained) == list(model.state_dict())
+    assert any(not torch.equal(trained[name], initial[name]) for name in initial)  # the steps moved it
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(trained[name], value, rtol=0, atol=0, msg=name)
 
 
 def test_emitted_model_takes_the_runtime_options(tmp_path):

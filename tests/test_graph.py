@@ -17,6 +17,7 @@ from nldsl import cli
 from nldsl.compiler import passes
 from nldsl.compiler.backends import graphviz
 from nldsl.compiler.driver import check
+from nldsl.compiler.stats import level_rows
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "golden" / "hope.dot"
@@ -45,26 +46,125 @@ def test_same_input_gives_byte_identical_dot_across_processes():
     assert len(outs) == 1 and outs.pop() == hope_dot()
 
 
-def test_clusters_nest_slowest_outermost_inside_the_optimizer():
-    """Walk the DOT's cluster nesting and read each cluster's label."""
-    depth, chain, fresh = 0, [], False
-    for line in hope_dot().splitlines():
-        if re.match(r'\s*subgraph "cluster_', line):
-            depth, fresh = depth + 1, True
-        elif fresh and (m := re.match(r'\s*label="([^"]*)"', line)):
-            chain.append((depth, m.group(1).split("\\n")[0]))
-            fresh = False
+def clusters(dot: str) -> dict[str, dict]:
+    """Each cluster of DOT text: its parent cluster, the first line of its label, its
+    fill, and the nodes written directly inside it."""
+    found, stack = {}, [None]
+    for line in dot.splitlines():
+        if m := re.match(r'\s*subgraph "cluster_(.*)" \{', line):
+            found[m.group(1)] = {"parent": stack[-1], "label": None, "fill": None, "nodes": []}
+            stack.append(m.group(1))
         elif line.strip() == "}":
-            depth -= 1
+            stack.pop()
+        elif stack[-1] and (m := re.match(r'\s*label="([^"]*)"', line)):
+            found[stack[-1]]["label"] = m.group(1).split("\\n")[0]
+            fill = re.search(r'fillcolor="([^"]*)"', line)
+            found[stack[-1]]["fill"] = fill.group(1) if fill else None
+        elif stack[-1] and (m := re.match(r'\s*"([^"]*)" \[label=', line)):
+            found[stack[-1]]["nodes"].append(m.group(1))
+    return found
+
+
+def ancestors(found: dict, cid: str) -> list[str]:
+    chain = []
+    while (cid := found[cid]["parent"]) is not None:
+        chain.append(cid)
+    return chain
+
+
+def test_clusters_nest_slowest_outermost_inside_the_optimizer():
+    found = clusters(hope_dot())
     depth_of = {}
-    for depth, label in chain:
-        depth_of.setdefault(label, depth)
+    for cid, c in found.items():
+        depth_of.setdefault(c["label"], len(ancestors(found, cid)))
     order = ["optimizer adamw", "every 16M tokens", "every 1M tokens", "every 1 step", "every 64 tokens",
              "every 16 tokens"]
     depths = [depth_of[label] for label in order]
     assert depths == sorted(depths) and len(set(depths)) == len(depths)
-    for level in ("titans  × 2", "cms1  × 2", "cms2  × 2", "cms3  × 2", "moments"):
+    for level in ("titans  × 2", "cms1  × 2", "cms2  × 2", "cms3  × 2", "adamw/moments"):
         assert level in depth_of
+
+
+TWO_GROUPS = """
+model two_groups {
+  vocab 256
+  dim 64
+  level ffn outer { memory f : mlp(dim) }
+  block { x = x + learned(1) * ffn(rmsnorm(x)) }
+  objective next_token
+  optimizer muon(lr: 2e-2) for matrices
+  optimizer adamw(lr: 3e-4, weight_decay: 0) for rest
+}
+"""
+
+
+def two_groups_dot() -> str:
+    return graphviz.to_dot(passes.run(check(TWO_GROUPS).models[0]))
+
+
+def test_every_parameter_groups_optimizer_is_drawn_around_its_levels_and_its_part_of_w():
+    dot = two_groups_dot()
+    found = clusters(dot)
+    boxes = {c["label"]: cid for cid, c in found.items() if c["label"].startswith("optimizer ")}
+    assert set(boxes) == {"optimizer muon (for matrices)", "optimizer adamw (for rest)"}
+    for label, level, memories, part in (("optimizer muon (for matrices)", "muon/buffer", ["b"], "W: matrices"),
+                                         ("optimizer adamw (for rest)", "adamw/moments", ["m", "s"], "W: rest")):
+        box = boxes[label]
+        (lid,) = [cid for cid, c in found.items() if c["label"] == level]
+        assert box in ancestors(found, lid)
+        (w,) = [n for n in found[box]["nodes"] if n.startswith("weights")]
+        assert f'"{w}" [label="{part}\\n' in dot
+        for m in memories:  # each optimizer updates its own part of W
+            assert f'"memory:{level}.{m}" -> "{w}" [label="update"]' in dot
+    # the parts add up to all of W: matrices 64·64·2 (ffn) + 256·64·2 (embedding, head); the rest
+    # the final norm and the block's norm, 64 each, and the learned scalar
+    assert "W: matrices\\n40,960 params" in dot and "W: rest\\n129 params" in dot
+    assert "optimizer:muon" not in found and "optimizer:adamw" not in found  # neither is drawn around the other
+
+
+@pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz's `dot` is not installed here")
+def test_both_optimizers_reach_the_rendered_picture(tmp_path):
+    """An empty cluster is dropped by `dot`: the picture must still name both optimizers."""
+    spec = tmp_path / "two.nl"
+    spec.write_text(TWO_GROUPS)
+    assert cli.main(["graph", str(spec), "-o", str(tmp_path / "two.svg")]) == 0
+    svg = (tmp_path / "two.svg").read_text()
+    assert "optimizer muon (for matrices)" in svg and "optimizer adamw (for rest)" in svg
+
+
+def test_levels_are_named_alike_by_ir_stats_and_the_diagram():
+    for spec in (check(ROOT / "examples" / "hope.nl").models[0], check(TWO_GROUPS).models[0]):
+        ir = passes.run(spec)
+        listed = set()
+        for line in ir.describe_levels().splitlines()[1:]:
+            listed |= set(re.match(r"\s*\d+\. every \S+ \S+\s+(.*?)(  [\d,]+ params)?$", line).group(1).split(", "))
+        drawn = {c["label"].split("  ×")[0] for cid, c in clusters(graphviz.to_dot(ir)).items()
+                 if cid.startswith("level:")}
+        assert listed - {"W"} == drawn == {r["level"] for r in level_rows(ir)}
+        assert any("/" in name for name in drawn)  # an optimizer's levels carry its name
+
+
+def test_grey_means_frozen_and_nothing_else():
+    deep = check(ROOT / "examples" / "hope.nl").models[0]
+    frozen = check("""
+model with_table {
+  vocab 256
+  dim 64
+  level table frozen { memory f : linear(dim, init: identity) }
+  level fast every 4 tokens { memory f : mlp(dim); learn f : task by gd(lr: 1e-2) }
+  block { x = x + table(rmsnorm(x)); x = x + fast(rmsnorm(x)) }
+  objective next_token
+  optimizer adamw(lr: 3e-4)
+}
+""").models[0]
+    fills = {}
+    for spec in (deep, frozen, check(TWO_GROUPS).models[0]):
+        for cid, c in clusters(graphviz.to_dot(passes.run(spec))).items():
+            if cid.startswith("tier:"):
+                fills.setdefault(c["fill"], set()).add(c["label"])
+    assert fills.pop(graphviz.FROZEN) == {"frozen"}
+    assert graphviz.FROZEN not in graphviz.PALETTE
+    assert set(fills) <= set(graphviz.PALETTE) and len(fills) >= 5  # hope's tiers keep distinct colours
 
 
 def test_level_labels_carry_period_objective_rule_and_parameters():

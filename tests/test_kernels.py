@@ -4,7 +4,7 @@ runs every program one op at a time.
 
 Tolerance: everything is float32. A read or a gradient is a sum of a few hundred
 products, each rounded to ~6e-8 relative, and the kernels sum in another order
-than the references: against a float64 run all three (kernel, chunked.delta_rule,
+than the references: against a float64 run all three (kernel, chunk.delta_rule,
 loop) are within ~1e-6 of the tensor's largest entry. Log decays at the −60 floor
 inside a 64-token tile cost more, ~2e-5: a tile's log-decay sums reach a few
 hundred, which float32 holds to ~2e-5. We allow 1e-4 of the largest entry (or of
@@ -23,7 +23,7 @@ pytest.importorskip("triton")
 
 import nldsl  # noqa: E402
 from nldsl.runtime import kernels  # noqa: E402
-from nldsl.runtime.chunked import delta_rule  # noqa: E402
+from nldsl.runtime.memories.linear.chunk import delta_rule  # noqa: E402
 from nldsl.runtime.kernels import gated_delta_rule, mlp_period_update, mlp_period_update_reference  # noqa: E402
 
 TOL = 1e-4
@@ -84,7 +84,7 @@ NAMES = ("S0", "q", "k", "v", "eta", "log_decay")
                          ids=["decay", "nodecay", "decay_first"])
 @pytest.mark.parametrize("tile,n,i,o", [(16, 40, 16, 32), (32, 40, 32, 16)])
 def test_gated_delta_rule(within, decay, first, tile, n, i, o):
-    """Reads, end state and the gradients of all six inputs, against chunked.delta_rule
+    """Reads, end state and the gradients of all six inputs, against chunk.delta_rule
     and the per-token loop, in both orders of decay and step; n is not a multiple of
     the tile."""
     inputs = delta_inputs(2, n, 2, i, o, decay)
@@ -107,7 +107,7 @@ def test_gated_delta_rule(within, decay, first, tile, n, i, o):
 
 def test_gated_delta_rule_whole_tiles_and_floor():
     """n a multiple of a 64-token tile, and log decays below the floor (−60): the
-    kernel clamps them as chunked.delta_rule does, and their gradients are 0."""
+    kernel clamps them as chunk.delta_rule does, and their gradients are 0."""
     S0, q, k, v, eta, log_decay = delta_inputs(1, 64, 2, 16, 16, decay=True)
     with torch.no_grad():
         log_decay[:, ::16] = -80.0

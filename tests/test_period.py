@@ -1,7 +1,7 @@
-"""The fused path's memory formulas against the reference's: headmajor.py's reads and
-gradients against memory.py's, and period.py's one-node period (read, gradient, rule,
-with its written backward) against memory.py and level.apply_rule under autograd, to
-first and second order."""
+"""The fused path's memory formulas against the reference's: the head-major reads and
+gradients (memories/*/headmajor.py) against naive.py's, and mlp/period.py's one-node
+period (read, gradient, rule, with its written backward) against naive.py and
+level.apply_rule under autograd, to first and second order."""
 from __future__ import annotations
 
 import itertools
@@ -9,10 +9,11 @@ import itertools
 import pytest
 import torch
 
-from nldsl.runtime import headmajor as H
-from nldsl.runtime import memory as M
+from nldsl.runtime import memories as M
 from nldsl.runtime.level import apply_rule
-from nldsl.runtime.period import mlp_period
+from nldsl.runtime.memories.layout import merge_heads
+from nldsl.runtime.memories.mlp import naive as mlp
+from nldsl.runtime.memories.mlp.period import mlp_period
 
 f64 = dict(dtype=torch.float64)
 
@@ -33,8 +34,9 @@ def test_headmajor_reads_and_gradients_equal_memory(kind, objective, act, residu
     theta = {k: torch.randn(B, *s, generator=g, **f64).requires_grad_() for k, s in shapes.items()}
     key, value, e = (torch.randn(B, n, h * d, generator=g, **f64) for _ in range(3))
     rate = torch.rand(B, n, h, generator=g, **f64)
-    torch.testing.assert_close(H.read(kind, theta, e, h, act, residual), M.read(kind, theta, e, h, act, residual))
-    got = H.grads(kind, objective, theta, key, value, rate, h, act, residual)
+    torch.testing.assert_close(M.read(kind, theta, e, h, act, residual, headmajor=True),
+                               M.read(kind, theta, e, h, act, residual))
+    got = M.grads(kind, objective, theta, key, value, rate, h, act, residual, headmajor=True)
     want = M.grads(kind, objective, theta, key, value, rate, h, act, residual)
     assert set(got) == set(want)
     for k in want:
@@ -51,11 +53,11 @@ def test_headmajor_reads_and_gradients_equal_memory(kind, objective, act, residu
 
 
 def _plain(theta, z, k, v, q, w, alpha, beta, act, residual):
-    """One period from memory.py's formulas and apply_rule, token-major."""
+    """One period from naive.py's formulas and apply_rule, token-major."""
     B, h = k.shape[:2]
     tok = lambda t: t.transpose(1, 2)  # noqa: E731  [B, h, n, d] -> [B, n, h, d]
-    y = None if q is None else M.mlp_forward(theta, tok(q), act, residual)[0].transpose(1, 2)
-    acc = M.grads("mlp", "l2", theta, M.merge_heads(tok(k)), M.merge_heads(tok(v)), w.squeeze(-1).transpose(1, 2),
+    y = None if q is None else mlp.forward(theta, tok(q), act, residual)[0].transpose(1, 2)
+    acc = M.grads("mlp", "l2", theta, merge_heads(tok(k)), merge_heads(tok(v)), w.squeeze(-1).transpose(1, 2),
                   h, act, residual)
     S, Z = apply_rule("gd" if z is None else "momentum", theta, z, acc,
                       None if alpha is None else alpha.reshape(B, h), None if beta is None else beta.reshape(B, h))

@@ -16,7 +16,7 @@ from nldsl.compiler import passes
 from nldsl.compiler.stats import totals
 from nldsl.runtime.errors import NonFiniteError
 from nldsl.runtime.level import scan
-from nldsl.runtime.memory import grads, read
+from nldsl.runtime.memories import grads, read
 from nldsl.runtime.model import ModelState
 
 EXAMPLES = Path(__file__).parent.parent / "examples"

@@ -23,12 +23,11 @@ from ...runtime import ops
 from ...runtime.desc import LevelDesc, MemoryDesc
 from ...runtime.level import scan
 from ...runtime.model import Level, Model, init, register
+from ...vocab import FUNCTIONS, RATES
 from .. import ast, fold
 from ..spec import LevelSpec, ModelSpec, OuterParam, unique_name
 
 BINOPS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv, "**": operator.pow}
-ELEMENTWISE = {f: getattr(ops, f) for f in ("silu", "gelu", "relu", "tanh", "sigmoid", "softplus", "exp", "sqrt",
-                                             "abs", "sign")}
 
 
 class BackendError(RuntimeError):
@@ -125,11 +124,10 @@ class Exprs:
         if f == "newton_schulz":
             return self.call(ops.newton_schulz, (args[0], *(int(args[1]) if i == 1 else args[i] for i in range(1, len(args)))),
                              span=span)
-        if f in ("rows", "cols", "max", "min") or f in ELEMENTWISE:
+        if f in FUNCTIONS:  # the rest call their runtime op on their arguments
             if f in fold.FUNCS and all(isinstance(a, (int, float)) for a in args):
                 return fold.apply(f, *args)
-            fn = {"rows": ops.rows, "cols": ops.cols, "max": ops.maximum, "min": ops.minimum}.get(f) or ELEMENTWISE[f]
-            return self.call(fn, args, span=span)
+            return self.call(getattr(ops, FUNCTIONS[f].op), args, span=span)
         raise BackendError(f"unknown function `{f}` ({_where(span)})")
 
     def _maybe(self, e, owner, this, keep: bool):
@@ -258,7 +256,7 @@ class _LevelBuild:
             return
         self.learned.add(memory)
         l, owner = self.spec.learn_of(memory), f"{self.spec.name}.{memory}"
-        rates = {r: self.ex(getattr(l, r), f"{owner}.{r}", memory) for r in ("lr", "decay", "beta")
+        rates = {r: self.ex(getattr(l, r), f"{owner}.{r}", memory) for r in RATES
                  if getattr(l, r) is not None}
         if l.objective == "task":
             self.ex.call("rates", (self.st, memory), rates, name=f"{memory}_rates", span=l.span, method=True)

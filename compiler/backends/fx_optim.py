@@ -22,15 +22,19 @@ What the graph reads, in what order (docs/semantics.md §2, §7):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import operator
 
 import torch
 import torch.fx as fx
 from torch import nn
 
+from ...runtime.desc import OptimizerDesc
+from ...runtime.optim import OptimizerUse
+from ...vocab import RATES
 from .. import ast
-from ..spec import FlowSpec, OptimizerSpec
-from .fx import BackendError, Exprs, in_order, names_in
+from ..spec import FlowSpec, ModelSpec, OptimizerSpec
+from .fx import BackendError, Exprs, describe, in_order, names_in
 
 UPDATE_OPS = {"-=": operator.sub, "+=": operator.add, "*=": operator.mul}
 
@@ -160,7 +164,7 @@ class _OptimizerBuild:
         lv, l = self.learns[memory]
         owner = f"{self.spec.name}.{lv.name}.{memory}"
         with self._items(lv.name):
-            rates = {r: self.ex(getattr(l, r), f"{owner}.{r}", memory) for r in ("lr", "decay", "beta")
+            rates = {r: self.ex(getattr(l, r), f"{owner}.{r}", memory) for r in RATES
                      if getattr(l, r) is not None}
             key = self.ex(l.key, f"{owner}.key", memory) if l.key is not None else None
             value = self.ex(l.value, f"{owner}.value", memory)
@@ -195,4 +199,18 @@ def build_optimizer(spec: OptimizerSpec) -> fx.GraphModule:
     return fx.GraphModule(nn.Module(), graph, class_name=f"{spec.name}_step")
 
 
-__all__ = ["build_optimizer"]
+def describe_optimizer(spec: OptimizerSpec) -> OptimizerDesc:
+    """The runtime's plain description of an optimizer (what emitted source writes out):
+    its hyperparameters, and its levels, whose periods count steps."""
+    levels = tuple(dataclasses.replace(describe(lv), period=int(lv.period.count)) for lv in spec.levels)
+    return OptimizerDesc(name=spec.name, hparams=dict(spec.hparams), levels=levels)
+
+
+def build_optimizers(spec: ModelSpec) -> tuple[OptimizerUse, ...]:
+    """A model's `optimizer` lines, each described and its step compiled: all that the
+    runtime's outer optimizer needs (`Model.optimizers`), so it never needs the compiler."""
+    return tuple(OptimizerUse(u.selector, describe_optimizer(u.optimizer), build_optimizer(u.optimizer))
+                 for u in spec.optimizers)
+
+
+__all__ = ["build_optimizer", "build_optimizers", "describe_optimizer"]

@@ -1,10 +1,12 @@
-"""What the runtime needs to know of a level: plain, literal data.
+"""What the runtime needs to know of a level or an optimizer: plain, literal data.
 
 The backend fills these from the checked spec; emitted source writes them as
 literals, so a standalone model file needs nothing but torch and this runtime."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from ..vocab import DEFAULT_ACTIVATION
 
 
 @dataclass(frozen=True)
@@ -13,7 +15,7 @@ class MemoryDesc:
     kind: str  # linear | mlp | attention
     heads: int = 1
     shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()  # θ's tensors, one copy: (("W2", (h, k, i)), ...)
-    act: str = "silu"
+    act: str = DEFAULT_ACTIVATION
     residual: bool = False
     init: str = "normal"  # zeros | ones | normal | identity
     constant: bool = False  # θ₀ is a buffer (`fixed`, or a frozen level), not an outer parameter
@@ -30,11 +32,20 @@ class MemoryDesc:
 @dataclass(frozen=True)
 class LevelDesc:
     name: str
-    scope: str  # sequence | cross | outer | frozen
-    period: int | None  # tokens, for every level with a period
+    scope: str  # sequence | cross | outer | frozen | optimizer
+    period: int | None  # tokens, for every level with a period (steps, for an optimizer's)
     memories: tuple[MemoryDesc, ...] = ()
     parallel: bool = False  # no learning memory's read feeds an item: whole periods run in one step call
     tile: int = 64  # the tile of chunk-parallel memories (a schedule choice; results do not depend on it)
     kernel: str | None = None  # the `kernel` hint: auto | torch | triton, in place of the compile option
     group: bool = True  # the `group` hint: stack alike memories into one batched call (fused path)
     stacks: tuple[tuple[str, ...], ...] = ()  # alike memories that learn together: held stacked when grouped
+
+
+@dataclass(frozen=True)
+class OptimizerDesc:
+    """An optimizer as its compiled per-parameter step runs: the hyperparameters the step
+    was compiled with, and its levels (periods in steps) with their memories."""
+    name: str
+    hparams: dict[str, float]  # the spec's defaults, replaced where the use site or the caller said
+    levels: tuple[LevelDesc, ...] = ()

@@ -8,18 +8,21 @@ boundaries each memory holds S_j, the state from the start of the period, and th
 running sums its rule needs (with `per_token`, the states S_t and Z_t its tokens'
 steps have made), so a period cut across calls (streaming) gives what one call gives.
 
-This is the reference: one loop iteration per piece, every formula written out.
+This is the reference: one loop iteration per piece, every formula written out
+(memories/*/naive.py). The fused path (runtime/fused.py) is a `LevelState` of its own,
+`FusedLevelState`, which the same scheduler drives.
 """
 from __future__ import annotations
 
 import torch
 
-from . import headmajor, kernels
-from . import memory as M
+from . import memories as M
 from .errors import NonFiniteError
-from .fused import run_span
-from .rates import products
+from .memories.attention.naive import attention
+from .memories.layout import as_rate
+from .memories.linear.naive import implicit_solve, implicit_stats
 from .ops import conv, conv_tail
+from .rates import products
 
 
 def _per_head(r: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -35,10 +38,10 @@ class Fast:
 
     task_rates = (1.0, None, None)  # (lr, decay, beta) of a memory learning on the task, set by its step
 
-    def __init__(self, mem, theta: dict, learns: bool, formulas=M, names: tuple | None = None):
+    def __init__(self, mem, theta: dict, learns: bool, headmajor: bool = False, names: tuple | None = None):
         self.mem = mem
         self.names = names or (mem.name,)  # the memories it holds, stacked along the batch in this order
-        self.formulas = formulas  # memory (the reference) or headmajor (the fused path): read and grads
+        self.headmajor = headmajor  # the layout of its reads and gradients: the fused path's, or the reference's
         self.objective = mem.objective if learns else None
         self.rule = mem.rule if learns else None
         self.within = self.objective in ("l2", "dot") and mem.read == "within"
@@ -57,10 +60,10 @@ class Fast:
     # -- the items of one chunk
     def record(self, key, value, lr, decay=None, beta=None, clip=None):
         s, B, n = self.mem, key.shape[0], key.shape[1]
-        lr = M.as_rate(lr, B, n, s.heads, key)
+        lr = as_rate(lr, B, n, s.heads, key)
         theta = self.theta
         if s.decay_first and decay is not None:  # the gradient at α_t S_{t-1} (a period is one token)
-            alpha = M.as_rate(decay, B, n, s.heads, key).prod(1)
+            alpha = as_rate(decay, B, n, s.heads, key).prod(1)
             theta = {k: v * _per_head(alpha, v) for k, v in theta.items()}
         if s.detach:  # first order: the gradient's point is a constant
             theta = {k: v.detach() for k, v in theta.items()}
@@ -68,10 +71,10 @@ class Fast:
             self.chunk = self._steps(theta, key, value, lr, decay, beta, clip)
             return
         if self.rule == "implicit":
-            terms = M.implicit_stats(key, value, lr, s.heads, per_item=self.within)
+            terms = implicit_stats(key, value, lr, s.heads, per_item=self.within)
         else:
-            terms = self.formulas.grads(s.kind, self.objective, theta, key, value, lr, s.heads, s.act,
-                                        s.residual, per_item=self.within)
+            terms = M.grads(s.kind, self.objective, theta, key, value, lr, s.heads, s.act, s.residual,
+                            per_item=self.within, headmajor=self.headmajor)
         cum = None
         if self.within:  # cumulative sums: item t's state includes items up to t
             cum = {k: v.cumsum(1) for k, v in terms.items()}
@@ -82,7 +85,7 @@ class Fast:
         # chunk's is used, and a product differentiates in far fewer ops than a cumprod
         running = (lambda r: r.cumprod(1)) if self.within else (lambda r: r.prod(1, keepdim=True))
         self.chunk = dict(terms=terms, cum=cum,
-                          **{name: None if r is None else running(M.as_rate(r, B, n, s.heads, key))
+                          **{name: None if r is None else running(as_rate(r, B, n, s.heads, key))
                              for name, r in (("decay", decay), ("beta", beta))})
 
     def _steps(self, theta, key, value, lr, decay, beta, clip) -> dict:
@@ -94,11 +97,11 @@ class Fast:
         with a, b the running products of α and β, D_r[t, i] = Π_{i<l≤t} r_l, W = D_α D_β
         (gd: D_α) and γ = D_α b. Reading before needs only the chunk's last t."""
         s, B, n = self.mem, key.shape[0], key.shape[1]
-        alpha = M.as_rate(1.0 if decay is None else decay, B, n, s.heads, key)
+        alpha = as_rate(1.0 if decay is None else decay, B, n, s.heads, key)
         D_alpha, a = products(alpha), alpha.cumprod(1)
         W, D_beta, b, gamma = D_alpha, None, None, None
         if self.rule == "momentum":
-            beta = M.as_rate(1.0 if beta is None else beta, B, n, s.heads, key)
+            beta = as_rate(1.0 if beta is None else beta, B, n, s.heads, key)
             D_beta, b = products(beta), beta.cumprod(1)
             W = D_alpha @ D_beta
             gamma = (D_alpha @ b.transpose(1, 2).unsqueeze(-1)).squeeze(-1).transpose(1, 2)
@@ -110,8 +113,8 @@ class Fast:
                         for k, v in each.items()}
         else:
             def sums(weights):  # [B, h, ...]: the chunk's last t, the weights folded into the rates
-                return self.formulas.grads(s.kind, self.objective, theta, key, value,
-                                           lr * weights[..., -1, :].transpose(1, 2), s.heads, s.act, s.residual)
+                return M.grads(s.kind, self.objective, theta, key, value, lr * weights[..., -1, :].transpose(1, 2),
+                               s.heads, s.act, s.residual, headmajor=self.headmajor)
             a, b, gamma = (None if r is None else r[:, -1:] for r in (a, b, gamma))
         cum, zcum = sums(W), None if D_beta is None else sums(D_beta)
         terms, zterms = cum, zcum  # the chunk's whole steps
@@ -154,7 +157,7 @@ class Fast:
         # the period's sums up to each item: this chunk's running sums on top of earlier chunks'
         steps = {k: v + (0 if self.acc is None else self.acc[k].unsqueeze(1)) for k, v in c["cum"].items()}
         if self.rule == "implicit":
-            return {"W": M.implicit_solve(self.theta["W"].unsqueeze(1), steps["VK"], steps["KK"])}
+            return {"W": implicit_solve(self.theta["W"].unsqueeze(1), steps["VK"], steps["KK"])}
 
         def decayed(x: dict, factor_cum, factor_acc):
             out = {}
@@ -192,7 +195,7 @@ def apply_rule(rule: str, S: dict, Z: dict | None, acc: dict, decay=None, beta=N
     `acc` holds the sums; α and β are per-head [B, h], or tensors broadcast onto S.
     Returns (S', Z')."""
     if rule == "implicit":
-        return {"W": M.implicit_solve(S["W"], acc["VK"], acc["KK"])}, Z
+        return {"W": implicit_solve(S["W"], acc["VK"], acc["KK"])}, Z
     decayed = {k: v if decay is None else v * _per_head(decay, v) for k, v in S.items()}
     if Z is None:
         return {k: decayed[k] - acc[k] for k in S}, None
@@ -240,8 +243,8 @@ class Cache:
         if self.K is not None:
             K, V, pos = torch.cat([self.K, K], 1), torch.cat([self.V, V], 1), torch.cat([self.pos, pos])
         q_pos = torch.arange(start, start + q.shape[1], device=q.device)
-        return M.attention(q, K, V, q_pos, pos, self.mem.read == "within", self.period, self.mem.window,
-                           self.mem.heads)
+        return attention(q, K, V, q_pos, pos, self.mem.read == "within", self.period, self.mem.window,
+                         self.mem.heads)
 
     def end_chunk(self):
         if self.chunk is None:
@@ -280,7 +283,11 @@ class Carry:
 
 class LevelState(Carry):
     """Everything one copy of a level carries from token to token of a batch of
-    sequences: its position, each memory's fast state, each conv's last inputs."""
+    sequences: its position, each memory's fast state, each conv's last inputs.
+    This one is the reference's: memory by memory, one period at a time."""
+
+    headmajor = False  # the layout of the memories' reads and gradients: token-major
+    fused = False  # whether runs of whole periods go to `run_span` (the fused path's)
 
     def __init__(self, level, batch: int, options: dict, pending: list | None = None):
         super().__init__()
@@ -289,14 +296,7 @@ class LevelState(Carry):
         self.name, self.batch, self.options = level.key, batch, options
         self.pos = 0
         self.period = desc.period if desc.scope == "sequence" else None
-        self.fused = bool(options.get("fused")) and desc.parallel and self.period is not None
-        # alike memories in one batched call (read_many, learn_many): the `group` hint
-        self.grouped = bool(options.get("fused")) and desc.group
-        self.cats: dict[tuple, tuple] = {}  # memories -> (their states, stacked this period), see _stacked
-        # Triton or PyTorch for the memories that have a kernel: the level's hint, else the model's option
-        self.kernel = kernels.check_mode(desc.kernel or options.get("kernels", "auto"))
         self.fast: dict[str, Fast | Cache] = {}
-        formulas = headmajor if options.get("fused") else M
         for m in desc.memories:
             if m.kind == "attention":
                 self.fast[m.name] = Cache(m, self.period or 1)
@@ -304,16 +304,7 @@ class LevelState(Carry):
             theta = M.batched(level.theta0(m.name), batch)
             if m.objective == "task" and self.period:
                 theta = differentiable(theta)
-            self.fast[m.name] = Fast(m, theta, learns=self.period is not None, formulas=formulas)
-        # grouped, the memories of each of the compiler's stacks are one Fast for good: G
-        # memories of B sequences as G·B, updated and checked once (its key joins the names)
-        self.members: dict[str, tuple[str, int]] = {}  # memory -> (its stack's key, its place)
-        for names in desc.stacks if self.grouped and self.period else ():
-            parts = [self.fast.pop(n) for n in names]
-            theta = {k: torch.cat([p.theta[k] for p in parts]) for k in parts[0].theta}
-            key = "+".join(names)
-            self.fast[key] = Fast(parts[0].mem, theta, learns=True, formulas=formulas, names=names)
-            self.members.update({n: (key, i) for i, n in enumerate(names)})
+            self.fast[m.name] = Fast(m, theta, learns=self.period is not None, headmajor=self.headmajor)
 
     def detach(self) -> None:
         """Cut the autograd history (inference): values stay, graphs go."""
@@ -343,7 +334,7 @@ class LevelState(Carry):
         s = f.mem
         within = f.within and not start and f.chunk is not None  # never in a stack: it reads before
         theta = f.state_within() if within else self.theta(memory)
-        return f.formulas.read(s.kind, theta, e, s.heads, s.act, s.residual)
+        return M.read(s.kind, theta, e, s.heads, s.act, s.residual, headmajor=f.headmajor)
 
     def learn(self, memory: str, key, value, lr=1.0, decay=None, beta=None):
         f = self.fast[memory]
@@ -353,61 +344,22 @@ class LevelState(Carry):
             f.record(key, value, lr, decay, beta, clip=self.options.get("inner_clip"))
 
     def read_many(self, memories: tuple, e, start: bool = False):
-        """Alike memories (the compiler's grouping) read on one input. The reference
-        reads them one by one; the fused path stacks their states along the batch
-        (G memories of B sequences as G·B) and reads once."""
-        if not self.grouped:
-            return tuple(self.read(m, e, start) for m in memories)
-        s, G = self._fast(memories[0]).mem, len(memories)
-        y = headmajor.read(s.kind, self._stacked(memories), _each(e, G), s.heads, s.act, s.residual)
-        return y.chunk(G)
+        """Alike memories (the compiler's grouping) read on one input: one by one."""
+        return tuple(self.read(m, e, start) for m in memories)
 
     def learn_many(self, memories: tuple, key, values: tuple, lr=1.0, decay=None, beta=None):
         """Alike memories learning from one key at the same rates, each from its own
-        value: one batched gradient on the fused path, as `read_many`."""
-        if not self.grouped:
-            for m, v in zip(memories, values):
-                self.learn(m, key, v, lr, decay, beta)
-            return
-        G = len(memories)
-        stack = self._fast(memories[0]) if memories[0] in self.members else None
-        if stack is not None and stack.names == memories:  # a stack held for good learns as one memory
-            stack.record(_each(key, G), torch.cat(values), _each(lr, G), _each(decay, G), _each(beta, G),
-                         clip=self.options.get("inner_clip"))
-            return
-
-        def share(x, i: int):  # memory i's part of what the stacked record made
-            if isinstance(x, dict):
-                return {k: share(v, i) for k, v in x.items()}
-            return None if x is None else x.chunk(G)[i]
-
-        group = Fast(self.fast[memories[0]].mem, self._stacked(memories), learns=True, formulas=headmajor)
-        group.record(_each(key, G), torch.cat(values), _each(lr, G), _each(decay, G), _each(beta, G),
-                     clip=self.options.get("inner_clip"))
-        for i, m in enumerate(memories):
-            self.fast[m].chunk = share(group.chunk, i)
+        value: one by one."""
+        for m, v in zip(memories, values):
+            self.learn(m, key, v, lr, decay, beta)
 
     def theta(self, memory: str) -> dict:
-        """A memory's fast state S_j, [B, h, ...] per tensor, wherever it is held."""
-        return self._stacked((memory,)) if memory in self.members else self.fast[memory].theta
+        """A memory's fast state S_j, [B, h, ...] per tensor."""
+        return self.fast[memory].theta
 
-    def _fast(self, memory: str) -> Fast:
-        """The Fast that holds a memory: its own, or its stack."""
-        return self.fast[self.members[memory][0]] if memory in self.members else self.fast[memory]
-
-    def _stacked(self, memories: tuple) -> dict:
-        """The states of alike memories along the batch: rows of a stack held for good
-        (a view, when they lie in order in one), else stacked once per period."""
-        where = [self.members.get(m, (None, 0)) for m in memories]
-        key, first = where[0]
-        if key is not None and all(w == (key, first + i) for i, w in enumerate(where)):
-            B = self.batch
-            return {k: v[first * B:(first + len(memories)) * B] for k, v in self.fast[key].theta.items()}
-        thetas = [self.theta(m) for m in memories]
-        made = self.cats.get(memories)
-        if made is None or any(a is not b for a, b in zip(made[0], thetas)):
-            made = self.cats[memories] = (thetas, {k: torch.cat([t[k] for t in thetas]) for k in thetas[0]})
-        return made[1]
+    def _fast(self, memory: str) -> Fast | Cache:
+        """The state that holds a memory."""
+        return self.fast[memory]
 
     def rates(self, memory: str, lr=1.0, decay=None, beta=None):
         """The rates of a memory that learns on the outer task (applied by the model)."""
@@ -424,26 +376,10 @@ class LevelState(Carry):
                     f.update()
                     self.check(f)
 
-    # -- called by the fused path (runtime/fused.py)
-    def snapshot(self):
-        fast = {k: (f.theta, f.z) for k, f in self.fast.items() if isinstance(f, Fast)}
-        return self.pos, dict(self.tails), fast
-
-    def restore(self, saved) -> None:
-        self.pos, self.tails, fast = saved
-        for k, f in self.fast.items():
-            f.chunk = None
-            if k in fast:
-                f.theta, f.z = fast[k]
-                f.clear()
-
-    def end_span(self, n: int, learned) -> None:
-        """After whole periods: check the states the span moved, then keep its caches."""
-        for name in learned:
-            self.check(self.fast[name], self.pos + n)
-        for f in self.fast.values():
-            f.end_chunk()
-        self.pos += n
+    def run_span(self, level, x: torch.Tensor):
+        """Whole periods in one step call: the fused path's (runtime/fused.py); the
+        reference runs none (None: run them one period at a time)."""
+        return None
 
     def check(self, f: Fast, pos: int | None = None):
         """Stop at a NaN or Inf in a fast state, naming the memory and the sequence. Under
@@ -462,12 +398,6 @@ class LevelState(Carry):
                 self.pending.append((self.name, name, pos, flags))
             elif flags.any():
                 raise NonFiniteError(self.name, name, pos, int(flags.nonzero()[0, 0]))
-
-
-def _each(r, G: int):
-    """A stream or per-item rate [B, n, .] once for each of G stacked memories ([G·B, n, .]);
-    a rate that is not per item as it is."""
-    return r.repeat(G, *[1] * (r.dim() - 1)) if torch.is_tensor(r) and r.dim() == 3 else r
 
 
 def pieces(pos: int, n: int, period: int | None, whole: bool = False):
@@ -494,7 +424,7 @@ def scan(level, x: torch.Tensor, state) -> torch.Tensor:
     ls = state.level(level, x.shape[0])
     outs = []
     for (_, n, whole), xs in cut(x, pieces(ls.pos, x.shape[1], ls.period, ls.fused)):
-        y = run_span(level, xs, ls) if whole else None
+        y = ls.run_span(level, xs) if whole else None
         if y is None:  # the reference: one period at a time
             for (_, m, _), xp in cut(xs, pieces(ls.pos, n, ls.period)):
                 outs.append(level.step(xp, ls))

@@ -23,9 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from . import memory as M
+from . import memories as M
 from .desc import LevelDesc
 from .errors import NonFiniteError
+from .fused import FusedLevelState
 from .level import Carry, LevelState, differentiable, pieces
 
 
@@ -177,7 +178,8 @@ class ModelState(Carry):
             raise ValueError(f"this state holds {self.batch} sequences, the input has {batch}")
         ls = self.levels.get(level.key)
         if ls is None:
-            ls = self.levels[level.key] = LevelState(level, batch, self.options, self.pending)
+            kind = FusedLevelState if self.options.get("fused") else LevelState  # the fused path, or the reference
+            ls = self.levels[level.key] = kind(level, batch, self.options, self.pending)
         return ls
 
 
@@ -189,11 +191,14 @@ class Model(nn.Module):
     segment = None  # the blocks over a run of tokens: set by `attach`, or a method in emitted source
 
     def __init__(self, name: str, settings: dict, spec=None, inner_clip: float | None = None, fused: bool = True,
-                 kernels: str = "auto"):
+                 kernels: str = "auto", optimizers: tuple = ()):
         super().__init__()
         self.name, self.spec = name, spec  # spec: the checked ModelSpec, when compiled in this process
         self.settings = dict(settings)
         self.options = {"inner_clip": inner_clip, "fused": fused, "kernels": kernels}
+        # its `optimizer` lines (optim.OptimizerUse), each with its compiled step: the backend's, or
+        # written out in emitted source
+        self.optimizers = tuple(optimizers)
         self.slots: dict[str, str] = {}  # level name -> attribute holding its copies
 
     def add_level(self, name: str, copies: list) -> None:
@@ -378,7 +383,7 @@ class Model(nn.Module):
     def configure_optimizer(self):
         """The optimizer that training uses (design §1, §11): one optimizer per
         `optimizer ... for GROUP` line of the spec, the parameters of cross-sequence
-        levels stepped every ⌈P / (batch·context)⌉ steps on their averaged gradients.
-        See `nldsl.runtime.optim.outer_optimizer`."""
+        levels stepped every ⌈P / (batch·context)⌉ steps on their averaged gradients,
+        from the model's `optimizers`. See `nldsl.runtime.optim.outer_optimizer`."""
         from .optim import outer_optimizer
         return outer_optimizer(self)

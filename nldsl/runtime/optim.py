@@ -1,9 +1,12 @@
 """Optimizers from specs (design §10, docs/optimizers.md).
 
 `SpecOptimizer` is a `torch.optim.Optimizer` that runs an optimizer spec's compiled
-per-parameter step (a torch.fx GraphModule, `compiler/backends/fx_optim.py`) on
-every parameter that has a gradient. The graph calls back into `ParamStep` (its `st`
-input) to read memories and to record the items they learn from:
+per-parameter step on every parameter that has a gradient. The step and the
+optimizer's description (`desc.OptimizerDesc`) come from the backend
+(`compiler/backends/fx_optim.py`) at compile time: the step is a torch.fx GraphModule,
+or the same code as a function in emitted source, so this module never needs the
+compiler. The step calls back into `ParamStep` (its `st` input) to read memories and
+to record the items they learn from:
 
 - `elementwise` memories hold θ shaped like W. Keyless `dot(v)`: ∇ = −v; keyless
   `l2(v)`: ∇ = θ − v; keyed `l2(k, v)`: ∇ = (θ⊙k − v)⊙k; keyed `dot(k, v)`:
@@ -11,7 +14,7 @@ input) to read memories and to record the items they learn from:
 - `linear` and `mlp` memories (size 1) act on each coordinate: the gradient's
   coordinates are the items of one small memory per parameter (one batch, numel
   items, one head, size 1), with the inner objective summed over the coordinates.
-  Their gradients and reads are `runtime.memory`'s.
+  Their gradients and reads are `runtime.memories`'s.
 - A level `every N steps` sums η∇ (all taken at the state from the start of its
   period) and the product of its decays over the period's N steps, and applies the
   update rule (`runtime.level.apply_rule`) at steps N, 2N, ...; in between, reads
@@ -22,51 +25,64 @@ Every piece of state (the step count, θ, momentum buffers, a period's running s
 is a tensor in `self.state[p]`, so `state_dict()` / `load_state_dict()` round-trip.
 
 `MultiRateOptimizer` is the outer optimizer of a compiled model (design §1, §11):
-one `SpecOptimizer` per `optimizer ... for GROUP` line, and the parameters of
-cross-sequence levels stepped every k = ⌈P / (B·T)⌉ calls with their gradients
-averaged over those calls.
+one `SpecOptimizer` per `optimizer ... for GROUP` line (`OptimizerUse`), and the
+parameters of cross-sequence levels stepped every k = ⌈P / (B·T)⌉ calls with their
+gradients averaged over those calls.
 """
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
+from torch import fx
 
-from . import memory as M
+from . import memories as M
+from .desc import MemoryDesc, OptimizerDesc
 from .level import apply_rule
+from .memories.elementwise import naive as elementwise
+from .memories.layout import as_rate
+from .memories.linear.naive import implicit_stats
+
+
+@dataclass(frozen=True)
+class OptimizerUse:
+    """One `optimizer ... for GROUP` line of a model, as the backend hands it over: the
+    parameters it takes, the optimizer, and its compiled per-parameter step."""
+
+    selector: str  # all | matrices | vectors | rest
+    optimizer: OptimizerDesc
+    step: Callable  # step(g, W, step, st) -> W': a GraphModule, or a function in emitted source
 
 
 @dataclass(frozen=True)
 class _Memory:
-    """One memory of an optimizer: its spec, its learn statement, its period in steps."""
+    """One memory of an optimizer (its learn statement's objective and rule included),
+    and its period in steps."""
 
-    spec: object  # MemorySpec
-    learn: object  # LearnSpec
+    desc: MemoryDesc
     period: int
 
     def parts(self) -> tuple[str, ...]:
         """The tensors of θ: `W` for an elementwise memory (shaped like the parameter)."""
-        return ("W",) if self.spec.kind == "elementwise" else tuple(self.spec.state_shapes())
+        return ("W",) if self.desc.kind == "elementwise" else tuple(name for name, _ in self.desc.shapes)
 
     def sum_parts(self) -> tuple[str, ...]:
         """The running sums of a period: the η-weighted gradient of each part of θ, or the
         two sums the exact proximal step needs."""
-        return ("VK", "KK") if self.learn.rule == "implicit" else self.parts()
+        return ("VK", "KK") if self.desc.rule == "implicit" else self.parts()
 
     def key(self, part: str, what: str = "") -> str:
         """The key in a parameter's state: `m` for an elementwise memory's θ, `m.W1` for
         an mlp's, with `.z` (momentum), `.sum` (a period's running sum) appended."""
-        base = self.spec.name if self.spec.kind == "elementwise" else f"{self.spec.name}.{part}"
+        base = self.desc.name if self.desc.kind == "elementwise" else f"{self.desc.name}.{part}"
         return f"{base}.{what}" if what else base
 
 
-def memories_of(spec) -> dict[str, _Memory]:
-    out = {}
-    for lv in spec.levels:
-        for m in lv.memories:
-            out[m.name] = _Memory(m, lv.learn_of(m.name), int(lv.period.count))
-    return out
+def memories_of(optimizer: OptimizerDesc) -> dict[str, _Memory]:
+    return {m.name: _Memory(m, lv.period) for lv in optimizer.levels for m in lv.memories}
 
 
 def _times(a, b):
@@ -92,11 +108,11 @@ class ParamStep:
         statement (or before it, for `self(...)`), so the state here is the right one."""
         mem = self.memories[name]
         theta = self.theta(mem)
-        if mem.spec.kind == "elementwise":
-            return theta["W"] if e is None else theta["W"] * e
+        if mem.desc.kind == "elementwise":
+            return elementwise.read(theta, e)
         if e is None:
-            raise TypeError(f"memory `{name}` is a {mem.spec.kind} memory: apply it, `{name}(g)`, to read it")
-        s = mem.spec
+            raise TypeError(f"memory `{name}` is a {mem.desc.kind} memory: apply it, `{name}(g)`, to read it")
+        s = mem.desc
         y = M.read(s.kind, M.batched(theta, 1), _items(e), s.heads, s.act, s.residual)
         return y.reshape(e.shape)
 
@@ -105,8 +121,8 @@ class ParamStep:
         the memory's period, apply its update rule."""
         mem = self.memories[name]
         S = self.theta(mem)  # the state from the start of the period
-        if mem.spec.kind == "elementwise":
-            sums = {"W": lr * _elementwise_grad(mem.learn.objective, S["W"], key, value)}
+        if mem.desc.kind == "elementwise":
+            sums = {"W": lr * elementwise.grad(mem.desc.objective, S["W"], key, value)}
         else:
             sums = self._coordinatewise(mem, S, key, value, lr)
             decay, beta = _one(decay, name, "decay"), _one(beta, name, "beta")
@@ -123,8 +139,8 @@ class ParamStep:
                 if r is not None:
                     st[f"{name}.{what}_product"] = torch.as_tensor(r, dtype=like.dtype, device=like.device)
             return
-        Z = {p: st[mem.key(p, "z")] for p in mem.parts()} if mem.learn.rule == "momentum" else None
-        S, Z = apply_rule(mem.learn.rule, S, Z, sums, decay, beta)
+        Z = {p: st[mem.key(p, "z")] for p in mem.parts()} if mem.desc.rule == "momentum" else None
+        S, Z = apply_rule(mem.desc.rule, S, Z, sums, decay, beta)
         st.update({mem.key(p): v for p, v in S.items()})
         if Z is not None:
             st.update({mem.key(p, "z"): v for p, v in Z.items()})
@@ -132,29 +148,22 @@ class ParamStep:
     def _coordinatewise(self, mem: _Memory, S: dict, key, value, lr) -> dict:
         """Σ_i η_i ∇ℓ(S; k_i, v_i) over the coordinates i of the stream, each one item of
         the parameter's one memory: a batch of 1, numel items, size 1."""
-        s = mem.spec
+        s = mem.desc
         if key is None:
-            raise TypeError(f"memory `{s.name}` ({s.kind}) learns from keys: write `{mem.learn.objective}(k, v)`")
+            raise TypeError(f"memory `{s.name}` ({s.kind}) learns from keys: write `{s.objective}(k, v)`")
         k, v = _items(key), _items(value)
         rate = torch.as_tensor(lr, dtype=k.dtype, device=k.device)
-        rate = M.as_rate(rate.reshape(1, -1, 1) if rate.numel() > 1 else rate, 1, k.shape[1], s.heads, k)
-        if mem.learn.rule == "implicit":
-            terms = M.implicit_stats(k, v, rate, s.heads)
+        rate = as_rate(rate.reshape(1, -1, 1) if rate.numel() > 1 else rate, 1, k.shape[1], s.heads, k)
+        if s.rule == "implicit":
+            terms = implicit_stats(k, v, rate, s.heads)
         else:
-            terms = M.grads(s.kind, mem.learn.objective, M.batched(S, 1), k, v, rate, s.heads, s.act, s.residual)
+            terms = M.grads(s.kind, s.objective, M.batched(S, 1), k, v, rate, s.heads, s.act, s.residual)
         return {p: t[0] for p, t in terms.items()}
 
 
 def _items(x: torch.Tensor) -> torch.Tensor:
     """A stream shaped like W as the items of a size-1 memory: [1, numel, 1]."""
     return x.reshape(1, -1, 1)
-
-
-def _elementwise_grad(objective: str, theta, key, value):
-    """∇θ of ℓ for M(k) = θ⊙k (θ itself when keyless): l2 ½‖M(k) − v‖², dot −⟨M(k), v⟩."""
-    if objective == "dot":
-        return -value if key is None else -value * key
-    return theta - value if key is None else (theta * key - value) * key
 
 
 def _one(rate, memory: str, what: str):
@@ -167,18 +176,17 @@ def _one(rate, memory: str, what: str):
 
 
 class SpecOptimizer(torch.optim.Optimizer):
-    """A `torch.optim.Optimizer` running a checked `OptimizerSpec`. The hyperparameters
-    are constants of the compiled step (the spec's defaults, replaced where the use
-    site or `compile_optimizer` said): `param_groups` hold only the parameters.
+    """A `torch.optim.Optimizer` running an optimizer spec: its description `spec`
+    (a `desc.OptimizerDesc`) and its compiled per-parameter step `graph`, both from the
+    backend. The hyperparameters are constants of the step (the spec's defaults,
+    replaced where the use site or `compile_optimizer` said): `param_groups` hold only
+    the parameters.
 
     `seed` seeds the initial states of `mlp` memories (`init: normal`), drawn for the
     i-th parameter from a generator seeded with seed + i, so the optimizer is
     reproducible and leaves torch's global random state alone."""
 
-    def __init__(self, params, spec, *, seed: int = 0, graph=None):
-        if graph is None:
-            from ..compiler.backends.fx_optim import build_optimizer
-            graph = build_optimizer(spec)
+    def __init__(self, params, spec: OptimizerDesc, graph: Callable, *, seed: int = 0):
         self.spec, self.graph, self.seed = spec, graph, seed
         self.memories = memories_of(spec)
         self._count = 0  # parameters given initial states so far
@@ -197,11 +205,11 @@ class SpecOptimizer(torch.optim.Optimizer):
         state = self.state[p]
         state["step"] = torch.tensor(0.0)
         for mem in self.memories.values():
-            shapes = {"W": tuple(p.shape)} if mem.spec.kind == "elementwise" else mem.spec.state_shapes()
-            theta = M.initial_state(mem.spec.kind, shapes, mem.spec.init, generator=g)
+            shapes = {"W": tuple(p.shape)} if mem.desc.kind == "elementwise" else dict(mem.desc.shapes)
+            theta = M.initial_state(mem.desc.kind, shapes, mem.desc.init, generator=g)
             for part, t in theta.items():
                 state[mem.key(part)] = t.to(device=p.device, dtype=p.dtype)
-                if mem.learn.rule == "momentum":
+                if mem.desc.rule == "momentum":
                     state[mem.key(part, "z")] = torch.zeros_like(state[mem.key(part)])
 
     @torch.no_grad()
@@ -225,8 +233,13 @@ class SpecOptimizer(torch.optim.Optimizer):
         return loss
 
     def print_readable(self, print_output: bool = True) -> str:
-        """The compiled per-parameter step, as Python."""
-        return self.graph.print_readable(print_output)
+        """The compiled per-parameter step, as Python (in emitted source, the function's own)."""
+        if isinstance(self.graph, fx.GraphModule):
+            return self.graph.print_readable(print_output)
+        code = inspect.getsource(self.graph)
+        if print_output:
+            print(code)
+        return code
 
 
 # ------------------------------------------------------------- the outer level
@@ -309,13 +322,13 @@ def outer_optimizer(model, seed: int = 0) -> MultiRateOptimizer:
     """The optimizer of a compiled model's outer level: one part per `optimizer` line of
     the spec (its parameter group: `matrices` ≥ 2 dimensions, `vectors` the others,
     `rest` what no other line claims, `all`), split by rate: the parameters of a
-    cross-sequence level of period P tokens step every ⌈P / (B·T)⌉ calls."""
-    from ..compiler.backends.fx_optim import build_optimizer
-
-    if model.spec is None:
-        raise ValueError(f"model `{model.name}` carries no checked spec (it was not compiled in this process), "
-                         "so its `optimizer` lines are unknown: compile the spec with nldsl.compile, or build an "
-                         "optimizer with nldsl.compile_optimizer(path, model.parameters())")
+    cross-sequence level of period P tokens step every ⌈P / (B·T)⌉ calls. The lines and
+    their compiled steps are the model's `optimizers`, which the backend gave it (or
+    emitted source wrote out)."""
+    if not model.optimizers:
+        raise ValueError(f"model `{model.name}` has no `optimizer` lines with compiled steps: compile its spec "
+                         "with nldsl.compile, or build an optimizer with nldsl.compile_optimizer(path, "
+                         "model.parameters())")
     batch, context = int(model.settings.get("batch", 8)), int(model.settings.get("context", 512))
     every: dict[int, int] = {}
     for lv in model.levels():
@@ -326,18 +339,17 @@ def outer_optimizer(model, seed: int = 0) -> MultiRateOptimizer:
     named = list(model.named_parameters())
     claimed: set[int] = set()
     parts: list[tuple[SpecOptimizer, int]] = []
-    for use in sorted(model.spec.optimizers, key=lambda u: u.selector == "rest"):  # `rest` takes what is left
+    for use in sorted(model.optimizers, key=lambda u: u.selector == "rest"):  # `rest` takes what is left
         chosen = [p for _, p in named if id(p) not in claimed and _selects(use.selector, p)]
         claimed.update(id(p) for p in chosen)
         by_rate: dict[int, list] = {}
         for p in chosen:
             by_rate.setdefault(every.get(id(p), 1), []).append(p)
-        graph = build_optimizer(use.optimizer)
         for k in sorted(by_rate):
             # every parameter of the model draws its memories' θ₀ from its own seed
             offset = sum(len(MultiRateOptimizer._params(o)) for o, _ in parts)
-            parts.append((SpecOptimizer(by_rate[k], use.optimizer, seed=seed + offset, graph=graph), k))
+            parts.append((SpecOptimizer(by_rate[k], use.optimizer, use.step, seed=seed + offset), k))
     return MultiRateOptimizer(parts)
 
 
-__all__ = ["MultiRateOptimizer", "ParamStep", "SpecOptimizer", "outer_optimizer"]
+__all__ = ["MultiRateOptimizer", "OptimizerUse", "ParamStep", "SpecOptimizer", "outer_optimizer"]

@@ -6,9 +6,10 @@ Build it with `build()` (or `LinearAttentionModel()`), load trained weights with
 import torch
 
 from nldsl.runtime import ops
-from nldsl.runtime.desc import LevelDesc, MemoryDesc
+from nldsl.runtime.desc import LevelDesc, MemoryDesc, OptimizerDesc
 from nldsl.runtime.level import scan
 from nldsl.runtime.model import Level, Model, init, register
+from nldsl.runtime.optim import OptimizerUse
 
 
 class AttnLevel(Level):
@@ -59,7 +60,7 @@ class LinearAttentionModel(Model):
 
     def __init__(self, inner_clip: float | None = None, fused: bool = True, kernels: str = 'auto'):
         super().__init__('linear_attention', {'vocab': 256.0, 'dim': 64.0, 'heads': 2.0, 'depth': 2.0, 'context': 128.0, 'batch': 8.0}, inner_clip=inner_clip, fused=fused,
-                         kernels=kernels)
+                         kernels=kernels, optimizers=OPTIMIZERS)
         register(self, 'embed', init('embedding', (256, 64)))
         register(self, 'norm', init('norm', (64,)))
         register(self, 'head', init('head', (256, 64)))
@@ -93,6 +94,46 @@ class LinearAttentionModel(Model):
         norm_1 = ops.rmsnorm(x_4, self.norm)
         logits = ops.proj(norm_1, self.head)
         return logits
+
+
+def adam_step(g, W, step, st):
+    """optimizer adam: the step of one parameter."""
+    # adam.nl:5  flow grad = g + weight_decay * W
+    mul = 0.0 * W
+    grad = g + mul
+    # adam.nl:8  learn m : dot(grad) by gd(lr: 1 - beta1, decay: beta1)
+    m_learn = st.learn('m', None, grad, lr=0.09999999999999998, decay=0.9)
+    # adam.nl:7  memory m, s : elementwise
+    m = st.read('m', None)
+    # adam.nl:11  update W -= lr * (m / (1 - beta1 ** step)) / (sqrt(s / (1 - beta2 ** step)) + eps)
+    pow_1 = 0.9 ** step
+    sub = 1 - pow_1
+    truediv = m / sub
+    mul_1 = 0.001 * truediv
+    # adam.nl:9  learn s : dot(grad * grad) by gd(lr: 1 - beta2, decay: beta2)
+    mul_2 = grad * grad
+    s_learn = st.learn('s', None, mul_2, lr=0.0010000000000000009, decay=0.999)
+    # adam.nl:7  memory m, s : elementwise
+    s = st.read('s', None)
+    # adam.nl:11  update W -= lr * (m / (1 - beta1 ** step)) / (sqrt(s / (1 - beta2 ** step)) + eps)
+    pow_2 = 0.999 ** step
+    sub_1 = 1 - pow_2
+    truediv_1 = s / sub_1
+    sqrt = ops.sqrt(truediv_1)
+    add_1 = sqrt + 1e-08
+    truediv_2 = mul_1 / add_1
+    W_1 = W - truediv_2
+    return W_1
+
+
+OPTIMIZERS = (
+    OptimizerUse('all', OptimizerDesc(name='adam', hparams={'lr': 0.001, 'beta1': 0.9, 'beta2': 0.999, 'eps': 1e-08, 'weight_decay': 0.0}, levels=(
+        LevelDesc(name='moments', scope='optimizer', period=1, memories=(
+            MemoryDesc(name='m', kind='elementwise', init='zeros', objective='dot', rule='gd'),
+            MemoryDesc(name='s', kind='elementwise', init='zeros', objective='dot', rule='gd'),
+        )),
+    )), adam_step),
+)
 
 
 def build(**options) -> Model:

@@ -10,7 +10,7 @@ items, all at the state S = (W1, W2, b1, b2) of the period's start:
     G_W1 = Σ r_t σ(W2 k_t + b2)ᵀ,   G_W2 = Σ δ_t k_tᵀ,   G_b1 = Σ r_t,   G_b2 = Σ δ_t
     S' = α S − G                                   (α [B, h], or 1)
 
-that is Σ η_t ∇ ½‖M_S(k_t) − v_t‖² (`memory.grads`, l2) and `level.apply_rule`
+that is Σ η_t ∇ ½‖M_S(k_t) − v_t‖² (`memories.grads`, l2) and `level.apply_rule`
 (gd); `mlp_period_update_reference` composes those. Layouts: q, k [B, P, h, i],
 v [B, P, h, o], η [B, P, h]; y [B, P, h, o]. The program holds the state and the
 gradient sums in registers and walks the period in blocks of items (64 by default), so P
@@ -27,9 +27,14 @@ import torch
 import triton
 import triton.language as tl
 
-from . import differentiate
+from ... import memories
+from ...kernels import differentiate
+from ...level import apply_rule
+from ....vocab import ACTIVATIONS, DEFAULT_ACTIVATION
+from ..layout import merge_heads
+from .naive import forward
 
-ACTS = ("silu", "gelu", "relu", "tanh", "sigmoid", "identity")
+ACTS = ACTIVATIONS  # the kernel writes each of the vocabulary's activations
 
 
 def _block(n: int) -> int:
@@ -169,7 +174,7 @@ class _MlpPeriodUpdate(torch.autograd.Function):
 
 
 def mlp_period_update(W1: torch.Tensor, W2: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                      eta: torch.Tensor, decay: torch.Tensor | None, *, act: str = "silu", residual: bool,
+                      eta: torch.Tensor, decay: torch.Tensor | None, *, act: str = DEFAULT_ACTIVATION, residual: bool,
                       b1: torch.Tensor | None = None, b2: torch.Tensor | None = None, block: int = 64):
     """The reads of a period at its start state, and the state after its gd step on
     l2 (see the module docstring). W1 [B, h, o, k], W2 [B, h, k, i]; q, k [B, P, h, i];
@@ -185,18 +190,15 @@ def mlp_period_update(W1: torch.Tensor, W2: torch.Tensor, q: torch.Tensor, k: to
     return _MlpPeriodUpdate.apply(W1, W2, q, k, v, eta, decay, b1, b2, act, bool(residual), int(block))
 
 
-def mlp_period_update_reference(W1, W2, q, k, v, eta, decay, *, act: str = "silu", residual: bool, b1=None, b2=None):
-    """`mlp_period_update` in PyTorch: memory.mlp_forward for the read, memory.grads
+def mlp_period_update_reference(W1, W2, q, k, v, eta, decay, *, act: str = DEFAULT_ACTIVATION, residual: bool, b1=None, b2=None):
+    """`mlp_period_update` in PyTorch: naive.forward for the read, memories.grads
     for Σ η ∇ℓ, level.apply_rule for the gd step."""
-    from .. import memory as M  # imported here: the runtime may import this package
-    from ..level import apply_rule
-
     theta = {"W1": W1, "W2": W2}
     if b1 is not None:
         theta.update(b1=b1, b2=b2)
     heads = q.shape[2]
-    y = M.mlp_forward(theta, q, act, residual)[0]
-    acc = M.grads("mlp", "l2", theta, M.merge_heads(k), M.merge_heads(v), eta, heads, act, residual)
+    y = forward(theta, q, act, residual)[0]
+    acc = memories.grads("mlp", "l2", theta, merge_heads(k), merge_heads(v), eta, heads, act, residual)
     new, _ = apply_rule("gd", theta, None, acc, decay)
     out = (y, new["W1"], new["W2"])
     return out + (new["b1"], new["b2"]) if b1 is not None else out

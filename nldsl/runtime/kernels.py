@@ -1,11 +1,13 @@
-"""Triton kernels for the runtime's hot loops, each with a plain PyTorch reference.
+"""When the Triton kernels run, and what they share. The kernels live beside their
+memories' PyTorch references:
 
-- `gated_delta_rule` (delta.py): a linear memory on l2 with gd and period 1, chunk
-  parallel, forward and backward in Triton.
-- `mlp_period_update` (mlp.py): one period of a 2-layer mlp memory (read, gradient
-  and gd step) fused into one program per sequence and head.
+- `gated_delta_rule` (memories/linear/triton.py): a linear memory on l2 with gd and
+  period 1, chunk parallel, forward and backward in Triton;
+- `mlp_period_update` (memories/mlp/triton.py): one period of a 2-layer mlp memory
+  (read, gradient and gd step) fused into one program per sequence and head.
 
-Triton is imported only when a kernel is first used, so importing this package never
+Both are reached through this module, which the fused path (runtime/fused.py) calls.
+Triton is imported only when a kernel is first used, so importing this module never
 fails without it; `available` says whether a kernel may run on a tensor. The
 kernels are built (compiled or interpreted) at that first use, so TRITON_INTERPRET
 must be set before it to run them on the CPU.
@@ -23,7 +25,8 @@ import torch
 __all__ = ["MODES", "available", "check_mode", "gated_delta_rule", "mlp_period_update",
            "mlp_period_update_reference"]
 
-_WHERE = {"gated_delta_rule": "delta", "mlp_period_update": "mlp", "mlp_period_update_reference": "mlp"}
+_WHERE = {"gated_delta_rule": ".memories.linear.triton", "mlp_period_update": ".memories.mlp.triton",
+          "mlp_period_update_reference": ".memories.mlp.triton"}
 
 
 def _has_triton() -> bool:
@@ -70,6 +73,6 @@ def differentiate(reference, inputs, needs, grads) -> tuple:
 def __getattr__(name: str):
     # the kernel modules import triton: load them on first use only
     if name in _WHERE:
-        module = importlib.import_module(f".{_WHERE[name]}", __name__)
+        module = importlib.import_module(_WHERE[name], __package__)
         return getattr(module, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

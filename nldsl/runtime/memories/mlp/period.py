@@ -8,7 +8,7 @@ tensor, and on a CPU such a pass over fresh memory costs as much as a small matm
 add into one tensor are a chain of `baddbmm` into it, in place after the first, and
 the rule's per-head decay and momentum reach their gradients as dot products.
 
-Head-major tensors (runtime/headmajor.py): states W1 [B, h, o, k], W2 [B, h, k, i];
+Head-major tensors (memories/layout.py): states W1 [B, h, o, k], W2 [B, h, k, i];
 keys and queries [B, h, n, i], values [B, h, n, o], rates w [B, h, n, 1], the
 period's decay α and momentum β [B, h, 1, 1] or None. For item j, with
 z = W2 k_j, a = σ(z), y = W1 a (+ k_j), r = w_j (y − v_j), h = W1ᵀ r:
@@ -20,14 +20,15 @@ z = W2 k_j, a = σ(z), y = W1 a (+ k_j), r = w_j (y − v_j), h = W1ᵀ r:
 The backward is itself differentiable (a task level above takes the gradient of a
 gradient through it): under create_graph it recomputes the forward's intermediates
 from the inputs with autograd on, so the second derivative sees them. Tests hold
-both orders to autograd over the plain formulas (memory.py, level.apply_rule)."""
+both orders to autograd over the plain formulas (naive.py, level.apply_rule)."""
 from __future__ import annotations
 
 import math
 
 import torch
 
-from .ops import ACT, ACT_GRAD
+from ...ops import ACT, ACT_GRAD
+from ....vocab import DEFAULT_ACTIVATION
 
 
 def _act2(act: str, z):
@@ -169,7 +170,7 @@ def _backward(ctx, W1, W2, Z1, Z2, k, q, w, alpha, beta, p, gW1n, gW2n, gZ1n, gZ
     return gW1, gW2, gZ1, gZ2, gk, -ge, gq, gw, g_alpha, g_beta, None, None
 
 
-def mlp_period(theta: dict, z: dict | None, k, v, q, w, alpha=None, beta=None, *, act: str = "silu",
+def mlp_period(theta: dict, z: dict | None, k, v, q, w, alpha=None, beta=None, *, act: str = DEFAULT_ACTIVATION,
                residual: bool = False):
     """One period. theta {W1, W2}, z its momentum ({W1, W2}) or None for gd; q None when
     the memory is not read. Returns (y [B, h, m, o] or None, theta', z')."""

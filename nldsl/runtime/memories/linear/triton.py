@@ -10,7 +10,7 @@ with `decay_first` (Gated DeltaNet's order) the gradient is taken at the decayed
 
     S_t = α_t S_{t-1} − η_t (α_t S_{t-1} k_t − v_t) k_tᵀ = α_t S_{t-1}(I − η_t k_t k_tᵀ) + η_t v_t k_tᵀ.
 
-This is `chunked.delta_rule` with period 1 and l2; that function is the reference.
+This is `chunk.delta_rule` with period 1 and l2; that function is the reference.
 Over a tile of C tokens starting at state S₀, with γ_t = Σ_{s≤t} log α_s (the tile's
 log decay through t), γ⁻_t = γ_t − log α_t and γ_C the whole tile's:
 
@@ -24,7 +24,7 @@ item's gradient is taken, γ⁻ (or γ with `decay_first`); row s of U is
 u_s = η_s (v_s − S_{s−1} k_s) (or η_s (v_s − α_s S_{s−1} k_s)).
 T is found by forward substitution, one row at a time (A is strictly lower).
 
-Layouts as in `chunked.delta_rule`: S₀ [B, h, o, i]; q, k [B, n, h, i];
+Layouts as in `chunk.delta_rule`: S₀ [B, h, o, i]; q, k [B, n, h, i];
 v [B, n, h, o]; η, log α [B, n, h]; o [B, n, h, o]. One program per (b, h) walks the
 tiles in order; n is padded to whole tiles by masking (a padded item has η = 0 and
 decay 1: it changes nothing). All arithmetic is float32.
@@ -47,8 +47,8 @@ import torch
 import triton
 import triton.language as tl
 
-from . import differentiate
-from ..chunked import LOG_FLOOR, delta_rule
+from ...kernels import differentiate
+from .chunk import LOG_FLOOR, delta_rule
 
 
 def _block(n: int) -> int:
@@ -292,7 +292,7 @@ class _GatedDeltaRule(torch.autograd.Function):
 def gated_delta_rule(S0: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eta: torch.Tensor,
                      log_decay: torch.Tensor | None, *, within: bool, tile: int = 64, decay_first: bool = False):
     """Reads and end state of the gated delta rule over n tokens (see the module
-    docstring): `chunked.delta_rule(..., period=1, l2=True, decay_first=...)` in Triton, differentiable
+    docstring): `chunk.delta_rule(..., period=1, l2=True, decay_first=...)` in Triton, differentiable
     in every input. S0 [B, h, o, i]; q, k [B, n, h, i]; v [B, n, h, o]; eta and
     log_decay [B, n, h] (log_decay None: no decay). `tile` is rounded up to a power
     of two of at least 16; it changes rounding only. Returns (o [B, n, h, o],

@@ -1,0 +1,46 @@
+"""An mlp memory's forward and gradients on the fused path: naive.py's formulas laid
+out head-major, [B, h, n, d] and contiguous (memories/layout.py), so that every product
+is one batched matmul whose result is contiguous, and every elementwise op after it
+runs on contiguous tensors. naive.py's token-major einsums leave their results
+permuted, and an elementwise op on a permuted tensor ran 4-5x slower than on a
+contiguous one here (docs/performance.md). naive.py stays the reference; tests hold
+the two equal (tests/test_period.py).
+
+Only states per sequence (θ [B, h, ...]) are laid out anew; per-item states (a
+`read within`) keep the reference's formulas (memories.read, memories.grads).
+"""
+from __future__ import annotations
+
+import torch
+
+from ...ops import ACT, act_vjp
+from ..layout import transposed
+
+
+def forward(theta: dict, e: torch.Tensor, act: str, residual: bool):
+    """W1 σ(W2 e + b2) + b1 (+ e) for e [B, h, n, i]. Returns (y, z, σ(z))."""
+    z = e @ transposed(theta["W2"])
+    if "b2" in theta:
+        z = z + theta["b2"].unsqueeze(-2)
+    a = ACT[act](z)
+    y = a @ transposed(theta["W1"])
+    if "b1" in theta:
+        y = y + theta["b1"].unsqueeze(-2)
+    if residual:
+        y = y + e
+    return y, z, a
+
+
+def read(theta: dict, x: torch.Tensor, act: str, residual: bool) -> torch.Tensor:
+    return forward(theta, x, act, residual)[0]
+
+
+def grads(objective: str, theta: dict, k, v, w, act: str, residual: bool) -> dict:
+    """Σ_i w_i ∇_θ ℓ(θ; k_i, v_i): k [B, h, n, i], v [B, h, n, o], w [B, h, n, 1]."""
+    y, z, a = forward(theta, k, act, residual)
+    r = w * (y - v) if objective == "l2" else -(w * v)  # ∂ℓ/∂y, weighted
+    dz = act_vjp(act, r @ theta["W1"], z)
+    out = {"W2": transposed(dz) @ k, "W1": transposed(r) @ a}
+    if "b2" in theta:
+        out["b2"], out["b1"] = dz.sum(2), r.sum(2)
+    return out

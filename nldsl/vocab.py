@@ -1,0 +1,143 @@
+"""The language's vocabulary: one row per built-in word a spec may use.
+
+Built-in functions, memory kinds, objectives, rules, activations, settings, outer
+objectives, parameter groups, schedule hints, initial states and the reserved words.
+The checker (compiler/check/) and the torch backends read these tables and keep no
+copy of their own. Plain data, no torch, so that the compiler imports it without the
+runtime: a function names the runtime op that computes it as a string (`op`), which
+the backends resolve on `nldsl.runtime.ops` with getattr.
+
+Adding a built-in function is a row in FUNCTIONS, its op in nldsl/runtime/ops.py, a
+line in docs/language.md's table of functions and a test (tests/test_vocab.py holds
+the three together).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# ------------------------------------------------------------------ functions
+# How a function's result size follows from its arguments: one rule of the checker's
+# typer each (compiler/check/functions.py).
+SIZES = {
+    "same": "the size of its argument (elementwise)",
+    "norm": "the size of its argument, normalised per item or per head (`heads:`)",
+    "orthogonal": "the size of its argument; the other arguments are constants",
+    "proj": "the size its second argument gives, else its first argument's",
+    "conv": "the size of its first argument; the second is the window's width",
+    "learned": "1, or the count its second argument gives; the first is the starting value",
+    "broadcast": "the size its arguments broadcast to",
+    "select": "the size its two branches broadcast to; the first argument is a constant",
+    "measure": "1: a count of the parameter's shape",
+}
+
+
+@dataclass(frozen=True)
+class Function:
+    """A built-in function of flows, `out`, blocks, rates and updates."""
+
+    name: str
+    op: str  # the function of nldsl.runtime.ops that computes it
+    size: str  # how its result's size follows from its arguments: a key of SIZES
+    arity: tuple[int, int] = (1, 1)  # positional arguments: at least, at most
+    options: tuple[str, ...] = ()  # its keyword options
+    model: bool = True  # callable in models
+    optimizer: bool = True  # callable in optimizer definitions
+    params: tuple[str, ...] = ()  # the roles of the outer parameters each call creates (OuterParam.role)
+
+
+def _elementwise(*names: str) -> list[Function]:
+    return [Function(n, op=n, size="same") for n in names]
+
+
+FUNCTIONS: dict[str, Function] = {f.name: f for f in [
+    *_elementwise("silu", "gelu", "relu", "tanh", "sigmoid", "softplus", "exp", "sqrt", "abs", "sign"),
+    Function("proj", op="proj", size="proj", arity=(1, 2), optimizer=False, params=("proj",)),
+    Function("conv", op="conv", size="conv", arity=(2, 2), optimizer=False, params=("conv",)),
+    Function("l2norm", op="l2norm", size="norm", options=("heads",)),
+    Function("rmsnorm", op="rmsnorm", size="norm", options=("eps", "heads"), optimizer=False, params=("norm",)),
+    Function("learned", op="learned", size="learned", arity=(1, 2), optimizer=False, params=("scalar",)),
+    Function("max", op="maximum", size="broadcast", arity=(2, 2)),
+    Function("min", op="minimum", size="broadcast", arity=(2, 2)),
+    Function("select", op="select", size="select", arity=(3, 3)),
+    Function("newton_schulz", op="newton_schulz", size="orthogonal", arity=(1, 3), model=False),
+    Function("rows", op="rows", size="measure", model=False),
+    Function("cols", op="cols", size="measure", model=False),
+]}
+ELEMENTWISE = tuple(n for n, f in FUNCTIONS.items() if f.size == "same")
+MODEL_FUNCS = tuple(n for n, f in FUNCTIONS.items() if f.model)
+OPTIMIZER_FUNCS = tuple(n for n, f in FUNCTIONS.items() if f.optimizer)
+
+# -------------------------------------------------------------- memory kinds
+INITS = ("zeros", "ones", "normal", "identity")  # initial states θ₀ a memory may name
+MEMORY_FLAGS = ("residual", "bias", "fixed", "detach")  # options written bare, on when written
+ACTIVATIONS = ("silu", "gelu", "relu", "tanh", "sigmoid", "identity")  # of `mlp` memories: nldsl.runtime.ops.ACT
+DEFAULT_ACTIVATION = "silu"
+
+
+@dataclass(frozen=True)
+class MemoryKind:
+    """A kind of memory, `memory M : KIND(size, options)`."""
+
+    name: str
+    options: tuple[str, ...]  # the options it takes; those in MEMORY_FLAGS are flags
+    init: str  # its initial state when no `init:` is given
+    inits: tuple[str, ...] = INITS  # the initial states `init:` may name (besides `level.memory`)
+    sized: bool = True  # takes a size, `d` or `d_in -> d_out`
+    model: bool = True  # allowed in model levels
+    optimizer: bool = True  # allowed in optimizer levels
+    rule: str | None = None  # the rule of its learn statements when none is written
+
+
+MEMORY_KINDS: dict[str, MemoryKind] = {k.name: k for k in [
+    MemoryKind("linear", ("heads", "init", "fixed", "detach"), init="zeros"),
+    MemoryKind("mlp", ("heads", "hidden", "act", "residual", "bias", "init", "fixed", "detach"), init="normal"),
+    MemoryKind("elementwise", ("init", "detach"), init="zeros", inits=("zeros", "ones"), sized=False, model=False),
+    MemoryKind("attention", ("heads", "window"), init="zeros", sized=False, optimizer=False, rule="append"),
+]}
+
+# ---------------------------------------------------------- objectives, rules
+@dataclass(frozen=True)
+class Objective:
+    """An inner objective, `learn M : OBJECTIVE(args)`."""
+
+    name: str
+    args: tuple[str, ...]  # its positional arguments (an elementwise memory's key may be left out)
+    optimizer: bool = True  # allowed in optimizer levels
+
+
+OBJECTIVES: dict[str, Objective] = {o.name: o for o in [
+    Objective("l2", ("k", "v")),
+    Objective("dot", ("k", "v")),
+    Objective("task", (), optimizer=False),  # the outer objective's gradient
+]}
+
+
+@dataclass(frozen=True)
+class Rule:
+    """An update rule, `by RULE(options)`."""
+
+    name: str
+    required: tuple[str, ...] = ()
+    optional: tuple[str, ...] = ()
+    flags: tuple[str, ...] = ()  # those of `optional` written bare, like a memory's `residual`
+
+
+RULES: dict[str, Rule] = {r.name: r for r in [
+    Rule("gd", ("lr",), ("decay", "decay_first", "per_token"), flags=("decay_first", "per_token")),
+    Rule("momentum", ("lr", "beta"), ("decay", "per_token"), flags=("per_token",)),
+    Rule("implicit", ("lr",)),
+    Rule("append"),
+]}
+RULE_FLAGS = tuple(dict.fromkeys(f for r in RULES.values() for f in r.flags))
+# the rates: the options of rules that are expressions, not flags
+RATES = tuple(dict.fromkeys(o for r in RULES.values() for o in r.required + r.optional if o not in r.flags))
+
+# ---------------------------------------------------------------- the rest
+SETTINGS = {"vocab": None, "dim": None, "heads": 1, "depth": 1, "context": 512, "batch": 8}  # None: required
+OUTER_OBJECTIVES = ("next_token",)
+SELECTORS = ("all", "matrices", "vectors", "rest")  # parameter groups of `optimizer NAME(...) for GROUP`
+HINTS = {"tile": int, "kernel": ("auto", "torch", "triton"), "group": ("off", "on")}  # key -> int, or its values
+INPUTS = {"x": "the stream", "g": "the gradient", "W": "the parameter", "step": "the step count"}  # predefined names
+OPTIMIZER_INPUTS = ("g", "W", "step")
+WORDS = {"self": "inside a learn statement, the memory being learned", "true": "the constant 1",
+         "false": "the constant 0"}  # names the language gives a meaning of its own
