@@ -111,8 +111,10 @@ def build(spec: ModelSpec | OptimizerSpec) -> LevelGraph:
         depth = spec.depth_of
         for lv in spec.levels:
             _add_level(g, lv, depth.get(lv.name, 1), "input:x")
-        for opt in spec.optimizers:
-            _add_optimizer(g, opt.optimizer, opt.selector)
+        names = [opt.optimizer.name for opt in spec.optimizers]
+        for opt in spec.optimizers:  # one optimizer on two groups is two optimizers: name them by group
+            key = opt.optimizer.name if names.count(opt.optimizer.name) == 1 else f"{opt.optimizer.name}[{opt.selector}]"
+            _add_optimizer(g, opt.optimizer, opt.selector, key)
         for b in spec.blocks:
             _block_flows(g, b, {lv.name for lv in spec.levels})
     else:
@@ -208,13 +210,14 @@ def _label_edge(g: nx.DiGraph, u: str, v: str, labels: set[str]) -> None:
     g.add_edge(u, v, kind="flow", label=", ".join(sorted(labels)))
 
 
-def _add_optimizer(g: nx.DiGraph, opt: OptimizerSpec, selector: str) -> None:
-    g.add_node(f"optimizer:{opt.name}", kind="optimizer", name=opt.name, selector=selector,
+def _add_optimizer(g: nx.DiGraph, opt: OptimizerSpec, selector: str, key: str | None = None) -> None:
+    key = key or opt.name
+    g.add_node(f"optimizer:{key}", kind="optimizer", name=opt.name, selector=selector,
                hparams=", ".join(f"{k}={_fmt(v)}" for k, v in opt.hparams.items()))
     g.add_node("input:g", kind="input", label="g")
     if "input:x" in g:
         _label_edge(g, "weights", "input:g", {"∇L"})
-    prefix = f"{opt.name}/"
+    prefix = f"{key}/"
     shared = {m.name: f"memory:{prefix}{lv.name}.{m.name}" for lv in opt.levels for m in lv.memories}
     for lv in opt.levels:
         _add_level(g, lv, 1, "input:g", prefix, shared, opt.flows)

@@ -37,6 +37,18 @@ def tokens_per_update(ir: LevelGraph, node: str) -> float:
     return step_tokens(ir) if p.kind == "outer" else INF
 
 
+def update_tokens(ir: LevelGraph, node: str, tokens: int) -> list[int]:
+    """The schedule the graph states for a level inside one sequence of `tokens` tokens:
+    the tokens after which its memories apply their rule, every period P from the start
+    (a period cut short by the end waits for its boundary, semantics §10). Levels that
+    learn across sequences, with the outer optimizer or never have none."""
+    d = ir.graph.nodes[node]
+    if d["scope"] != "sequence" or not any(learn.rule for learn in d["spec"].learns):
+        return []
+    period = int(tokens_per_update(ir, node))
+    return list(range(period, tokens + 1, period))
+
+
 def derive_tiers(ir: LevelGraph) -> LevelGraph:
     """The level hierarchy of semantics §1: order by period; at equal periods, what
     needs another's state at the same time is the slower; equal and independent share

@@ -122,6 +122,20 @@ def test_every_parameter_groups_optimizer_is_drawn_around_its_levels_and_its_par
     assert "optimizer:muon" not in found and "optimizer:adamw" not in found  # neither is drawn around the other
 
 
+def test_one_optimizer_on_two_groups_is_two_optimizers_each_with_its_settings():
+    """`adamw ... for matrices` and `adamw ... for rest` are two optimizers, named by
+    their group, each drawn with its own hyperparameters and moments."""
+    text = TWO_GROUPS.replace("muon(", "adamw(weight_decay: 0.5, ")
+    assert text != TWO_GROUPS
+    ir = passes.run(check(text).models[0])
+    assert sorted(n for n, d in ir.graph.nodes(data=True) if d["kind"] == "optimizer") == \
+        ["optimizer:adamw[matrices]", "optimizer:adamw[rest]"]
+    dot = graphviz.to_dot(ir)
+    assert "weight_decay=0.5\"" in dot and "weight_decay=0\"" in dot
+    levels = {c["label"] for c in clusters(dot).values()}
+    assert {"adamw[matrices]/moments", "adamw[rest]/moments"} <= levels
+
+
 @pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz's `dot` is not installed here")
 def test_both_optimizers_reach_the_rendered_picture(tmp_path):
     """An empty cluster is dropped by `dot`: the picture must still name both optimizers."""

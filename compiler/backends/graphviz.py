@@ -207,10 +207,8 @@ def _parts(ir: LevelGraph) -> dict[str, list]:
     uses = ir.spec.optimizers if ir.is_model else []
     if len(uses) < 2:
         return {}
-    parts: dict[str, list] = {}
-    for u in uses:
-        parts.setdefault(f"optimizer:{u.optimizer.name}", []).append(u)
-    return dict(sorted(parts.items()))
+    return {n: [u for u in uses if (u.optimizer.name, u.selector) == (d["name"], d["selector"])]
+            for n, d in sorted(ir.graph.nodes(data=True)) if d["kind"] == "optimizer"}
 
 
 def _optimizer_of(node: str) -> str:
