@@ -317,7 +317,7 @@ def test_self_modifying_titans_equals_a_loop_over_periods():
             q = unit(causal_conv(q_all[b, :span.stop], lv.q.conv)[-n:])
             key = unit(causal_conv(torch.cat(kx), lv.key_.conv)[-n:])
             val = unit(causal_conv(torch.cat(vx), lv.val.conv)[-n:])
-            lr = 0.02 * torch.sigmoid(mem(th["eta"], xs, False)[..., 0])  # [n, h]
+            lr = 0.01 * torch.sigmoid(mem(th["eta"], xs, False)[..., 0])  # [n, h]
             keep = torch.sigmoid(mem(th["alpha"], xs, False)[..., 0] + lv.keep.learned)
             out[b, j:span.stop] = mem(th["mem"], q, True).flatten(-2)
             new = {}
