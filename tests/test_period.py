@@ -1,7 +1,7 @@
 """The fused path's memory formulas against the reference's: the head-major reads and
 gradients (memories/*/headmajor.py) against naive.py's, and mlp/period.py's one-node
 period (read, gradient, rule, with its written backward) against naive.py and
-level.apply_rule under autograd, to first and second order."""
+rules.apply_rule under autograd, to first and second order."""
 from __future__ import annotations
 
 import itertools
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from nldsl.runtime import memories as M
-from nldsl.runtime.level import apply_rule
+from nldsl.runtime.memories.rules import apply_rule
 from nldsl.runtime.memories.layout import merge_heads
 from nldsl.runtime.memories.mlp import naive as mlp
 from nldsl.runtime.memories.mlp.period import mlp_period

@@ -59,7 +59,7 @@ def test_the_runtime_never_imports_the_compiler(name):
 
 
 REFERENCES = sorted(n for n in MODULES if n.endswith(".naive") or n in (
-    "nldsl.runtime.level", "nldsl.runtime.memories", "nldsl.runtime.memories.layout"))
+    "nldsl.runtime.level", "nldsl.runtime.memories", "nldsl.runtime.memories.layout", "nldsl.runtime.memories.rules"))
 FAST = {n for n in MODULES if n.endswith(".triton")} | {"nldsl.runtime.kernels", "nldsl.runtime.fused"}
 
 

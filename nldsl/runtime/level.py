@@ -21,16 +21,9 @@ from .errors import NonFiniteError
 from .memories.attention.naive import attention
 from .memories.layout import as_rate
 from .memories.linear.naive import implicit_solve, implicit_stats
+from .memories.rules import apply_rule, per_head as _per_head
 from .ops import conv, conv_tail
 from .rates import products
-
-
-def _per_head(r: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """A per-head factor [B, h] (or per item [B, n, h]) broadcast onto a state tensor;
-    a number, or a tensor shaped like the state, as it is."""
-    if not torch.is_tensor(r) or r.dim() >= like.dim():
-        return r
-    return r.reshape(*r.shape, *([1] * (like.dim() - r.dim())))
 
 
 class Fast:
@@ -184,23 +177,6 @@ class Fast:
         elif self.acc is not None:
             self.theta, self.z = apply_rule(self.rule, self.theta, self.z, self.acc, self.decay, self.beta)
         self.clear()
-
-
-def apply_rule(rule: str, S: dict, Z: dict | None, acc: dict, decay=None, beta=None):
-    """One boundary of an update rule (design §5), all gradients taken at S (at α S
-    with `decay_first`, where `Fast.record` took them):
-    gd        S' = α S − Σ η ∇ℓ
-    momentum  Z' = β Z − Σ η ∇ℓ;  S' = α S + Z'
-    implicit  S' = (S + Σ η v kᵀ)(I + Σ η k kᵀ)⁻¹, the exact proximal step.
-    `acc` holds the sums; α and β are per-head [B, h], or tensors broadcast onto S.
-    Returns (S', Z')."""
-    if rule == "implicit":
-        return {"W": implicit_solve(S["W"], acc["VK"], acc["KK"])}, Z
-    decayed = {k: v if decay is None else v * _per_head(decay, v) for k, v in S.items()}
-    if Z is None:
-        return {k: decayed[k] - acc[k] for k in S}, None
-    Z = {k: v * (1.0 if beta is None else _per_head(beta, v)) - acc[k] for k, v in Z.items()}
-    return {k: decayed[k] + Z[k] for k in S}, Z
 
 
 def _moved(S: dict, Z: dict | None, a, gamma, steps: dict) -> dict:

@@ -17,7 +17,7 @@ to record the items they learn from:
   Their gradients and reads are `runtime.memories`'s.
 - A level `every N steps` sums η∇ (all taken at the state from the start of its
   period) and the product of its decays over the period's N steps, and applies the
-  update rule (`runtime.level.apply_rule`) at steps N, 2N, ...; in between, reads
+  update rule (`runtime.memories.rules.apply_rule`) at steps N, 2N, ...; in between, reads
   see the state of the last boundary. With N = 1 every step is a boundary and reads
   see the state after this step's update.
 
@@ -41,7 +41,7 @@ from torch import fx
 
 from . import memories as M
 from .desc import MemoryDesc, OptimizerDesc
-from .level import apply_rule
+from .memories.rules import apply_rule
 from .memories.elementwise import naive as elementwise
 from .memories.layout import as_rate
 from .memories.linear.naive import implicit_stats

@@ -20,7 +20,7 @@ z = W2 k_j, a = σ(z), y = W1 a (+ k_j), r = w_j (y − v_j), h = W1ᵀ r:
 The backward is itself differentiable (a task level above takes the gradient of a
 gradient through it): under create_graph it recomputes the forward's intermediates
 from the inputs with autograd on, so the second derivative sees them. Tests hold
-both orders to autograd over the plain formulas (naive.py, level.apply_rule)."""
+both orders to autograd over the plain formulas (naive.py, rules.apply_rule)."""
 from __future__ import annotations
 
 import math

@@ -10,7 +10,7 @@ items, all at the state S = (W1, W2, b1, b2) of the period's start:
     G_W1 = Σ r_t σ(W2 k_t + b2)ᵀ,   G_W2 = Σ δ_t k_tᵀ,   G_b1 = Σ r_t,   G_b2 = Σ δ_t
     S' = α S − G                                   (α [B, h], or 1)
 
-that is Σ η_t ∇ ½‖M_S(k_t) − v_t‖² (`memories.grads`, l2) and `level.apply_rule`
+that is Σ η_t ∇ ½‖M_S(k_t) − v_t‖² (`memories.grads`, l2) and `rules.apply_rule`
 (gd); `mlp_period_update_reference` composes those. Layouts: q, k [B, P, h, i],
 v [B, P, h, o], η [B, P, h]; y [B, P, h, o]. The program holds the state and the
 gradient sums in registers and walks the period in blocks of items (64 by default), so P
@@ -29,7 +29,7 @@ import triton.language as tl
 
 from ... import memories
 from ...kernels import differentiate
-from ...level import apply_rule
+from ..rules import apply_rule
 from ....vocab import ACTIVATIONS, DEFAULT_ACTIVATION
 from ..layout import merge_heads
 from .naive import forward
@@ -192,7 +192,7 @@ def mlp_period_update(W1: torch.Tensor, W2: torch.Tensor, q: torch.Tensor, k: to
 
 def mlp_period_update_reference(W1, W2, q, k, v, eta, decay, *, act: str = DEFAULT_ACTIVATION, residual: bool, b1=None, b2=None):
     """`mlp_period_update` in PyTorch: naive.forward for the read, memories.grads
-    for Σ η ∇ℓ, level.apply_rule for the gd step."""
+    for Σ η ∇ℓ, rules.apply_rule for the gd step."""
     theta = {"W1": W1, "W2": W2}
     if b1 is not None:
         theta.update(b1=b1, b2=b2)
