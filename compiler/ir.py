@@ -7,6 +7,9 @@ Nodes (ids are strings, attributes say the rest):
   `weights`       all outer parameters W    kind="weights"
   `optimizer:O`   the outer optimizer O     kind="optimizer"
   `tier:N`        a derived frequency level kind="tier"
+After the pass `lower`, each model level and each optimizer also holds its torch.fx
+step (`step`) and runtime description (`desc`), and the graph the model's segment:
+what the torch and Python backends build from.
 Edges carry `kind`: "flow" (a context flow: source -> the memory it feeds, with the
 flow names as `label`), "member" (level -> its memories), "owns" (a slower tier or
 the optimizer -> what it nests; forms one tree).
@@ -32,6 +35,8 @@ class LevelGraph:
     spec: ModelSpec | OptimizerSpec
     graph: nx.DiGraph = field(default_factory=nx.DiGraph)
     tiers: list[dict] = field(default_factory=list)  # fastest first, filled by `derive_tiers`
+    segment: object = None  # the model's segment graph (torch.fx), filled by `lower`
+    segment_made: list = field(default_factory=list)  # the outer parameters it names, filled by `lower`
 
     @property
     def is_model(self) -> bool:
@@ -65,17 +70,28 @@ class LevelGraph:
         owns = self.of_kind("owns")
         if owns and not nx.is_branching(owns):
             raise IRError("something has two owners, or ownership loops")
+        for graph in [d["step"] for _, d in g.nodes(data=True) if "step" in d] + [self.segment] * bool(self.segment):
+            try:
+                graph.lint()
+            except RuntimeError as e:
+                raise IRError(f"a lowered step is malformed: {e}") from None
 
     def describe(self) -> str:
         """A readable listing, for `nldsl ir`."""
         out = [f"{'model' if self.is_model else 'optimizer'} {self.spec.name}"]
         for n in nx.lexicographical_topological_sort(self._ordering()):
             d = self.graph.nodes[n]
-            attrs = ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(d.items()) if k not in ("kind", "spec"))
-            out.append(f"  {d['kind']:<9} {n:<28} {attrs}")
+            attrs = ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(d.items()) if k not in HIDDEN)
+            plan = schedule_of(d)
+            out.append(f"  {d['kind']:<9} {n:<28} {attrs}" + (f", schedule={'; '.join(plan)}" if plan else ""))
         for u, v, d in sorted(self.graph.edges(data=True)):
             label = f"  [{d['label']}]" if d.get("label") else ""
             out.append(f"  {d['kind']:<9} {u} -> {v}{label}")
+        steps = [(n, d["step"]) for n, d in sorted(self.graph.nodes(data=True)) if "step" in d]
+        for n, graph in steps + [("the segment", self.segment)] * bool(self.segment):
+            out.append(f"  step of {n}:" if n != "the segment" else "  segment of the model:")
+            code = graph.python_code("self").src.strip("\n")
+            out += ["    " + line for line in code.splitlines() if line.strip()]
         return "\n".join(out)
 
     def describe_levels(self) -> str:
@@ -86,6 +102,24 @@ class LevelGraph:
             params = f"{tier['params']:,} params" if tier.get("params") else ""
             out.append(f"  {'  ' * 0}{len(self.tiers) - i:>2}. {tier['label']:<22} {names}  {params}".rstrip())
         return "\n".join(out)
+
+
+HIDDEN = ("kind", "spec", "step", "made", "desc")  # attributes `describe` does not list as they are
+
+
+def schedule_of(d: dict) -> list[str]:
+    """How the fused path runs a level, as its description (after the passes) says:
+    whole periods in one call, the memories held stacked, the tile, the kernel hint."""
+    desc = d.get("desc")
+    if desc is None or not hasattr(desc, "parallel"):
+        return []
+    out = ["whole periods at once"] if desc.parallel else []
+    out += [f"stacked {'+'.join(names)}" for names in desc.stacks if desc.group]
+    if any(m.kind == "linear" and m.objective in ("l2", "dot") for m in desc.memories) and desc.parallel:
+        out.append(f"tile {desc.tile}")
+    if desc.kernel is not None:
+        out.append(f"kernel {desc.kernel}")
+    return out
 
 
 def level_name(node: str) -> str:
@@ -112,9 +146,9 @@ def build(spec: ModelSpec | OptimizerSpec) -> LevelGraph:
         for lv in spec.levels:
             _add_level(g, lv, depth.get(lv.name, 1), "input:x")
         names = [opt.optimizer.name for opt in spec.optimizers]
-        for opt in spec.optimizers:  # one optimizer on two groups is two optimizers: name them by group
+        for i, opt in enumerate(spec.optimizers):  # one optimizer on two groups is two: name them by group
             key = opt.optimizer.name if names.count(opt.optimizer.name) == 1 else f"{opt.optimizer.name}[{opt.selector}]"
-            _add_optimizer(g, opt.optimizer, opt.selector, key)
+            _add_optimizer(g, opt.optimizer, opt.selector, key, i)
         for b in spec.blocks:
             _block_flows(g, b, {lv.name for lv in spec.levels})
     else:
@@ -210,9 +244,10 @@ def _label_edge(g: nx.DiGraph, u: str, v: str, labels: set[str]) -> None:
     g.add_edge(u, v, kind="flow", label=", ".join(sorted(labels)))
 
 
-def _add_optimizer(g: nx.DiGraph, opt: OptimizerSpec, selector: str, key: str | None = None) -> None:
+def _add_optimizer(g: nx.DiGraph, opt: OptimizerSpec, selector: str, key: str | None = None, index: int = 0) -> None:
+    """An optimizer node (`index`: its line among the model's `optimizer` lines), its levels and memories."""
     key = key or opt.name
-    g.add_node(f"optimizer:{key}", kind="optimizer", name=opt.name, selector=selector,
+    g.add_node(f"optimizer:{key}", kind="optimizer", name=opt.name, selector=selector, index=index, spec=opt,
                hparams=", ".join(f"{k}={_fmt(v)}" for k, v in opt.hparams.items()))
     g.add_node("input:g", kind="input", label="g")
     if "input:x" in g:

@@ -5,13 +5,18 @@ can print it after a named pass (`nldsl ir --print-after NAME`).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
+import operator
 from typing import Callable
 
 import networkx as nx
+import torch.fx as fx
 
+from ..runtime.desc import LevelDesc
 from .ast import names as _names
 from .ir import LevelGraph, build
+from .lower import describe, describe_optimizer, lower_level, lower_model, lower_optimizer
 from .spec import LevelSpec, MemorySpec, ModelSpec, OptimizerSpec
 
 INF = math.inf
@@ -171,10 +176,194 @@ def _flops(m: MemorySpec, lv: LevelSpec, s) -> float:
 
 
 
+# ------------------------------------------------------- lowering, and the steps' passes
+def lower(ir: LevelGraph) -> LevelGraph:
+    """The graphs the backends run (compiler/lower.py): on each model level its chunk
+    step (`step`), the outer parameters the step names (`made`) and its description
+    (`desc`); on each optimizer its per-parameter step and description; on the level
+    graph the model's segment (`segment`, `segment_made`)."""
+    settings = dict(ir.spec.settings) if ir.is_model else {}
+    for _, d in ir.graph.nodes(data=True):
+        if d["kind"] == "level" and d["scope"] != "optimizer":
+            d["step"], d["made"] = lower_level(d["spec"], settings)
+            d["desc"] = describe(d["spec"])
+        elif d["kind"] == "optimizer":
+            d["step"], d["desc"] = lower_optimizer(d["spec"]), describe_optimizer(d["spec"])
+    if ir.is_model:
+        ir.segment, ir.segment_made = lower_model(ir.spec)
+    return ir
+
+
+def _steps(ir: LevelGraph):
+    """The attributes of every model level that has a chunk step, in node order."""
+    return [d for _, d in sorted(ir.graph.nodes(data=True)) if d["kind"] == "level" and "step" in d]
+
+
+def apply_hints(ir: LevelGraph) -> LevelGraph:
+    """A level's `schedule` hints on its description: the tile of chunk-parallel memories,
+    the kernel (auto | torch | triton, in place of the compile option), and whether
+    alike memories are stacked (`group`)."""
+    for d in _steps(ir):
+        hints = d["spec"].hints
+        d["desc"] = dataclasses.replace(d["desc"], tile=int(hints.get("tile", 64)), kernel=hints.get("kernel"),
+                                        group=hints.get("group", "on") == "on")
+    return ir
+
+
+def learn_first(ir: LevelGraph) -> LevelGraph:
+    """Order each chunk step so that every `learn` (and what it needs) comes before
+    anything else: a read then finds its memory's items of the chunk already recorded,
+    which the fused path needs to answer it for whole periods at once. Reads at S_j,
+    those of `read before` and `self(...)`, do not depend on the order."""
+    for d in _steps(ir):
+        graph = d["step"]
+        first = set()
+        for n in _calls(graph, "learn"):
+            first |= _ancestors(n) | {n}
+        nodes = [n for n in graph.nodes if n.op not in ("placeholder", "output")]
+        cursor = [n for n in graph.nodes if n.op == "placeholder"][-1]
+        for n in [n for n in nodes if n in first] + [n for n in nodes if n not in first]:
+            cursor.append(n)
+            cursor = n
+    return ir
+
+
+def share_common(ir: LevelGraph) -> LevelGraph:
+    """Compute each pure expression of a chunk step once: a spec that writes `0.1 * eta`
+    for two memories' rates gets one node, so that their learns can be grouped. Calls on
+    the state (`st.*`) are not pure and stay as written."""
+    for d in _steps(ir):
+        graph = d["step"]
+        seen: dict[tuple, fx.Node] = {}
+        for n in list(graph.nodes):
+            if n.op not in ("call_function", "get_attr"):
+                continue
+            key = (n.op, n.target, n.args, tuple(sorted(n.kwargs.items())))
+            try:
+                first = seen.setdefault(key, n)
+            except TypeError:  # an unhashable constant: leave it be
+                continue
+            if first is not n:
+                n.replace_all_uses_with(first)
+                graph.erase_node(n)
+    return ir
+
+
+def find_parallel(ir: LevelGraph) -> LevelGraph:
+    """Which levels run whole periods in one call of their step (`desc.parallel`)."""
+    for d in _steps(ir):
+        d["desc"] = dataclasses.replace(d["desc"], parallel=parallel(d["step"], d["desc"]))
+    return ir
+
+
+def group_memories(ir: LevelGraph) -> LevelGraph:
+    """Alike memories of a level that is not parallel (a parallel level runs whole
+    periods at once already) in one call each, and the memories held stacked
+    (`desc.stacks`)."""
+    for d in _steps(ir):
+        if not d["desc"].parallel:
+            d["desc"] = dataclasses.replace(d["desc"], stacks=_group_memories(d["step"], d["desc"]))
+    return ir
+
+
+def _calls(graph: fx.Graph, method: str):
+    return [n for n in graph.nodes if n.op == "call_method" and n.target == method]
+
+
+def _ancestors(node: fx.Node) -> set[fx.Node]:
+    seen, todo = set(), list(node.all_input_nodes)
+    while todo:
+        n = todo.pop()
+        if n not in seen:
+            seen.add(n)
+            todo.extend(n.all_input_nodes)
+    return seen
+
+
+def parallel(graph: fx.Graph, desc: LevelDesc) -> bool:
+    """Whether whole periods can run in one call of the step (the fused path): no item a
+    memory learns from depends on a read of a memory that learns inside the sequence,
+    and each such memory is read at most once. Self-modifying levels, whose keys and
+    values come from memories of their own, are not."""
+    if desc.scope != "sequence" or desc.period is None:
+        return False
+    learning = {m.name for m in desc.memories if m.objective in ("l2", "dot")}
+    reads = [n for n in _calls(graph, "read") if n.args[1] in learning]
+    if any(sum(n.args[1] == m and not n.kwargs.get("start") for n in reads) > 1 for m in learning):
+        return False
+    return not any(set(reads) & _ancestors(n) for n in _calls(graph, "learn"))
+
+
+def _alike(desc: LevelDesc) -> dict[str, tuple]:
+    """Memories whose states stack into one batch: same kind, state shapes, heads,
+    activation, residual, objective, rule (its order of decay and step, its steps per
+    token or per period), read mode and detach."""
+    return {m.name: (m.kind, m.shapes, m.heads, m.act, m.residual, m.objective, m.rule, m.decay_first, m.per_token,
+                     m.read, m.detach)
+            for m in desc.memories if m.kind in ("linear", "mlp")}
+
+
+def _group_memories(graph: fx.Graph, desc: LevelDesc) -> tuple[tuple[str, ...], ...]:
+    """Memories of one level that read the same input, or learn from the same key at the
+    same rates, in one call each (`st.read_many`, `st.learn_many`): on the fused path the
+    runtime stacks their states and does one batched read or gradient for all of them.
+    Only reads at S_j are grouped (`read before`, `self(...)`): a read within sees its
+    own memory's items. Returns the stacks: the memories of each grouped learn that are
+    read before and start from their own θ₀, which the runtime then holds stacked for
+    good (their reads are slices of the stack, their boundary one update)."""
+    alike, before = _alike(desc), {m.name for m in desc.memories if m.read == "before"}
+    reads: dict[tuple, list[fx.Node]] = {}
+    for n in _calls(graph, "read"):
+        name, start = n.args[1], bool(n.kwargs.get("start"))
+        if name in alike and (start or name in before):
+            reads.setdefault((n.args[2], start, alike[name]), []).append(n)
+    learns: dict[tuple, list[fx.Node]] = {}
+    for n in _calls(graph, "learn"):
+        if n.args[1] in alike:
+            rates = tuple(sorted(n.kwargs.items(), key=lambda kv: kv[0]))
+            learns.setdefault((n.args[2], rates, alike[n.args[1]]), []).append(n)
+    for (e, start, _), group in reads.items():
+        if len(group) < 2:
+            continue
+        with graph.inserting_before(group[0]):
+            many = graph.call_method("read_many", (group[0].args[0], tuple(n.args[1] for n in group), e),
+                                     {"start": True} if start else {})
+        _copy_place(many, group[0], "_".join(n.args[1] for n in group) + "_read")
+        for i, n in enumerate(group):  # each read becomes its share, keeping its name and place
+            n.op, n.target, n.kwargs, n.args = "call_function", operator.getitem, {}, (many, i)
+    for (key, _, _), group in learns.items():
+        if len(group) < 2:
+            continue
+        last = group[-1]
+        with graph.inserting_after(last):
+            many = graph.call_method("learn_many", (last.args[0], tuple(n.args[1] for n in group), key,
+                                                    tuple(n.args[3] for n in group)), dict(last.kwargs))
+        _copy_place(many, last, "_".join(n.args[1] for n in group) + "_learn")
+        for n in group:
+            graph.erase_node(n)  # a learn's result is never used
+    graph.lint()
+    mems = {m.name: m for m in desc.memories}
+    return tuple(names for names in (tuple(n.args[1] for n in group) for group in learns.values())
+                 if len(names) > 1 and all(mems[m].read == "before" and mems[m].source is None for m in names))
+
+
+def _copy_place(node: fx.Node, like: fx.Node, name: str) -> None:
+    """A node that stands for `like`: its name and its place in the spec."""
+    node._rename(name)
+    node.meta.update(like.meta)
+    node.stack_trace = like.stack_trace
+
+
 PASSES: list[tuple[str, Callable[[LevelGraph], LevelGraph]]] = [
     ("derive_tiers", derive_tiers),
     ("nest_tiers", nest_tiers),
     ("annotate_costs", annotate_costs),
+    ("lower", lower),
+    ("apply_hints", apply_hints),
+    ("learn_first", learn_first),
+    ("share_common", share_common),
+    ("find_parallel", find_parallel),
+    ("group_memories", group_memories),
 ]
 
 

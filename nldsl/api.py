@@ -30,8 +30,8 @@ def compile(source: str | Path, /, *, name: str | None = None, inner_clip: float
     on CUDA tensors, "triton" wherever a kernel can run (on the CPU too, under
     TRITON_INTERPRET=1), "torch" never; the results are the same within float32
     rounding."""
+    from .compiler import passes
     from .compiler.backends.fx import build_model
-    from .compiler.backends.fx_optim import build_optimizers
     from .runtime.kernels import check_mode
 
     check_mode(kernels)
@@ -39,9 +39,7 @@ def compile(source: str | Path, /, *, name: str | None = None, inner_clip: float
                                        and inner_clip > 0):
         raise ValueError(f"inner_clip must be a positive number (the largest norm of an inner update), "
                          f"not {inner_clip!r}")
-    spec = _model_spec(source, name, overrides)
-    model = build_model(spec)
-    model.optimizers = build_optimizers(spec)  # the runtime's outer optimizer builds from these alone
+    model = build_model(passes.run(_model_spec(source, name, overrides)))
     model.options.update(inner_clip=inner_clip, fused=fused, kernels=kernels)
     return model
 
@@ -96,11 +94,12 @@ def compile_optimizer(source: str | Path, params, /, *, name: str | None = None,
     `name` picks an optimizer definition (default: the first one defined in the file);
     `hparams` replace its defaults (`lr=3e-4, nesterov=True`). The hyperparameters are
     constants of the compiled step. See docs/optimizers.md."""
-    from .compiler.backends.fx_optim import build_optimizer, describe_optimizer
+    from .compiler import passes
+    from .compiler.backends.fx import build_optimizers
     from .runtime.optim import SpecOptimizer
 
-    spec = _optimizer_spec(source, name, hparams)
-    return SpecOptimizer(params, describe_optimizer(spec), build_optimizer(spec))
+    (use,) = build_optimizers(passes.run(_optimizer_spec(source, name, hparams)))
+    return SpecOptimizer(params, use.optimizer, use.step)
 
 
 def flush_subnormals(on: bool = True) -> bool:

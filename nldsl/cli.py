@@ -93,7 +93,7 @@ def cmd_stats(args) -> int:
 def cmd_graph(args) -> int:
     from .compiler.backends.graphviz import DotMissing, render as render_dot, to_dot
     spec = _one(args)
-    dot = to_dot(passes.run(spec))
+    dot = to_dot(passes.run(spec), schedule=args.schedule)
     out = Path(args.output) if args.output else None
     fmt = out.suffix.lstrip(".").lower() if out else "dot"
     if fmt not in ("dot", "gv", "svg", "png", "pdf"):
@@ -301,9 +301,12 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--name", help="which model or optimizer of the file (default: the first model, else the first optimizer)")
         if name == "ir":
             s.add_argument("--levels", action="store_true", help="only the derived level hierarchy")
-            s.add_argument("--print-after", choices=passes.PASS_NAMES, help="print the graph after this pass")
+            s.add_argument("--print-after", choices=passes.PASS_NAMES, metavar="PASS",
+                           help=f"print the graph after this pass, one of: {', '.join(passes.PASS_NAMES)}")
         if name == "graph":
             s.add_argument("-o", "--output", help="out.dot (or .gv), out.svg, out.png or out.pdf (default: DOT on stdout)")
+            s.add_argument("--schedule", action="store_true",
+                           help="also say how each level runs: whole periods at once, stacked memories, tile, kernel")
         s.set_defaults(run=fn)
     k = sub.add_parser("compile", help="write the model as a standalone Python file")
     k.add_argument("file", metavar="FILE")

@@ -1,4 +1,6 @@
 """The level graph and the hierarchy derived from it (semantics.md §1)."""
+import dataclasses
+import operator
 from pathlib import Path
 
 import networkx as nx
@@ -6,9 +8,10 @@ import pytest
 
 from nldsl.compiler import passes
 from nldsl.compiler.driver import check
-from nldsl.compiler.ir import IRError, build
+from nldsl.compiler.ir import IRError, build, schedule_of
 
 ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = sorted((ROOT / "examples").glob("*.nl"))
 
 
 def model(text: str):
@@ -132,3 +135,59 @@ def test_memory_nodes_carry_the_rules_flags():
     assert hope["memory:cms1.ffn"].get("steps") is None
     gdn = passes.run(check(ROOT / "examples/gated_deltanet.nl").models[0]).graph.nodes
     assert gdn["memory:delta.S"]["order"] == "decay first" and gdn["memory:delta.S"].get("steps") is None
+
+
+def test_printing_after_a_step_pass_shows_what_it_did():
+    """`--print-after` shows the chunk steps from `lower` on: after `group_memories`
+    titans' alike memories are read in one call, before it (after `share_common`) not."""
+    spec = check(ROOT / "examples/hope.nl").models[0]
+    before, after = [], []
+    passes.run(spec, print_after="share_common", out=before.append)
+    passes.run(spec, print_after="group_memories", out=after.append)
+    assert "step of level:titans:" in before[0] and "segment of the model:" in before[0]
+    assert "read_many" not in before[0] and "st.read_many(('k', 'v', 'mem')" in after[0]
+    assert "schedule=stacked k+v+mem; stacked eta+alpha" in after[0]
+
+
+def test_the_torch_backend_builds_what_the_graph_says():
+    """The backend reads the annotated graph, not the spec: a description or a step
+    changed on the graph is what the model runs."""
+    import torch
+
+    import nldsl
+    from nldsl.compiler.backends.fx import build_model
+
+    spec = check(ROOT / "examples/gated_deltanet.nl", dim=32, context=16, vocab=64).models[0]
+    ir = passes.run(spec)
+    node = ir.graph.nodes["level:delta"]
+    node["desc"] = dataclasses.replace(node["desc"], tile=8)
+    out = next(n for n in node["step"].nodes if n.op == "output")
+    with node["step"].inserting_before(out):  # the level's output, doubled
+        doubled = node["step"].call_function(operator.mul, (out.args[0], 2.0))
+    out.args = (doubled,)
+    torch.manual_seed(0)
+    changed = build_model(ir)
+    torch.manual_seed(0)
+    plain = nldsl.compile(ROOT / "examples/gated_deltanet.nl", dim=32, context=16, vocab=64)
+    assert {lv.desc.tile for lv in changed.levels() if lv.desc.name == "delta"} == {8}
+    assert {lv.desc.tile for lv in plain.levels()} == {64}
+    tokens = torch.randint(0, 64, (1, 16))
+    assert not torch.allclose(changed(tokens)[0], plain(tokens)[0])
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_the_model_and_the_diagram_share_one_schedule(path):
+    """What `nldsl graph --schedule` draws for each level is the description the
+    compiled model runs with (whole periods at once, stacks, tile, kernel)."""
+    import nldsl
+    from nldsl.compiler.backends.graphviz import to_dot
+
+    for spec in check(path).models:
+        ir = passes.run(spec)
+        model = nldsl.compile(path, name=spec.name)
+        dot = to_dot(ir, schedule=True)
+        for lv in model.levels():
+            d = ir.graph.nodes[f"level:{lv.desc.name}"]
+            assert lv.desc == d["desc"]
+            for line in schedule_of(d):
+                assert f"▸ {line}" in dot

@@ -8,7 +8,7 @@ import subprocess
 
 import networkx as nx
 
-from ..ir import LevelGraph, build, level_name
+from ..ir import LevelGraph, build, level_name, schedule_of
 from ..spec import MemorySpec
 from ..stats import group_shapes
 
@@ -56,7 +56,7 @@ def _memory_label(m: MemorySpec, d: dict) -> str:
     return f"{m.name}\n{m.kind}({shape}){heads}{learn}"
 
 
-def _level_label(node: str, d: dict) -> str:
+def _level_label(node: str, d: dict, schedule: bool = False) -> str:
     name = level_name(node) + (f"  × {d['copies']}" if d.get("copies", 1) > 1 else "")
     lv = d["spec"]
     parts = [name, d["period"] if lv.scope != "outer" else "outer (every 1 step)"]
@@ -69,10 +69,14 @@ def _level_label(node: str, d: dict) -> str:
     parts += learned
     if d.get("params"):
         parts.append(f"{d['params']:,} params")
+    if schedule:
+        parts += [f"▸ {line}" for line in schedule_of(d)]
     return "\n".join(parts)
 
 
-def to_dot(ir: LevelGraph) -> str:
+def to_dot(ir: LevelGraph, schedule: bool = False) -> str:
+    """The diagram; with `schedule`, each level also says how the fused path runs it
+    (whole periods at once, the memories held stacked, the tile, the kernel hint)."""
     g = ir.graph
     out = [f"digraph {_q(ir.spec.name)} {{",
            f"  graph [compound=true, rankdir=TB, fontname={_q(FONT)}, fontsize=11, labeljust=l, "
@@ -154,7 +158,7 @@ def to_dot(ir: LevelGraph) -> str:
                 mems.append(f"{_id(m)} [label={_q(_memory_label(md['spec'], md))}];")
                 anchor.setdefault(node, m)
                 drawn.add(m)
-            cluster(node, _level_label(node, d), f"style=\"rounded,filled\"; fillcolor={_q(WHITE)}; color=\"#666666\"",
+            cluster(node, _level_label(node, d, schedule), f"style=\"rounded,filled\"; fillcolor={_q(WHITE)}; color=\"#666666\"",
                     indent, mems)
         elif kind == "weights":
             if only is None:

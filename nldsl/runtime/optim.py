@@ -3,7 +3,7 @@
 `SpecOptimizer` is a `torch.optim.Optimizer` that runs an optimizer spec's compiled
 per-parameter step on every parameter that has a gradient. The step and the
 optimizer's description (`desc.OptimizerDesc`) come from the backend
-(`compiler/backends/fx_optim.py`) at compile time: the step is a torch.fx GraphModule,
+(`compiler/lower.py`, `compiler/backends/fx.py`) at compile time: the step is a torch.fx GraphModule,
 or the same code as a function in emitted source, so this module never needs the
 compiler. The step calls back into `ParamStep` (its `st` input) to read memories and
 to record the items they learn from:
