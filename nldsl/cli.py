@@ -1,4 +1,4 @@
-"""The `nldsl` command: check, fmt, ir, stats, graph, compile, train, eval, generate.
+"""The `nldsl` command: check, fmt, ir, stats, graph, compile, train, eval, generate, bench, data.
 
 A user's mistake prints located diagnostics and exits 1; only a bug in nldsl itself
 prints a traceback (and says so).
@@ -184,7 +184,7 @@ def cmd_train(args) -> int:
     train(args.file, data=args.data, steps=args.steps, out_dir=args.out, resume=args.resume,
           overrides=parse_overrides(args.set), seed=args.seed, eval_every=args.eval_every,
           eval_batches=args.eval_batches, ckpt_every=args.ckpt_every, sample=args.sample, quiet=args.quiet,
-          compile=args.compile, inner_clip=args.inner_clip)
+          compile=args.compile, inner_clip=args.inner_clip, tokenizer=args.tokenizer)
     return 0
 
 
@@ -198,28 +198,30 @@ def _ckpt_dir(args) -> Path:
 
 @_run_errors
 def cmd_eval(args) -> int:
-    from .train import TrainError, describe, evaluate, load_run, run_corpus
+    from .train import TrainError, describe, evaluate, load_run, run_corpus, run_tokenizer
     ckpt_dir = _ckpt_dir(args)
     model, ckpt = load_run(ckpt_dir, args.file)
-    corpus = run_corpus(ckpt, args.data)
+    corpus = run_corpus(ckpt, args.data, run_tokenizer(ckpt, ckpt_dir))
     corpus.require(int(model.settings["context"]))
     loss = evaluate(model, corpus, args.eval_batches or ckpt.eval_batches)
     if not math.isfinite(loss):
         raise TrainError(f"the held-out loss of {ckpt_dir} (step {ckpt.step}) on {corpus.name} is {loss}: "
                          f"the model's outputs are not finite")
-    print(f"{ckpt_dir} (step {ckpt.step}), held-out {corpus.name}: {describe(loss)}")
+    print(f"{ckpt_dir} (step {ckpt.step}), held-out {corpus.name}: {describe(loss, corpus.tokenizer.unit)}")
     return 0
 
 
 @_run_errors
 def cmd_generate(args) -> int:
-    from .train import TrainError, generate, load_run
+    from .train import TrainError, generate, load_run, run_tokenizer
     try:
         prompt = args.prompt.encode()
     except UnicodeEncodeError:  # bytes of the command line that are not UTF-8
         raise TrainError("--prompt is not UTF-8 text") from None
-    model, _ = load_run(_ckpt_dir(args), args.file)
-    out = generate(model, prompt, args.n, temperature=args.temperature, top_k=args.top_k, seed=args.seed)
+    ckpt_dir = _ckpt_dir(args)
+    model, ckpt = load_run(ckpt_dir, args.file)
+    out = generate(model, prompt, args.n, temperature=args.temperature, top_k=args.top_k, seed=args.seed,
+                   tokenizer=run_tokenizer(ckpt, ckpt_dir))
     print((prompt + out).decode("utf-8", errors="replace"))
     return 0
 
@@ -242,10 +244,42 @@ def cmd_bench(args) -> int:
     return 0
 
 
+@_run_errors
+def cmd_data_prepare(args) -> int:
+    """Text files, folders, globs, .jsonl and .parquet into token shards (nldsl/shards.py)."""
+    from .shards import prepare
+    prepare(args.inputs, args.output, tokenizer=args.tokenizer, heldout=args.heldout,
+            shard_tokens=args.shard_tokens, field=args.field)
+    return 0
+
+
+def _add_data_command(sub) -> None:
+    from .data import HELDOUT
+    from .shards import SHARD_TOKENS
+    d = sub.add_parser("data", help="prepare text as token shards to train on")
+    p = d.add_subparsers(dest="data_command", required=True).add_parser(
+        "prepare", help="tokenize text files, folders, globs, .jsonl and .parquet into token shards")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="a text file, a folder (its text files, recursively), "
+                   "a glob, a .jsonl file or a .parquet file")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="a new or empty folder for the shards")
+    p.add_argument("--tokenizer", metavar="TOK", help="`bytes` (the default), bpe:VOCAB (trained on the inputs), or "
+                                                      "a tokenizer.json or SentencePiece .model file")
+    p.add_argument("--heldout", type=float, default=HELDOUT, metavar="FRACTION",
+                   help=f"the last FRACTION of the tokens is held out (default {HELDOUT})")
+    p.add_argument("--shard-tokens", type=int, default=SHARD_TOKENS, metavar="N",
+                   help=f"tokens per shard (default {SHARD_TOKENS:,})")
+    p.add_argument("--field", default="text", help="the field of a .jsonl record, or the column of a .parquet file, "
+                                                   "that holds the text (default: text)")
+    p.set_defaults(run=cmd_data_prepare)
+
+
 def _add_run_commands(sub) -> None:
-    t = sub.add_parser("train", help="train a model on bytes (checkpoints, resumable)")
+    t = sub.add_parser("train", help="train a model on text (checkpoints, resumable)")
     t.add_argument("file", metavar="FILE")
-    t.add_argument("--data", help="`pydoc` (Python's help text, the default) or a file of at most 1 GiB")
+    t.add_argument("--data", help="`pydoc` (Python's help text, the default), a file of at most 1 GiB, or a folder "
+                                  "made by `nldsl data prepare`")
+    t.add_argument("--tokenizer", metavar="TOK", help="`bytes` (the default), bpe:VOCAB (a byte-level BPE trained on "
+                                                      "the data), or a tokenizer.json or SentencePiece .model file")
     t.add_argument("--steps", type=int, default=1000, metavar="N", help="train up to step N (default 1000)")
     t.add_argument("--out", metavar="DIR", help="the run's folder (default: runs/<FILE's name>)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
@@ -259,22 +293,22 @@ def _add_run_commands(sub) -> None:
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a model setting, e.g. --set dim=64 (repeatable)")
     t.add_argument("--inner-clip", type=float, metavar="X",
                    help="clip every inner update to norm X instead of stopping at a NaN or Inf (kept by the run)")
-    t.add_argument("--sample", type=int, default=200, metavar="N", help="bytes to sample at the end (default 200; 0: none)")
+    t.add_argument("--sample", type=int, default=200, metavar="N", help="tokens (bytes) to sample at the end (default 200; 0: none)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(run=cmd_train)
 
-    e = sub.add_parser("eval", help="held-out loss and bits per byte of a checkpoint")
+    e = sub.add_parser("eval", help="held-out loss and bits per byte (token) of a checkpoint")
     g = sub.add_parser("generate", help="sample text from a checkpoint")
     for s in (e, g):
         s.add_argument("file", metavar="FILE", nargs="?", help="the spec (default: the one stored in the checkpoint)")
         s.add_argument("--ckpt", metavar="DIR", help="the run's folder (default: runs/<FILE's name>)")
-    e.add_argument("--data", help="`pydoc` or a file of at most 1 GiB (default: the run's data)")
+    e.add_argument("--data", help="`pydoc`, a file of at most 1 GiB or a prepared folder (default: the run's data)")
     e.add_argument("--eval-batches", type=int, metavar="N", help="held-out batches (default: as many as the run used)")
     e.set_defaults(run=cmd_eval)
     g.add_argument("--prompt", default="\n", metavar="TEXT", help="the text to continue (default: a newline)")
-    g.add_argument("-n", type=int, default=200, help="bytes to generate (default 200)")
-    g.add_argument("--temperature", type=float, default=0.8, metavar="T", help="0 picks the likeliest byte (default 0.8)")
-    g.add_argument("--top-k", type=int, metavar="K", help="sample among the K likeliest bytes only")
+    g.add_argument("-n", type=int, default=200, help="tokens (bytes, for a byte-level run) to generate (default 200)")
+    g.add_argument("--temperature", type=float, default=0.8, metavar="T", help="0 picks the likeliest token (default 0.8)")
+    g.add_argument("--top-k", type=int, metavar="K", help="sample among the K likeliest tokens only")
     g.add_argument("--seed", type=int, default=0, metavar="N", help="the same seed draws the same text (default 0)")
     g.set_defaults(run=cmd_generate)
 
@@ -315,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a model setting, e.g. --set dim=64")
     k.set_defaults(run=cmd_compile)
     _add_run_commands(sub)
+    _add_data_command(sub)
     b = sub.add_parser("bench", help="tokens/s, FLOP rate and peak memory, fused against reference")
     b.add_argument("specs", nargs="*", metavar="SPEC", help="an example's name (hope, titans, ...) or a .nl file, "
                    "optionally FILE:MODEL (default: every example)")

@@ -1,8 +1,9 @@
-"""Train, evaluate and sample byte-level language models compiled from specs.
+"""Train, evaluate and sample language models compiled from specs, on bytes or tokens.
 
 A run lives in one folder: `model.safetensors` (the weights, the optimizer's state and
 the run's metadata, with a sha256 of all of it, rewritten atomically), `losses.csv`,
-`loss.png`, `sample.txt` and `train.lock` (held while a training writes the folder).
+`loss.png`, `sample.txt`, `train.lock` (held while a training writes the folder) and,
+unless the tokens are bytes, the tokenizer's file (nldsl/tokenizer.py).
 `resume` continues from the checkpoint and reproduces the uninterrupted run exactly:
 batches are a function of (seed, step) (see data.py) and the checkpoint holds the rest.
 Only the interface of `nldsl.compile` is used: `model(tokens, state) -> (logits, state)`,
@@ -34,6 +35,8 @@ from tqdm import tqdm
 
 from .data import PYDOC, Corpus, DataError, data_key
 from .files import FileError, atomic_write, read_limited, reason
+from .tokenizer import (BYTE_TOKENIZER, BYTES, JSON_FILE, MAX_TOKENIZER_BYTES, SENTENCEPIECE_FILE, Tokenizer,
+                        TokenizerError, bpe_vocab, from_bytes)
 
 try:
     import fcntl
@@ -64,7 +67,7 @@ class TrainError(Exception):
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """The errors that are the user's or the data's doing: one `error:` line, no traceback."""
-    return (TrainError, DataError, FileError, *_nonfinite_errors())
+    return (TrainError, DataError, TokenizerError, FileError, *_nonfinite_errors())
 
 
 def _nonfinite_errors() -> tuple[type[BaseException], ...]:
@@ -97,15 +100,18 @@ class Checkpoint:
     optimizer: dict
     inner_clip: float | None = None
     data_sha256: str | None = None  # of the data trained on; None in nldsl-run/1
+    tokenizer: str = BYTES  # `bytes`, `bpe:VOCAB`, or the path of the file it was read from: shown, never read
+    tokenizer_file: str | None = None  # its file in the run folder, tokenizer.json or tokenizer.model
+    tokenizer_sha256: str | None = None  # of that file, to find one that does not belong to the run
 
 
 def bits(loss: float) -> float:
-    """Nats per byte to bits per byte."""
+    """Nats per byte (or token) to bits per byte (or token)."""
     return loss / math.log(2)
 
 
-def describe(loss: float) -> str:
-    return f"loss {loss:.4f} nats, {bits(loss):.4f} bits/byte"
+def describe(loss: float, unit: str = "byte") -> str:
+    return f"loss {loss:.4f} nats, {bits(loss):.4f} bits/{unit}"
 
 
 def parse_overrides(items: list[str] | None) -> dict | None:
@@ -162,23 +168,54 @@ def default_out(spec_path: str | Path) -> Path:
 
 # --- the model ---------------------------------------------------------------------
 
-def build(source: str | Path, overrides: dict, seed: int, inner_clip: float | None = None):
-    """The first model of a spec (a path or its text), initialised from `seed`."""
+def build(source: str | Path, overrides: dict, seed: int, inner_clip: float | None = None,
+          tokenizer: Tokenizer = BYTE_TOKENIZER):
+    """The first model of a spec (a path or its text), initialised from `seed`, with a vocab
+    that holds the tokenizer's: the spec's or `--set`'s, else the tokenizer's own size."""
     import nldsl
-    program = nldsl.check(source, **overrides)  # a spec with errors raises NLError here
+    stated = _stated_vocab(source) if "vocab" not in overrides else None
+    settings = overrides if "vocab" in overrides or stated else {**overrides, "vocab": tokenizer.vocab_size}
+    program = nldsl.check(source, **settings)  # a spec with errors raises NLError here
     if not program.models:
         where = source if isinstance(source, Path) else "the checkpoint's spec"
         names = ", ".join(f"`{o.name}`" for o in program.optimizers)
         what = f"only the optimizer {names}" if names else "nothing"
         raise TrainError(f"{where} defines {what}, no model: train a model whose `optimizer` line uses it")
+    vocab = int(program.models[0].settings["vocab"])
+    if vocab < tokenizer.vocab_size:
+        _too_small(vocab, tokenizer, stated)
     if not hasattr(nldsl, "compile"):
         raise TrainError("this nldsl cannot build models yet: nldsl.compile (the PyTorch backend) is missing")
     torch.manual_seed(seed)
-    model = nldsl.compile(source, inner_clip=inner_clip, **overrides)
-    if int(model.settings["vocab"]) < 256:
-        raise TrainError(f"byte-level training needs vocab 256 or more; `{program.models[0].name}` "
-                         f"has vocab {int(model.settings['vocab'])}")
-    return model
+    return nldsl.compile(source, inner_clip=inner_clip, **settings)
+
+
+def _stated_vocab(source: str | Path):
+    """The `vocab` line of the spec's first model with the report holding its source (to
+    point at it), or None where the spec leaves vocab to the tokenizer."""
+    from .compiler import ast
+    from .compiler.diagnostics import Report
+    from .compiler.driver import load
+    report = Report()
+    program = load(source, report)  # a spec with errors raises NLError here
+    root = program.modules.get(program.root)
+    model = next((i for i in root.items if isinstance(i, ast.Model)), None) if root else None
+    line = next((s for s in model.body if isinstance(s, ast.Setting) and s.name == "vocab"), None) if model else None
+    return (line, report) if line else None
+
+
+def _too_small(vocab: int, tokenizer: Tokenizer, stated) -> None:
+    """A vocab that cannot hold the tokenizer's ids: located at the spec's line if it has one."""
+    fix = f"needs vocab {tokenizer.vocab_size} or more"
+    if stated is None:
+        raise TrainError(f"--set vocab={vocab} is smaller than the tokenizer's {tokenizer.vocab_size} tokens "
+                         f"({tokenizer.name}): the model {fix}")
+    line, report = stated
+    report.error("NL130", f"the spec's vocab {vocab} is smaller than the tokenizer's {tokenizer.vocab_size} tokens "
+                          f"({tokenizer.name})", line.span,
+                 f"the model {fix}: write `vocab {tokenizer.vocab_size}` (or train with --set "
+                 f"vocab={tokenizer.vocab_size}), or leave vocab out to take the tokenizer's size")
+    report.raise_if_errors()
 
 
 def _norms(model) -> dict[str, float]:
@@ -210,7 +247,7 @@ def _loss(model, x: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> t
 
 @torch.no_grad()
 def evaluate(model, corpus: Corpus, batches: int) -> float:
-    """Mean next-byte loss, in nats, over the same held-out windows every time."""
+    """Mean next-token loss, in nats, over the same held-out windows every time."""
     if batches < 1:
         raise TrainError(f"evaluation needs at least one held-out batch, not {batches}")
     batch, context = _size(model, "batch"), _size(model, "context")
@@ -226,32 +263,37 @@ def evaluate(model, corpus: Corpus, batches: int) -> float:
 
 @torch.no_grad()
 def generate(model, prompt: bytes, n: int, temperature: float = TEMPERATURE, top_k: int | None = None,
-             seed: int = 0) -> bytes:
-    """`n` bytes after `prompt`: the prompt is fed once, then one byte at a time, carrying the
-    model's state instead of feeding the context again. Temperature 0 picks the likeliest byte."""
-    if not prompt:
-        raise TrainError("the prompt is empty: give at least one byte to start from")
+             seed: int = 0, tokenizer: Tokenizer = BYTE_TOKENIZER) -> bytes:
+    """The text of `n` tokens (bytes, by default) after `prompt`: the prompt is fed once, then one
+    token at a time, carrying the model's state instead of feeding the context again.
+    Temperature 0 picks the likeliest token."""
+    unit = tokenizer.unit
+    ids = tokenizer.encode([prompt]).tolist()
+    if not ids:
+        raise TrainError(f"the prompt is empty: give at least one {unit} to start from")
     if n < 0:
-        raise TrainError(f"-n {n}: the number of bytes to generate cannot be negative")
+        raise TrainError(f"-n {n}: the number of {unit}s to generate cannot be negative")
     if not (math.isfinite(temperature) and temperature >= 0):
-        raise TrainError(f"--temperature {temperature}: give 0 (the likeliest byte) or a positive number")
+        raise TrainError(f"--temperature {temperature}: give 0 (the likeliest {unit}) or a positive number")
     if top_k is not None and top_k < 1:
-        raise TrainError(f"--top-k {top_k}: sample among at least 1 byte")
+        raise TrainError(f"--top-k {top_k}: sample among at least 1 {unit}")
     g = torch.Generator().manual_seed(seed)
     device = _device(model)
-    logits, state = model(torch.tensor([list(prompt)], device=device))
-    out = bytearray()
+    logits, state = model(torch.tensor([ids], device=device))
+    out: list[int] = []
     while len(out) < n:
-        out.append(_pick(logits[0, -1], temperature, top_k, g, len(prompt) + len(out)))
+        out.append(_pick(logits[0, -1], temperature, top_k, g, len(ids) + len(out), tokenizer))
         if len(out) < n:
             logits, state = model(torch.tensor([[out[-1]]], device=device), state=state)
-    return bytes(out)
+    return tokenizer.decode(out)
 
 
-def _pick(logits: torch.Tensor, temperature: float, top_k: int | None, g: torch.Generator, seen: int) -> int:
-    logits = logits[:256].float().cpu()  # only bytes, whatever the vocab
-    if not torch.isfinite(logits.max()):  # a NaN anywhere, an Inf, or no possible byte
-        raise TrainError(f"the model's prediction after {seen} bytes is NaN or Inf: its outputs are not finite")
+def _pick(logits: torch.Tensor, temperature: float, top_k: int | None, g: torch.Generator, seen: int,
+          tokenizer: Tokenizer) -> int:
+    logits = logits[:tokenizer.vocab_size].float().cpu()  # only the tokenizer's ids, whatever the vocab
+    if not torch.isfinite(logits.max()):  # a NaN anywhere, an Inf, or no possible token
+        raise TrainError(f"the model's prediction after {seen} {tokenizer.unit}s is NaN or Inf: its outputs are "
+                         f"not finite")
     if temperature == 0:
         return int(logits.argmax())
     if top_k:
@@ -316,6 +358,8 @@ def save_checkpoint(out: Path, ckpt: Checkpoint) -> None:
             "data_sha256": ckpt.data_sha256 or "", "eval_batches": str(ckpt.eval_batches),
             "spec_path": ckpt.spec_path, "spec": ckpt.spec_text, "overrides": json.dumps(ckpt.overrides),
             "inner_clip": json.dumps(ckpt.inner_clip), "optimizer": json.dumps(opt_json),
+            "tokenizer": ckpt.tokenizer, "tokenizer_file": ckpt.tokenizer_file or "",
+            "tokenizer_sha256": ckpt.tokenizer_sha256 or "",
             "history": json.dumps({"train": ckpt.history.train, "heldout": sorted(ckpt.history.heldout.items())})}
     meta["sha256"] = _digest(meta, tensors)
     atomic_write(out / CHECKPOINT, save(tensors, metadata=meta))
@@ -387,7 +431,15 @@ def _from_metadata(meta: dict[str, str], tensors: dict, path: Path) -> Checkpoin
         model={k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")},
         optimizer=read("optimizer", lambda s: _unflatten(json.loads(s), tensors)),
         inner_clip=read("inner_clip", lambda s: check_inner_clip(json.loads(s)), None),
-        data_sha256=read("data_sha256", str, None) or None)
+        data_sha256=read("data_sha256", str, None) or None, tokenizer=read("tokenizer", _nonempty, BYTES),
+        tokenizer_file=read("tokenizer_file", _tokenizer_file, None) or None,
+        tokenizer_sha256=read("tokenizer_sha256", str, None) or None)
+
+
+def _tokenizer_file(s: str) -> str:
+    if s not in ("", JSON_FILE, SENTENCEPIECE_FILE):
+        raise ValueError(f"it is not {JSON_FILE}, {SENTENCEPIECE_FILE} or empty")
+    return s
 
 
 def _count(s: str) -> int:
@@ -478,9 +530,11 @@ def _in_library(name: str, library: Path) -> bool:
 
 
 def load_run(ckpt_dir: str | Path, spec_path: str | Path | None = None):
-    """A trained model and its checkpoint, ready to evaluate or sample."""
+    """A trained model and its checkpoint, ready to evaluate or sample (with the run's
+    tokenizer, `run_tokenizer`)."""
     ckpt = load_checkpoint(ckpt_dir)
-    model = build(checkpoint_source(ckpt, spec_path), ckpt.overrides, ckpt.seed, ckpt.inner_clip)
+    model = build(checkpoint_source(ckpt, spec_path), ckpt.overrides, ckpt.seed, ckpt.inner_clip,
+                  run_tokenizer(ckpt, ckpt_dir))
     restore(model, ckpt, ckpt_dir)
     bad = _first_nonfinite(_norms(model))
     if bad is not None:
@@ -489,11 +543,24 @@ def load_run(ckpt_dir: str | Path, spec_path: str | Path | None = None):
     return model, ckpt
 
 
-def run_corpus(ckpt: Checkpoint, data: str | None = None) -> Corpus:
-    """The data to evaluate a run on (its own unless `data` is given), with a note when the
-    run's own data has changed since it was trained on."""
+def run_tokenizer(ckpt: Checkpoint, ckpt_dir: str | Path) -> Tokenizer:
+    """The tokenizer a run was trained with: bytes, or its file in the run folder, which must
+    be the one the checkpoint recorded."""
+    if ckpt.tokenizer_file is None:
+        return BYTE_TOKENIZER
+    path = Path(ckpt_dir) / ckpt.tokenizer_file
+    raw = read_limited(path, MAX_TOKENIZER_BYTES, "tokenizer")
+    if hashlib.sha256(raw).hexdigest() != ckpt.tokenizer_sha256:
+        raise TrainError(f"the tokenizer {path} is not the one this run was trained with: its sha256 differs "
+                         f"from the checkpoint's")
+    return from_bytes(raw, ckpt.tokenizer_file, ckpt.tokenizer)
+
+
+def run_corpus(ckpt: Checkpoint, data: str | None = None, tokenizer: Tokenizer = BYTE_TOKENIZER) -> Corpus:
+    """The data to evaluate a run on (its own unless `data` is given), tokenized as the run
+    was, with a note when the run's own data has changed since it was trained on."""
     data = data or ckpt.data
-    corpus = Corpus.load(data)
+    corpus = Corpus.load(data, tokenizer)
     if data_key(data) == data_key(ckpt.data) and ckpt.data_sha256 not in (None, corpus.sha256):
         print(f"note: the data {data} has changed since this run was trained on it", file=sys.stderr)
     return corpus
@@ -547,12 +614,14 @@ def _train_step(model, optimizer, x: torch.Tensor, y: torch.Tensor) -> float:
     return loss.item()
 
 
-def _resumed(ckpt: Checkpoint, seed, data, overrides, inner_clip) -> Checkpoint:
-    """A resumed run keeps its seed, data and overrides (asking for others is a mistake),
-    and its inner clip unless a new one is given."""
+def _resumed(ckpt: Checkpoint, seed, data, overrides, inner_clip, tokenizer) -> Checkpoint:
+    """A resumed run keeps its seed, data, overrides and tokenizer (asking for others is a
+    mistake), and its inner clip unless a new one is given."""
+    if tokenizer is not None and tokenizer != BYTES and bpe_vocab(tokenizer) is None:
+        tokenizer = os.path.abspath(tokenizer)  # a file: recorded by its absolute path
     for flag, given, stored in (("--seed", seed, ckpt.seed),
                                 ("--data", None if data is None else data_key(data), data_key(ckpt.data)),
-                                ("--set", overrides, ckpt.overrides)):
+                                ("--set", overrides, ckpt.overrides), ("--tokenizer", tokenizer, ckpt.tokenizer)):
         if given is not None and given != stored:
             raise TrainError(f"the run was trained with {flag} {stored!r}, not {given!r}: "
                              f"--resume keeps it (leave {flag} out)")
@@ -562,15 +631,18 @@ def _resumed(ckpt: Checkpoint, seed, data, overrides, inner_clip) -> Checkpoint:
 def train(spec_path: str | Path, data: str | None = None, steps: int = 1000, out_dir: str | Path | None = None,
           resume: bool = False, overrides: dict | None = None, seed: int | None = None,
           eval_every: int = 100, eval_batches: int = 8, ckpt_every: int = 100, sample: int = 200,
-          quiet: bool = False, on_step=None, compile: bool = False, inner_clip: float | None = None) -> History:
-    """Train the first model of `spec_path` on bytes for `steps` steps in all, into `out_dir`.
+          quiet: bool = False, on_step=None, compile: bool = False, inner_clip: float | None = None,
+          tokenizer: str | None = None) -> History:
+    """Train the first model of `spec_path` on `data` for `steps` steps in all, into `out_dir`.
 
     `resume` continues the run in `out_dir` from its checkpoint. `on_step(step, loss)` is
     called after every step, once that step's checkpoint (if any) is written. `compile`
     runs the training steps through `torch.compile` (the first step compiles;
     docs/performance.md); evaluation, checkpoints and the sample use the model as is.
     `inner_clip` clips every inner update to that norm (nldsl.compile's option); it is
-    stored in the checkpoint, for eval, generate and resume.
+    stored in the checkpoint, for eval, generate and resume. `tokenizer` is what
+    `--tokenizer` names: `bytes` (the default), `bpe:VOCAB` (trained on the data's training
+    part) or a file; a prepared folder brings its own. Its file is kept in the run folder.
     """
     if steps < 0:
         raise TrainError(f"--steps {steps}: the number of steps cannot be negative")
@@ -582,7 +654,7 @@ def train(spec_path: str | Path, data: str | None = None, steps: int = 1000, out
             if not os.path.lexists(out / CHECKPOINT):
                 raise TrainError(f"no checkpoint in {out}: {out / CHECKPOINT} does not exist")
             held.enter_context(lock_run(out))  # before reading what another training may be rewriting
-            ckpt = _resumed(load_checkpoint(out), seed, data, overrides, inner_clip)
+            ckpt = _resumed(load_checkpoint(out), seed, data, overrides, inner_clip, tokenizer)
             if steps < ckpt.step:
                 raise TrainError(f"the run in {out} is already at step {ckpt.step}: ask for --steps {ckpt.step} "
                                  f"or more")
@@ -597,13 +669,20 @@ def train(spec_path: str | Path, data: str | None = None, steps: int = 1000, out
                              overrides=check_overrides(dict(overrides or {})), seed=seed if seed is not None else 0,
                              data=data_key(data or PYDOC), eval_batches=eval_batches, history=History(), model={},
                              optimizer={}, inner_clip=inner_clip)
-        model = build(spec_path, run.overrides, run.seed, run.inner_clip)
-        corpus = run_corpus(run)
+        if resume:
+            corpus = run_corpus(run, tokenizer=run_tokenizer(run, out))
+        else:
+            corpus = Corpus.load(data or PYDOC, tokenizer)
+            tok = corpus.tokenizer
+            run = dataclasses.replace(run, tokenizer=tok.name, tokenizer_file=tok.file, tokenizer_sha256=tok.sha256)
+        model = build(spec_path, run.overrides, run.seed, run.inner_clip, corpus.tokenizer)
         run.data_sha256 = corpus.sha256
         if not resume:
             held.enter_context(lock_run(out))  # only now: a mistake in the spec or the data leaves no folder
             if os.path.lexists(out / CHECKPOINT):
                 raise TrainError(f"{out} already holds a run: --resume to continue it, or choose another --out")
+            if run.tokenizer_file is not None:
+                atomic_write(out / run.tokenizer_file, corpus.tokenizer.raw)
         optimizer = model.configure_optimizer()
         if resume:
             restore(model, ckpt, out, optimizer)
@@ -622,7 +701,7 @@ def _run(model, optimizer, corpus: Corpus, run: Checkpoint, out: Path, steps: in
          ckpt_every: int, sample: int, quiet: bool, on_step, compile: bool) -> History:
     """The training loop of `train`, with its run folder held."""
     start, history, seed, eval_batches = run.step, run.history, run.seed, run.eval_batches
-    batch, context = _size(model, "batch"), _size(model, "context")
+    batch, context, unit = _size(model, "batch"), _size(model, "context"), corpus.tokenizer.unit
     corpus.require(context)
     model.train()
     saved = start if os.path.lexists(out / CHECKPOINT) else None  # a fresh run has none yet
@@ -657,7 +736,7 @@ def _run(model, optimizer, corpus: Corpus, run: Checkpoint, out: Path, steps: in
 
     if start not in history.heldout:
         history.heldout[start] = heldout(start)
-    print(f"held-out at step {start}: {describe(history.heldout[start])}")
+    print(f"held-out at step {start}: {describe(history.heldout[start], unit)}")
 
     stepper = torch.compile(model) if compile else model  # the same parameters either way
     began = time.perf_counter()
@@ -681,7 +760,7 @@ def _run(model, optimizer, corpus: Corpus, run: Checkpoint, out: Path, steps: in
             bar.update()
             if eval_every and step % eval_every == 0 and step != steps:
                 history.heldout[step] = heldout(step)
-                tqdm.write(f"held-out at step {step}: {describe(history.heldout[step])}")
+                tqdm.write(f"held-out at step {step}: {describe(history.heldout[step], unit)}")
             if ckpt_every and step % ckpt_every == 0 and step != steps:
                 save(step)
                 saved = step
@@ -692,18 +771,20 @@ def _run(model, optimizer, corpus: Corpus, run: Checkpoint, out: Path, steps: in
         history.heldout[steps] = heldout(steps)
     save(steps)
     write_losses(out / "losses.csv", history)
-    plot_losses(out / "loss.png", history, Path(run.spec_path).stem)
+    plot_losses(out / "loss.png", history, Path(run.spec_path).stem, unit)
     first, last_loss = history.heldout[start], history.heldout[steps]
     if start != steps:
         print(f"held-out, step {start} -> {steps}: loss {first:.4f} -> {last_loss:.4f} nats, "
-              f"{bits(first):.4f} -> {bits(last_loss):.4f} bits/byte")
+              f"{bits(first):.4f} -> {bits(last_loss):.4f} bits/{unit}")
     if sample:
         model.eval()
         prompt = corpus.prompt()
-        text = (prompt + generate(model, prompt, sample, seed=seed)).decode("utf-8", errors="replace")
+        text = (prompt + generate(model, prompt, sample, seed=seed, tokenizer=corpus.tokenizer)).decode(
+            "utf-8", errors="replace")
         atomic_write(out / "sample.txt", text.encode())
         print(f"sample:\n{text}")
-    print(f"wrote {out}/: {CHECKPOINT}, losses.csv, loss.png{', sample.txt' if sample else ''}")
+    kept = f", {run.tokenizer_file}" if run.tokenizer_file else ""
+    print(f"wrote {out}/: {CHECKPOINT}, losses.csv, loss.png{', sample.txt' if sample else ''}{kept}")
     return history
 
 
@@ -718,7 +799,7 @@ def write_losses(path: Path, history: History) -> None:
     atomic_write(path, buf.getvalue().encode())
 
 
-def plot_losses(path: Path, history: History, title: str) -> None:
+def plot_losses(path: Path, history: History, title: str, unit: str = "byte") -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     fig = Figure(figsize=(7, 4), dpi=100, layout="constrained")
@@ -727,8 +808,8 @@ def plot_losses(path: Path, history: History, title: str) -> None:
     ax.plot(range(1, len(history.train) + 1), history.train, lw=0.8, label="train")
     held = sorted(history.heldout.items())
     ax.plot([s for s, _ in held], [v for _, v in held], "o-", label="held-out")
-    ax.set(xlabel="step", ylabel="loss (nats per byte)", title=title)
-    ax.secondary_yaxis("right", functions=(bits, lambda b: b * math.log(2))).set_ylabel("bits per byte")
+    ax.set(xlabel="step", ylabel=f"loss (nats per {unit})", title=title)
+    ax.secondary_yaxis("right", functions=(bits, lambda b: b * math.log(2))).set_ylabel(f"bits per {unit}")
     ax.grid(alpha=0.3)
     ax.legend()
     buf = io.BytesIO()
