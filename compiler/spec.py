@@ -11,11 +11,17 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from ..vocab import MEMORY_KINDS, OBJECTIVES, RULES, SELECTORS
 from .ast import Expr
 from .diagnostics import Span
 
 LIKE_W = "W"  # the size of a value shaped like the parameter an optimizer updates
 Size = int | Literal["W"]
+# the words of the vocabulary (nldsl/vocab.py), as the types of the fields that hold them
+MemoryKindName = Literal[tuple(MEMORY_KINDS)]
+ObjectiveName = Literal[tuple(OBJECTIVES)]
+RuleName = Literal[tuple(RULES)]
+Selector = Literal[SELECTORS]
 
 
 def unique_name(base: str, taken: set[str]) -> str:
@@ -68,7 +74,7 @@ class OuterParam(Node):
 class MemorySpec(Node):
     name: str
     level: str
-    kind: Literal["linear", "mlp", "elementwise", "attention"]
+    kind: MemoryKindName
     d_in: int | None = None  # None: shaped like W (optimizer memories)
     d_out: int | None = None
     heads: int = 1
@@ -108,10 +114,10 @@ class MemorySpec(Node):
 
 class LearnSpec(Node):
     memory: str
-    objective: Literal["l2", "dot", "task"]
+    objective: ObjectiveName
     key: Expr | None = None
     value: Expr | None = None
-    rule: Literal["gd", "momentum", "implicit", "append"] | None = None
+    rule: RuleName | None = None
     lr: Expr | None = None
     decay: Expr | None = None
     beta: Expr | None = None
@@ -176,7 +182,7 @@ class OptimizerSpec(Node):
 
 class OptimizerUseSpec(Node):
     optimizer: OptimizerSpec
-    selector: Literal["all", "matrices", "vectors", "rest"] = "all"
+    selector: Selector = "all"
     span: Span | None = None
 
 
