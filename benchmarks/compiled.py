@@ -17,8 +17,7 @@ import torch
 import torch.nn.functional as F
 
 import nldsl
-from nldsl.bench import resolve_spec
-from nldsl.train import parse_overrides
+from nldsl.run import parse_overrides, resolve_spec
 
 
 def main() -> None:

@@ -14,7 +14,8 @@ import tempfile
 from pathlib import Path
 
 from nldsl import flush_subnormals
-from nldsl.bench import MODES, alternate, examples_dir, fmt_mb, peak_memory, spec_workload
+from nldsl.bench import MODES, alternate, fmt_mb, peak_memory, spec_workload
+from nldsl.run import examples_dir
 
 CMS1 = """level cms1 every 64 tokens {
     memory ffn : mlp(dim, hidden: 4 * dim)

@@ -45,6 +45,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from .run import resolve_spec
+
 EXAMPLES = ["hope", "titans", "gated_deltanet", "linear_attention", "transformer", "hope_attention", "cms"]
 SCALING_SPECS = ["gated_deltanet", "titans", "hope"]
 SCALING_TOKENS = [512, 2048, 8192]
@@ -70,22 +72,6 @@ class Workload:
     def zero_grad(self) -> None:
         for t in self.grads:
             t.grad = None
-
-
-def examples_dir() -> Path:
-    from importlib import resources
-    return Path(str(resources.files("nldsl.examples")))
-
-
-def resolve_spec(spec: str) -> tuple[str, str | None]:
-    """`hope`, `hope.nl`, a path, each optionally `:model` -> (path, model name or None)."""
-    path, _, name = spec.partition(":")
-    if not Path(path).is_file():
-        shipped = examples_dir() / (path if path.endswith(".nl") else f"{path}.nl")
-        if not shipped.is_file():
-            raise BenchError(f"no spec `{path}`: give a .nl file or one of the examples ({', '.join(EXAMPLES)})")
-        path = str(shipped)
-    return path, name or None
 
 
 def _generator(seed: int) -> torch.Generator:

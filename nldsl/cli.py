@@ -144,10 +144,10 @@ def cmd_compile(args) -> int:
     """The model as one standalone Python file (needs torch and nldsl.runtime only)."""
     from .api import compile as compile_model
     from .compiler.backends.python import emit
-    from .train import TrainError, parse_overrides
+    from .run import RunError, parse_overrides
     try:
         overrides = parse_overrides(args.set) or {}
-    except TrainError as e:
+    except RunError as e:
         return _fail(str(e))
     try:
         model = compile_model(Path(args.file), name=args.name, **overrides)
@@ -180,11 +180,13 @@ def _run_errors(fn):
 
 @_run_errors
 def cmd_train(args) -> int:
-    from .train import parse_overrides, train
+    from .run import parse_overrides
+    from .train import train
     train(args.file, data=args.data, steps=args.steps, out_dir=args.out, resume=args.resume,
           overrides=parse_overrides(args.set), seed=args.seed, eval_every=args.eval_every,
           eval_batches=args.eval_batches, ckpt_every=args.ckpt_every, sample=args.sample, quiet=args.quiet,
-          compile=args.compile, inner_clip=args.inner_clip, tokenizer=args.tokenizer)
+          compile=args.compile, inner_clip=args.inner_clip, tokenizer=args.tokenizer, device=args.device,
+          precision=args.precision)
     return 0
 
 
@@ -200,10 +202,10 @@ def _ckpt_dir(args) -> Path:
 def cmd_eval(args) -> int:
     from .train import TrainError, describe, evaluate, load_run, run_corpus, run_tokenizer
     ckpt_dir = _ckpt_dir(args)
-    model, ckpt = load_run(ckpt_dir, args.file)
+    model, ckpt = load_run(ckpt_dir, args.file, args.device)
     corpus = run_corpus(ckpt, args.data, run_tokenizer(ckpt, ckpt_dir))
     corpus.require(int(model.settings["context"]))
-    loss = evaluate(model, corpus, args.eval_batches or ckpt.eval_batches)
+    loss = evaluate(model, corpus, args.eval_batches or ckpt.eval_batches, args.precision)
     if not math.isfinite(loss):
         raise TrainError(f"the held-out loss of {ckpt_dir} (step {ckpt.step}) on {corpus.name} is {loss}: "
                          f"the model's outputs are not finite")
@@ -219,9 +221,9 @@ def cmd_generate(args) -> int:
     except UnicodeEncodeError:  # bytes of the command line that are not UTF-8
         raise TrainError("--prompt is not UTF-8 text") from None
     ckpt_dir = _ckpt_dir(args)
-    model, ckpt = load_run(ckpt_dir, args.file)
+    model, ckpt = load_run(ckpt_dir, args.file, args.device)
     out = generate(model, prompt, args.n, temperature=args.temperature, top_k=args.top_k, seed=args.seed,
-                   tokenizer=run_tokenizer(ckpt, ckpt_dir))
+                   tokenizer=run_tokenizer(ckpt, ckpt_dir), precision=args.precision)
     print((prompt + out).decode("utf-8", errors="replace"))
     return 0
 
@@ -231,15 +233,15 @@ def cmd_bench(args) -> int:
     """Tokens/s, FLOP rate and peak memory of specs, the fused path against the reference
     (docs/benchmarks.md)."""
     from .bench import BenchError, int_list, run
-    from .train import TrainError, parse_overrides
+    from .run import RunError, device, parse_overrides
     paths = {"both": ("fused", "reference"), "fused": ("fused",), "reference": ("reference",)}[args.paths]
     try:
         run(args.specs or None, batch=args.batch, context=args.context, settings=parse_overrides(args.set) or {},
             paths=paths, repeats=args.repeats, warmup=args.warmup, memory=not args.no_memory,
             scaling_specs=args.scaling_specs.split(",") if args.scaling_specs else [],
-            scaling_tokens=int_list(args.scaling_tokens), device=args.device, threads=args.threads,
+            scaling_tokens=int_list(args.scaling_tokens), device=str(device(args.device)), threads=args.threads,
             matmul_size=args.matmul_size, json_out=args.json)
-    except (BenchError, TrainError, ValueError) as e:
+    except (BenchError, RunError, ValueError) as e:
         return _fail(str(e))
     return 0
 
@@ -275,7 +277,8 @@ def _add_data_command(sub) -> None:
 
 def _add_run_commands(sub) -> None:
     t = sub.add_parser("train", help="train a model on text (checkpoints, resumable)")
-    t.add_argument("file", metavar="FILE")
+    t.add_argument("file", metavar="FILE", help="a .nl file or an example's name (hope, titans, ...), optionally "
+                                                "FILE:MODEL (default: its first model)")
     t.add_argument("--data", help="`pydoc` (Python's help text, the default), a file of at most 1 GiB, or a folder "
                                   "made by `nldsl data prepare`")
     t.add_argument("--tokenizer", metavar="TOK", help="`bytes` (the default), bpe:VOCAB (a byte-level BPE trained on "
@@ -305,6 +308,11 @@ def _add_run_commands(sub) -> None:
     e.add_argument("--data", help="`pydoc`, a file of at most 1 GiB or a prepared folder (default: the run's data)")
     e.add_argument("--eval-batches", type=int, metavar="N", help="held-out batches (default: as many as the run used)")
     e.set_defaults(run=cmd_eval)
+    for s in (t, e, g):
+        s.add_argument("--device", default="auto", help="auto (CUDA when there is one; the default), cpu, cuda or cuda:N")
+        s.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
+                       help="the forward's precision: fp32 (the default), bf16 or fp16 (torch.autocast; fp16 with a "
+                            "gradient scaler); weights, optimizer and fast states stay float32")
     g.add_argument("--prompt", default="\n", metavar="TEXT", help="the text to continue (default: a newline)")
     g.add_argument("-n", type=int, default=200, help="tokens (bytes, for a byte-level run) to generate (default 200)")
     g.add_argument("--temperature", type=float, default=0.8, metavar="T", help="0 picks the likeliest token (default 0.8)")
@@ -364,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="specs for the memory-by-tokens table (default gated_deltanet,titans,hope)")
     b.add_argument("--scaling-tokens", default="512,2048,8192", metavar="N,N",
                    help="lengths for that table (default 512,2048,8192; '' skips it)")
-    b.add_argument("--device", help="cpu or cuda (default: cuda when there is one)")
+    b.add_argument("--device", default="auto", help="auto (CUDA when there is one; the default), cpu, cuda or cuda:N")
     b.add_argument("--threads", type=int, metavar="N", help="torch threads (default: torch's own choice)")
     b.add_argument("--matmul-size", type=int, default=2048, metavar="N", help="n of the n×n matmuls that measure the peak")
     b.add_argument("--json", metavar="FILE", help="also write every measurement to FILE")

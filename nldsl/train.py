@@ -30,11 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
+from . import run as runs
 from .data import PYDOC, Corpus, DataError, data_key
 from .files import FileError, atomic_write, read_limited, reason
+from .run import RunError, build_model, check_inner_clip, check_overrides, model_device
 from .tokenizer import (BYTE_TOKENIZER, BYTES, JSON_FILE, MAX_TOKENIZER_BYTES, SENTENCEPIECE_FILE, Tokenizer,
                         TokenizerError, bpe_vocab, from_bytes)
 
@@ -50,24 +51,15 @@ UNVERIFIED_FORMATS = ("nldsl-run/1",)  # older checkpoints, without a sha256: st
 MAX_CHECKPOINT_BYTES = 64 << 30  # a checkpoint is read whole into memory
 TEMPERATURE = 0.8  # samples: a little sharper than the model's distribution
 
-# `--set` keys that are not model settings, and what to use instead
-NOT_SETTINGS = {
-    "name": "`nldsl compile --name` picks a model of the file; train uses its first model",
-    "source": "the spec is the FILE argument",
-    "report": "it names no setting of a model",
-    "inner_clip": "use `nldsl train --inner-clip X`, or `build(inner_clip=X)` in a compiled file",
-    "fused": "runs take the fused path; `nldsl bench --paths` compares it with the reference",
-    "kernels": "runs choose their kernels by device (`nldsl.compile(..., kernels=...)` in Python)",
-}
 
 
-class TrainError(Exception):
+class TrainError(RunError):
     """A mistake in what was asked (no checkpoint, an optimizer for a model) or a diverged run."""
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """The errors that are the user's or the data's doing: one `error:` line, no traceback."""
-    return (TrainError, DataError, TokenizerError, FileError, *_nonfinite_errors())
+    return (RunError, DataError, TokenizerError, FileError, *_nonfinite_errors())
 
 
 def _nonfinite_errors() -> tuple[type[BaseException], ...]:
@@ -103,6 +95,7 @@ class Checkpoint:
     tokenizer: str = BYTES  # `bytes`, `bpe:VOCAB`, or the path of the file it was read from: shown, never read
     tokenizer_file: str | None = None  # its file in the run folder, tokenizer.json or tokenizer.model
     tokenizer_sha256: str | None = None  # of that file, to find one that does not belong to the run
+    model_name: str | None = None  # which model of the spec (`FILE:MODEL`); None: its first
 
 
 def bits(loss: float) -> float:
@@ -114,108 +107,8 @@ def describe(loss: float, unit: str = "byte") -> str:
     return f"loss {loss:.4f} nats, {bits(loss):.4f} bits/{unit}"
 
 
-def parse_overrides(items: list[str] | None) -> dict | None:
-    """`--set dim=64` items as settings; None when none were given."""
-    if items is None:
-        return None
-    out = {}
-    for item in items:
-        key, eq, value = item.partition("=")
-        key = key.strip()
-        if not eq or not key:
-            raise TrainError(f"--set `{item}`: write a setting as key=value, e.g. --set dim=64")
-        try:
-            out[key] = int(value)
-        except ValueError:
-            try:
-                out[key] = float(value)
-            except ValueError:
-                raise TrainError(f"--set `{item}`: `{value}` is not a number") from None
-        try:
-            check_overrides({key: out[key]})
-        except TrainError as e:
-            raise TrainError(f"--set `{item}`: {e}") from None
-    return out
-
-
-def check_overrides(overrides) -> dict:
-    """Overrides that can only be model settings: finite numbers, under names that are not
-    options of how a model runs. (Whether the model has such a setting is the checker's
-    to say.)"""
-    if not isinstance(overrides, dict):
-        raise TrainError(f"overrides map settings to numbers, not {type(overrides).__name__}")
-    for key, value in overrides.items():
-        if key in NOT_SETTINGS:
-            raise TrainError(f"`{key}` is not a model setting: {NOT_SETTINGS[key]}")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise TrainError(f"the setting `{key}` must be a finite number, not {value!r}")
-    return overrides
-
-
-def check_inner_clip(inner_clip) -> float | None:
-    if inner_clip is None:
-        return None
-    if isinstance(inner_clip, bool) or not isinstance(inner_clip, (int, float)) \
-            or not (math.isfinite(inner_clip) and inner_clip > 0):
-        raise TrainError(f"--inner-clip {inner_clip}: give a positive number, the largest norm an inner "
-                         f"update may have")
-    return float(inner_clip)
-
-
 def default_out(spec_path: str | Path) -> Path:
     return Path("runs") / Path(spec_path).stem
-
-
-# --- the model ---------------------------------------------------------------------
-
-def build(source: str | Path, overrides: dict, seed: int, inner_clip: float | None = None,
-          tokenizer: Tokenizer = BYTE_TOKENIZER):
-    """The first model of a spec (a path or its text), initialised from `seed`, with a vocab
-    that holds the tokenizer's: the spec's or `--set`'s, else the tokenizer's own size."""
-    import nldsl
-    stated = _stated_vocab(source) if "vocab" not in overrides else None
-    settings = overrides if "vocab" in overrides or stated else {**overrides, "vocab": tokenizer.vocab_size}
-    program = nldsl.check(source, **settings)  # a spec with errors raises NLError here
-    if not program.models:
-        where = source if isinstance(source, Path) else "the checkpoint's spec"
-        names = ", ".join(f"`{o.name}`" for o in program.optimizers)
-        what = f"only the optimizer {names}" if names else "nothing"
-        raise TrainError(f"{where} defines {what}, no model: train a model whose `optimizer` line uses it")
-    vocab = int(program.models[0].settings["vocab"])
-    if vocab < tokenizer.vocab_size:
-        _too_small(vocab, tokenizer, stated)
-    if not hasattr(nldsl, "compile"):
-        raise TrainError("this nldsl cannot build models yet: nldsl.compile (the PyTorch backend) is missing")
-    torch.manual_seed(seed)
-    return nldsl.compile(source, inner_clip=inner_clip, **settings)
-
-
-def _stated_vocab(source: str | Path):
-    """The `vocab` line of the spec's first model with the report holding its source (to
-    point at it), or None where the spec leaves vocab to the tokenizer."""
-    from .compiler import ast
-    from .compiler.diagnostics import Report
-    from .compiler.driver import load
-    report = Report()
-    program = load(source, report)  # a spec with errors raises NLError here
-    root = program.modules.get(program.root)
-    model = next((i for i in root.items if isinstance(i, ast.Model)), None) if root else None
-    line = next((s for s in model.body if isinstance(s, ast.Setting) and s.name == "vocab"), None) if model else None
-    return (line, report) if line else None
-
-
-def _too_small(vocab: int, tokenizer: Tokenizer, stated) -> None:
-    """A vocab that cannot hold the tokenizer's ids: located at the spec's line if it has one."""
-    fix = f"needs vocab {tokenizer.vocab_size} or more"
-    if stated is None:
-        raise TrainError(f"--set vocab={vocab} is smaller than the tokenizer's {tokenizer.vocab_size} tokens "
-                         f"({tokenizer.name}): the model {fix}")
-    line, report = stated
-    report.error("NL130", f"the spec's vocab {vocab} is smaller than the tokenizer's {tokenizer.vocab_size} tokens "
-                          f"({tokenizer.name})", line.span,
-                 f"the model {fix}: write `vocab {tokenizer.vocab_size}` (or train with --set "
-                 f"vocab={tokenizer.vocab_size}), or leave vocab out to take the tokenizer's size")
-    report.raise_if_errors()
 
 
 def _norms(model) -> dict[str, float]:
@@ -236,18 +129,10 @@ def _size(model, name: str) -> int:
     return int(model.settings[name])
 
 
-def _device(model) -> torch.device:
-    return next(model.parameters()).device
-
-
-def _loss(model, x: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    logits, _ = model(x.to(_device(model)))  # every window starts fresh
-    return F.cross_entropy(logits.flatten(0, 1).float(), y.to(logits.device).flatten(), reduction=reduction)
-
-
 @torch.no_grad()
-def evaluate(model, corpus: Corpus, batches: int) -> float:
-    """Mean next-token loss, in nats, over the same held-out windows every time."""
+def evaluate(model, corpus: Corpus, batches: int, precision: str = "fp32") -> float:
+    """Mean next-token loss, in nats, over the same held-out windows every time, the
+    forward in `precision`."""
     if batches < 1:
         raise TrainError(f"evaluation needs at least one held-out batch, not {batches}")
     batch, context = _size(model, "batch"), _size(model, "context")
@@ -255,7 +140,8 @@ def evaluate(model, corpus: Corpus, batches: int) -> float:
     was_training = model.training
     model.eval()
     try:
-        total = sum(_loss(model, xb, yb, "sum").item() for xb, yb in zip(x.split(batch), y.split(batch)))
+        with runs.autocast(model_device(model), precision):
+            total = sum(runs.loss(model, xb, yb, "sum").item() for xb, yb in zip(x.split(batch), y.split(batch)))
     finally:
         model.train(was_training)
     return total / y.numel()
@@ -263,10 +149,10 @@ def evaluate(model, corpus: Corpus, batches: int) -> float:
 
 @torch.no_grad()
 def generate(model, prompt: bytes, n: int, temperature: float = TEMPERATURE, top_k: int | None = None,
-             seed: int = 0, tokenizer: Tokenizer = BYTE_TOKENIZER) -> bytes:
+             seed: int = 0, tokenizer: Tokenizer = BYTE_TOKENIZER, precision: str = "fp32") -> bytes:
     """The text of `n` tokens (bytes, by default) after `prompt`: the prompt is fed once, then one
     token at a time, carrying the model's state instead of feeding the context again.
-    Temperature 0 picks the likeliest token."""
+    Temperature 0 picks the likeliest token; the forward runs in `precision`."""
     unit = tokenizer.unit
     ids = tokenizer.encode([prompt]).tolist()
     if not ids:
@@ -278,13 +164,14 @@ def generate(model, prompt: bytes, n: int, temperature: float = TEMPERATURE, top
     if top_k is not None and top_k < 1:
         raise TrainError(f"--top-k {top_k}: sample among at least 1 {unit}")
     g = torch.Generator().manual_seed(seed)
-    device = _device(model)
-    logits, state = model(torch.tensor([ids], device=device))
-    out: list[int] = []
-    while len(out) < n:
-        out.append(_pick(logits[0, -1], temperature, top_k, g, len(ids) + len(out), tokenizer))
-        if len(out) < n:
-            logits, state = model(torch.tensor([[out[-1]]], device=device), state=state)
+    device = model_device(model)
+    with runs.autocast(device, precision):
+        logits, state = model(torch.tensor([ids], device=device))
+        out: list[int] = []
+        while len(out) < n:
+            out.append(_pick(logits[0, -1], temperature, top_k, g, len(ids) + len(out), tokenizer))
+            if len(out) < n:
+                logits, state = model(torch.tensor([[out[-1]]], device=device), state=state)
     return tokenizer.decode(out)
 
 
@@ -359,7 +246,7 @@ def save_checkpoint(out: Path, ckpt: Checkpoint) -> None:
             "spec_path": ckpt.spec_path, "spec": ckpt.spec_text, "overrides": json.dumps(ckpt.overrides),
             "inner_clip": json.dumps(ckpt.inner_clip), "optimizer": json.dumps(opt_json),
             "tokenizer": ckpt.tokenizer, "tokenizer_file": ckpt.tokenizer_file or "",
-            "tokenizer_sha256": ckpt.tokenizer_sha256 or "",
+            "tokenizer_sha256": ckpt.tokenizer_sha256 or "", "model": ckpt.model_name or "",
             "history": json.dumps({"train": ckpt.history.train, "heldout": sorted(ckpt.history.heldout.items())})}
     meta["sha256"] = _digest(meta, tensors)
     atomic_write(out / CHECKPOINT, save(tensors, metadata=meta))
@@ -415,7 +302,7 @@ def _from_metadata(meta: dict[str, str], tensors: dict, path: Path) -> Checkpoin
             return default
         try:
             return parse(meta[key])
-        except (TrainError, ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError) as e:
+        except (RunError, ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError) as e:
             detail = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
             raise TrainError(f"the checkpoint {path} is malformed: `{key}`: {detail}") from None
 
@@ -433,7 +320,7 @@ def _from_metadata(meta: dict[str, str], tensors: dict, path: Path) -> Checkpoin
         inner_clip=read("inner_clip", lambda s: check_inner_clip(json.loads(s)), None),
         data_sha256=read("data_sha256", str, None) or None, tokenizer=read("tokenizer", _nonempty, BYTES),
         tokenizer_file=read("tokenizer_file", _tokenizer_file, None) or None,
-        tokenizer_sha256=read("tokenizer_sha256", str, None) or None)
+        tokenizer_sha256=read("tokenizer_sha256", str, None) or None, model_name=read("model", str, None) or None)
 
 
 def _tokenizer_file(s: str) -> str:
@@ -487,7 +374,7 @@ def checkpoint_source(ckpt: Checkpoint, spec_path: str | Path | None = None) -> 
     a run folder from elsewhere could point that anywhere."""
     if spec_path is None:
         return _stored_spec(ckpt)
-    path = Path(spec_path)
+    path = runs.resolve_spec(spec_path)[0]  # an example's name too; the model is the run's
     if path.is_file() and not _holds(path, ckpt.spec_text):
         print(f"note: {path} has changed since this checkpoint was trained", file=sys.stderr)
     return path
@@ -529,12 +416,12 @@ def _in_library(name: str, library: Path) -> bool:
         return False
 
 
-def load_run(ckpt_dir: str | Path, spec_path: str | Path | None = None):
-    """A trained model and its checkpoint, ready to evaluate or sample (with the run's
-    tokenizer, `run_tokenizer`)."""
+def load_run(ckpt_dir: str | Path, spec_path: str | Path | None = None, device: str | None = "auto"):
+    """A trained model on `device` (runs.device's names) and its checkpoint, ready to evaluate
+    or sample (with the run's tokenizer, `run_tokenizer`)."""
     ckpt = load_checkpoint(ckpt_dir)
-    model = build(checkpoint_source(ckpt, spec_path), ckpt.overrides, ckpt.seed, ckpt.inner_clip,
-                  run_tokenizer(ckpt, ckpt_dir))
+    model = build_model(checkpoint_source(ckpt, spec_path), ckpt.overrides, ckpt.seed, ckpt.inner_clip,
+                        run_tokenizer(ckpt, ckpt_dir), runs.device(device), ckpt.model_name)
     restore(model, ckpt, ckpt_dir)
     bad = _first_nonfinite(_norms(model))
     if bad is not None:
@@ -603,25 +490,35 @@ class _NonFiniteLoss(ArithmeticError):
     pass
 
 
-def _train_step(model, optimizer, x: torch.Tensor, y: torch.Tensor) -> float:
-    """One update on one batch; a NaN or Inf loss is refused before it reaches the weights."""
+def _train_step(model, optimizer, x: torch.Tensor, y: torch.Tensor, precision: str = "fp32",
+                scaler: torch.amp.GradScaler | None = None) -> float:
+    """One update on one batch, the forward in `precision`; a NaN or Inf loss is refused
+    before it reaches the weights. With fp16, the gradient scaler scales the loss and skips
+    a step whose gradients overflowed."""
     optimizer.zero_grad(set_to_none=True)
-    loss = _loss(model, x, y)
+    with runs.autocast(model_device(model), precision):
+        loss = runs.loss(model, x, y)
     if not torch.isfinite(loss):
         raise _NonFiniteLoss(f"the loss is {loss.item()}")
-    loss.backward()
-    optimizer.step()
+    if scaler is not None and scaler.is_enabled():
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
     return loss.item()
 
 
-def _resumed(ckpt: Checkpoint, seed, data, overrides, inner_clip, tokenizer) -> Checkpoint:
-    """A resumed run keeps its seed, data, overrides and tokenizer (asking for others is a
-    mistake), and its inner clip unless a new one is given."""
+def _resumed(ckpt: Checkpoint, seed, data, overrides, inner_clip, tokenizer, model_name) -> Checkpoint:
+    """A resumed run keeps its seed, data, overrides, tokenizer and model (asking for others
+    is a mistake), and its inner clip unless a new one is given."""
     if tokenizer is not None and tokenizer != BYTES and bpe_vocab(tokenizer) is None:
         tokenizer = os.path.abspath(tokenizer)  # a file: recorded by its absolute path
     for flag, given, stored in (("--seed", seed, ckpt.seed),
                                 ("--data", None if data is None else data_key(data), data_key(ckpt.data)),
-                                ("--set", overrides, ckpt.overrides), ("--tokenizer", tokenizer, ckpt.tokenizer)):
+                                ("--set", overrides, ckpt.overrides), ("--tokenizer", tokenizer, ckpt.tokenizer),
+                                ("FILE:MODEL", model_name, ckpt.model_name)):
         if given is not None and given != stored:
             raise TrainError(f"the run was trained with {flag} {stored!r}, not {given!r}: "
                              f"--resume keeps it (leave {flag} out)")
@@ -632,8 +529,12 @@ def train(spec_path: str | Path, data: str | None = None, steps: int = 1000, out
           resume: bool = False, overrides: dict | None = None, seed: int | None = None,
           eval_every: int = 100, eval_batches: int = 8, ckpt_every: int = 100, sample: int = 200,
           quiet: bool = False, on_step=None, compile: bool = False, inner_clip: float | None = None,
-          tokenizer: str | None = None) -> History:
-    """Train the first model of `spec_path` on `data` for `steps` steps in all, into `out_dir`.
+          tokenizer: str | None = None, device: str | None = "auto", precision: str = "fp32") -> History:
+    """Train a model of `spec_path` on `data` for `steps` steps in all, into `out_dir`.
+
+    `spec_path` is a spec's path or an example's name, with `:MODEL` to pick a model of
+    the file (default: its first). `device` is where to train (`auto`: CUDA when there
+    is one), `precision` the forward's (fp32, bf16, fp16; docs/performance.md).
 
     `resume` continues the run in `out_dir` from its checkpoint. `on_step(step, loss)` is
     called after every step, once that step's checkpoint (if any) is written. `compile`
@@ -647,14 +548,15 @@ def train(spec_path: str | Path, data: str | None = None, steps: int = 1000, out
     if steps < 0:
         raise TrainError(f"--steps {steps}: the number of steps cannot be negative")
     inner_clip = check_inner_clip(inner_clip)
-    spec_path = Path(spec_path)
+    where, precision = runs.device(device), runs.precision(precision)
+    spec_path, model_name = runs.resolve_spec(spec_path)
     out = Path(out_dir) if out_dir is not None else default_out(spec_path)
     with contextlib.ExitStack() as held:
         if resume:
             if not os.path.lexists(out / CHECKPOINT):
                 raise TrainError(f"no checkpoint in {out}: {out / CHECKPOINT} does not exist")
             held.enter_context(lock_run(out))  # before reading what another training may be rewriting
-            ckpt = _resumed(load_checkpoint(out), seed, data, overrides, inner_clip, tokenizer)
+            ckpt = _resumed(load_checkpoint(out), seed, data, overrides, inner_clip, tokenizer, model_name)
             if steps < ckpt.step:
                 raise TrainError(f"the run in {out} is already at step {ckpt.step}: ask for --steps {ckpt.step} "
                                  f"or more")
@@ -668,14 +570,15 @@ def train(spec_path: str | Path, data: str | None = None, steps: int = 1000, out
             run = Checkpoint(step=0, spec_path=str(spec_path.resolve()), spec_text=spec_text,
                              overrides=check_overrides(dict(overrides or {})), seed=seed if seed is not None else 0,
                              data=data_key(data or PYDOC), eval_batches=eval_batches, history=History(), model={},
-                             optimizer={}, inner_clip=inner_clip)
+                             optimizer={}, inner_clip=inner_clip, model_name=model_name)
         if resume:
             corpus = run_corpus(run, tokenizer=run_tokenizer(run, out))
         else:
             corpus = Corpus.load(data or PYDOC, tokenizer)
             tok = corpus.tokenizer
             run = dataclasses.replace(run, tokenizer=tok.name, tokenizer_file=tok.file, tokenizer_sha256=tok.sha256)
-        model = build(spec_path, run.overrides, run.seed, run.inner_clip, corpus.tokenizer)
+        model = build_model(spec_path, run.overrides, run.seed, run.inner_clip, corpus.tokenizer, where,
+                            run.model_name)
         run.data_sha256 = corpus.sha256
         if not resume:
             held.enter_context(lock_run(out))  # only now: a mistake in the spec or the data leaves no folder
@@ -687,7 +590,7 @@ def train(spec_path: str | Path, data: str | None = None, steps: int = 1000, out
         if resume:
             restore(model, ckpt, out, optimizer)
         return _run(model, optimizer, corpus, run, out, steps, eval_every, ckpt_every, sample, quiet, on_step,
-                    compile)
+                    compile, precision)
 
 
 def _read_spec(spec_path: Path) -> str:
@@ -698,7 +601,7 @@ def _read_spec(spec_path: Path) -> str:
 
 
 def _run(model, optimizer, corpus: Corpus, run: Checkpoint, out: Path, steps: int, eval_every: int,
-         ckpt_every: int, sample: int, quiet: bool, on_step, compile: bool) -> History:
+         ckpt_every: int, sample: int, quiet: bool, on_step, compile: bool, precision: str) -> History:
     """The training loop of `train`, with its run folder held."""
     start, history, seed, eval_batches = run.step, run.history, run.seed, run.eval_batches
     batch, context, unit = _size(model, "batch"), _size(model, "context"), corpus.tokenizer.unit
@@ -739,11 +642,12 @@ def _run(model, optimizer, corpus: Corpus, run: Checkpoint, out: Path, steps: in
     print(f"held-out at step {start}: {describe(history.heldout[start], unit)}")
 
     stepper = torch.compile(model) if compile else model  # the same parameters either way
+    scaler = runs.grad_scaler(model_device(model), precision)
     began = time.perf_counter()
     with tqdm(total=steps, initial=start, disable=quiet, unit="step", dynamic_ncols=True) as bar:
         for step in range(start + 1, steps + 1):
             try:
-                loss = _train_step(stepper, optimizer, *corpus.batch(seed, step, batch, context))
+                loss = _train_step(stepper, optimizer, *corpus.batch(seed, step, batch, context), precision, scaler)
             except (_NonFiniteLoss, *_nonfinite_errors()) as e:
                 raise TrainError(f"training diverged at step {step}: {e}{blame(step - 1)}{last()}") from e
             norms = _norms(model)

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from nldsl import tokenizer as tk
+from nldsl import run as runs
 from nldsl import train as tr
 from nldsl.compiler.diagnostics import NLError
 from nldsl.data import Corpus, read_bytes, split
@@ -107,17 +108,17 @@ def test_a_sentencepiece_model(tmp_path, monkeypatch):
 # --- the spec's vocab follows the tokenizer ---------------------------------------
 
 def test_the_vocab_follows_the_tokenizer(double, bpe, tmp_path):
-    model = tr.build(no_vocab(tmp_path), dict(TINY), 0, tokenizer=bpe)
+    model = runs.build_model(no_vocab(tmp_path), dict(TINY), 0, tokenizer=bpe)
     assert model.settings["vocab"] == 400 and model.head.out_features == 400
-    assert tr.build(no_vocab(tmp_path), dict(TINY), 0).settings["vocab"] == 256  # bytes
+    assert runs.build_model(no_vocab(tmp_path), dict(TINY), 0).settings["vocab"] == 256  # bytes
     bigger = tmp_path / "big.nl"
     bigger.write_text(SPEC.read_text().replace("vocab 256", "vocab 512"))
-    assert tr.build(str(bigger), dict(TINY), 0, tokenizer=bpe).settings["vocab"] == 512  # room to spare is kept
-    assert tr.build(str(SPEC), {**TINY, "vocab": 401}, 0, tokenizer=bpe).settings["vocab"] == 401
-    with pytest.raises(tr.TrainError, match=r"--set vocab=300 is smaller than the tokenizer's 400 tokens \(bpe:400\)"):
-        tr.build(str(SPEC), {**TINY, "vocab": 300}, 0, tokenizer=bpe)
+    assert runs.build_model(str(bigger), dict(TINY), 0, tokenizer=bpe).settings["vocab"] == 512  # room to spare is kept
+    assert runs.build_model(str(SPEC), {**TINY, "vocab": 401}, 0, tokenizer=bpe).settings["vocab"] == 401
+    with pytest.raises(runs.RunError, match=r"--set vocab=300 is smaller than the tokenizer's 400 tokens \(bpe:400\)"):
+        runs.build_model(str(SPEC), {**TINY, "vocab": 300}, 0, tokenizer=bpe)
     with pytest.raises(NLError) as e:
-        tr.build(SPEC, dict(TINY), 0, tokenizer=bpe)
+        runs.build_model(SPEC, dict(TINY), 0, tokenizer=bpe)
     (d,) = e.value.diagnostics
     assert d.code == "NL130" and (d.span.file, d.span.line, d.span.col) == (str(SPEC), 5, 3)
     assert "the spec's vocab 256 is smaller than the tokenizer's 400 tokens (bpe:400)" in d.message

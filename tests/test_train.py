@@ -29,9 +29,9 @@ class ByteGRU(nn.Module):
     interface (settings from the spec, `model(tokens, state) -> (logits, state)` that
     streams, `configure_optimizer()`), so the training code can be tested on its own."""
 
-    def __init__(self, source, inner_clip=None, **overrides):
+    def __init__(self, source, inner_clip=None, name=None, **overrides):
         super().__init__()
-        self.settings = dict(nldsl.check(source, **overrides).models[0].settings)
+        self.settings = dict(next(m for m in nldsl.check(source, **overrides).models if name in (None, m.name)).settings)
         self.options = {"inner_clip": inner_clip}
         vocab, dim = int(self.settings["vocab"]), int(self.settings["dim"])
         self.embed = nn.Embedding(vocab, dim)
