@@ -41,7 +41,7 @@ import torch
 from . import kernels
 from . import memories as M
 from .errors import NonFiniteError
-from .level import Fast, LevelState
+from .level import Fast, LevelState, on_state_dtype
 from .memories.layout import as_rate, heads, merge_heads, split_heads, tokens
 from .memories.linear.chunk import delta_rule
 from .memories.mlp.period import mlp_period
@@ -73,6 +73,7 @@ class FusedLevelState(LevelState):
             self.members.update({n: (key, i) for i, n in enumerate(names)})
 
     # -- called by the compiled chunk step
+    @on_state_dtype
     def read_many(self, memories: tuple, e, start: bool = False):
         """Alike memories read on one input: their states stacked along the batch (G
         memories of B sequences as G·B), read once."""
@@ -82,6 +83,7 @@ class FusedLevelState(LevelState):
         y = M.read(s.kind, self._stacked(memories), _each(e, G), s.heads, s.act, s.residual, headmajor=True)
         return y.chunk(G)
 
+    @on_state_dtype
     def learn_many(self, memories: tuple, key, values: tuple, lr=1.0, decay=None, beta=None):
         """Alike memories learning from one key at the same rates, each from its own
         value: one batched gradient, as `read_many`."""
@@ -222,15 +224,20 @@ class Span:
     def conv(self, name: str, x, weight):
         return self.ls.conv(name, x, weight)
 
+    def accumulates(self, memory: str) -> bool:
+        return self.ls.accumulates(memory)
+
     def rates(self, memory: str, **rates):
         self.ls.rates(memory, **rates)
 
+    @on_state_dtype
     def learn(self, memory: str, key, value, lr=1.0, decay=None, beta=None):
         f = self.ls.fast[memory]
         if f.mem.kind == "attention":
             return self.ls.learn(memory, key, value)
         self.items[memory] = (key, value, lr, decay, beta)
 
+    @on_state_dtype
     def read(self, memory: str, e, start: bool = False):
         if memory not in self.items:
             return self.ls.read(memory, e, start)

@@ -10,9 +10,13 @@ steps have made), so a period cut across calls (streaming) gives what one call g
 
 This is the reference: one loop iteration per piece, every formula written out
 (memories/*/naive.py). The fused path (runtime/fused.py) is a `LevelState` of its own,
-`FusedLevelState`, which the same scheduler drives.
+`FusedLevelState`, which the same scheduler drives. Memories that learn hold their
+states, and compute, in `state_dtype`: float32 when the flows are 16-bit (a model's
+`.bfloat16()`, or autocast).
 """
 from __future__ import annotations
+
+import functools
 
 import torch
 
@@ -24,6 +28,39 @@ from .memories.linear.naive import implicit_solve, implicit_stats
 from .memories.rules import apply_rule, per_head as _per_head
 from .ops import conv, conv_tail
 from .rates import products
+
+
+def state_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype memories hold their fast state and compute in, for flows or θ₀ of `dtype`:
+    float32 for 16-bit floats, whose 8 (bfloat16) or 11 (float16) bits would lose the small
+    steps of a long sequence (docs/semantics.md, "Precision")."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _cast(x, dtype: torch.dtype):
+    if isinstance(x, tuple):
+        return tuple(_cast(v, dtype) for v in x)
+    return x.to(dtype) if torch.is_tensor(x) and x.is_floating_point() else x
+
+
+def on_state_dtype(method):
+    """A level state's method that the compiled step calls with flows. A memory that sums
+    steps into a fast state (`accumulates`) runs in its `state_dtype` with autocast off
+    (autocast's matmuls would hand the state back in 16 bits), and what it reads goes back
+    to the step in the flows' dtype; any other memory (θ₀ as it is, an attention cache)
+    computes as the flows do."""
+    @functools.wraps(method)
+    def run(self, memory, *args, **kwargs):
+        flow = next((t for t in (*args, *kwargs.values()) if torch.is_tensor(t)), None)
+        if flow is None or not self.accumulates(memory):
+            return method(self, memory, *args, **kwargs)
+        dtype, device = state_dtype(flow.dtype), flow.device.type
+        if dtype == flow.dtype and not torch.is_autocast_enabled(device):
+            return method(self, memory, *args, **kwargs)
+        with torch.autocast(device, enabled=False):
+            out = method(self, memory, *_cast(args, dtype), **{k: _cast(v, dtype) for k, v in kwargs.items()})
+        return _cast(out, flow.dtype)
+    return run
 
 
 class Fast:
@@ -215,7 +252,7 @@ class Cache:
         self.chunk = (key, value, pos)
 
     def read(self, q, start: int):
-        K, V, pos = self.chunk if self.chunk is not None else (q[:, :0], q[:, :0], torch.arange(0))
+        K, V, pos = self.chunk if self.chunk is not None else (q[:, :0], q[:, :0], torch.arange(0, device=q.device))
         if self.K is not None:
             K, V, pos = torch.cat([self.K, K], 1), torch.cat([self.V, V], 1), torch.cat([self.pos, pos])
         q_pos = torch.arange(start, start + q.shape[1], device=q.device)
@@ -277,7 +314,10 @@ class LevelState(Carry):
             if m.kind == "attention":
                 self.fast[m.name] = Cache(m, self.period or 1)
                 continue
-            theta = M.batched(level.theta0(m.name), batch)
+            theta = level.theta0(m.name)
+            if self.period is not None and m.rule is not None:  # a state that sums steps
+                theta = {k: v.to(state_dtype(v.dtype)) for k, v in theta.items()}
+            theta = M.batched(theta, batch)
             if m.objective == "task" and self.period:
                 theta = differentiable(theta)
             self.fast[m.name] = Fast(m, theta, learns=self.period is not None, headmajor=self.headmajor)
@@ -301,6 +341,7 @@ class LevelState(Carry):
         super().detach()
 
     # -- called by the compiled chunk step
+    @on_state_dtype
     def read(self, memory: str, e, start: bool = False):
         """`memory(e)`: at S_j when read before (or `start`, for `self(...)` targets),
         at each token's own state when read within."""
@@ -312,6 +353,7 @@ class LevelState(Carry):
         theta = f.state_within() if within else self.theta(memory)
         return M.read(s.kind, theta, e, s.heads, s.act, s.residual, headmajor=f.headmajor)
 
+    @on_state_dtype
     def learn(self, memory: str, key, value, lr=1.0, decay=None, beta=None):
         f = self.fast[memory]
         if isinstance(f, Cache):
@@ -336,6 +378,11 @@ class LevelState(Carry):
     def _fast(self, memory: str) -> Fast | Cache:
         """The state that holds a memory."""
         return self.fast[memory]
+
+    def accumulates(self, memory: str | tuple) -> bool:
+        """Whether a memory (or alike `memories`) sums steps into a fast state."""
+        f = self._fast(memory if isinstance(memory, str) else memory[0])
+        return isinstance(f, Fast) and f.rule is not None
 
     def rates(self, memory: str, lr=1.0, decay=None, beta=None):
         """The rates of a memory that learns on the outer task (applied by the model)."""

@@ -4,7 +4,8 @@
 a torch.fx GraphModule over those same parameters with the code the backend wrote
 (`step` for a level: one chunk of one period; `segment` for the model: the blocks
 over a run of tokens). The GraphModules are not registered as children, so every
-parameter has one name in `state_dict`.
+parameter has one name in `state_dict`; they read the module's parameters as it holds
+them when they run, and pickle and deepcopy take them as their graphs (runtime/graphs.py).
 
 The model runs a sequence in segments cut where a level learning on the outer task
 (`learn M : task`) reaches a period boundary: after each segment the scheduler takes
@@ -27,6 +28,7 @@ from . import memories as M
 from .desc import LevelDesc
 from .errors import NonFiniteError
 from .fused import FusedLevelState
+from .graphs import HoldsGraphs, graph_module
 from .level import Carry, LevelState, differentiable, pieces
 
 
@@ -108,7 +110,7 @@ def _free(module: nn.Module, name: str, container: bool = False) -> str:
 _GRAPH_MODULE_NAMES = frozenset(dir(fx.GraphModule)) | frozenset(vars(fx.GraphModule(nn.Module(), fx.Graph())))
 
 
-class Level(nn.Module):
+class Level(HoldsGraphs):
     """One copy of a level: its outer parameters (flows' projections, convs, θ₀ of
     its memories) and its chunk step."""
 
@@ -127,7 +129,7 @@ class Level(nn.Module):
                                         for k, t in M.initial_state(m.kind, dict(m.shapes), m.init).items()}
 
     def attach(self, graph: fx.Graph) -> None:
-        self.__dict__["step"] = fx.GraphModule(self, graph, class_name=f"{self.desc.name}_step")
+        self.__dict__["step"] = graph_module(self, graph, f"{self.desc.name}_step")
 
     def theta0(self, memory: str) -> dict[str, torch.Tensor]:
         if memory in self.links:
@@ -141,6 +143,21 @@ class Level(nn.Module):
 
     def print_readable(self, print_output: bool = True):
         return self.step.print_readable(print_output)
+
+
+def _configure_compile(model: Model) -> None:
+    """A model with task levels takes a gradient inside its forward: torch.compile
+    traces that call correctly only with dynamo's `trace_autograd_ops` (without it
+    the compiled inner update silently differs), and a graph so traced that comes
+    back from the on-disk AOTAutograd cache fails with a bad shape (torch 2.13);
+    so the one is switched on and the other off (tests/test_compile.py). Neither
+    changes what other code computes."""
+    if model.task_levels():
+        import torch._dynamo  # here, not at import: it costs a second to load
+        import torch._functorch.config
+
+        torch._dynamo.config.trace_autograd_ops = True
+        torch._functorch.config.enable_autograd_cache = False
 
 
 class ModelState(Carry):
@@ -183,7 +200,7 @@ class ModelState(Carry):
         return ls
 
 
-class Model(nn.Module):
+class Model(HoldsGraphs):
     """A compiled model. `model(tokens, state=None) -> (logits, state)`: tokens [B, T];
     `state=None` starts every sequence from the initial states; passing the returned
     state back continues the sequences (two calls on halves equal one call)."""
@@ -207,7 +224,7 @@ class Model(nn.Module):
         self.slots[name] = slot
 
     def attach(self, graph: fx.Graph) -> None:
-        self.__dict__["segment"] = fx.GraphModule(self, graph, class_name=f"{self.name}_segment")
+        self.__dict__["segment"] = graph_module(self, graph, f"{self.name}_segment")
 
     def print_readable(self, print_output: bool = True):
         return self.segment.print_readable(print_output)
@@ -219,20 +236,13 @@ class Model(nn.Module):
             yield from getattr(self, slot)
 
     def finish(self) -> None:
-        """Called once every level is added. Links nested CMS memories to their sources.
-        A model with task levels takes a gradient inside its forward: torch.compile
-        traces that call correctly only with dynamo's `trace_autograd_ops` (without it
-        the compiled inner update silently differs), and a graph so traced that comes
-        back from the on-disk AOTAutograd cache fails with a bad shape (torch 2.13);
-        so the one is switched on and the other off (tests/test_compile.py). Neither
-        changes what other code computes."""
+        """Called once every level is added. Links nested CMS memories to their sources."""
         self._link_sources()
-        if self.task_levels():
-            import torch._dynamo  # here, not at import: it costs a second to load
-            import torch._functorch.config
+        _configure_compile(self)
 
-            torch._dynamo.config.trace_autograd_ops = True
-            torch._functorch.config.enable_autograd_cache = False
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        _configure_compile(self)  # a model loaded in a fresh process
 
     def _link_sources(self) -> None:
         """Nested CMS: a memory with `init: other.mem` starts from, and every period of

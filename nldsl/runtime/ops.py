@@ -13,12 +13,17 @@ import torch
 import torch.nn.functional as F
 
 
-
 def _either(tensor_fn, number_fn):
     """An elementwise function of a tensor or of a plain number (e.g. sqrt(rows(W)))."""
     def f(x):
         return tensor_fn(x) if torch.is_tensor(x) else number_fn(x)
-    f.__name__ = tensor_fn.__name__
+    return _named(f, tensor_fn.__name__)
+
+
+def _named(f, name: str):
+    """A function made here, named as the module attribute it is bound to: pickle (torch.save
+    of a model, whose graphs call it) finds a function by that name."""
+    f.__name__ = f.__qualname__ = name
     return f
 
 
@@ -78,12 +83,13 @@ def l2norm(x, heads: int = 1, eps: float = 1e-6):
 
 def rmsnorm(x, weight, eps: float = 1e-6, heads: int = 1):
     """RMS normalisation of each item, or of each of its `heads` equal slices; with heads,
-    the scale `weight` has a head's size and is shared by the heads."""
-    if heads == 1:
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+    the scale `weight` has a head's size and is shared by the heads. In at least float32,
+    as torch's own norms: in 16 bits the backward's 1/rms³ overflows for items as small as
+    the embedding's."""
     shape = x.shape
-    x = x.reshape(*shape[:-1], heads, shape[-1] // heads)
-    return (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight).reshape(shape)
+    wide = x.to(torch.promote_types(x.dtype, torch.float32)).reshape(*shape[:-1], heads, shape[-1] // heads)
+    normed = (wide * torch.rsqrt(wide.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+    return (normed * weight).reshape(shape)
 
 
 def conv(x, weight, tail):
@@ -118,8 +124,7 @@ def _extreme(tensors, bound: str, numbers, name: str):
             t, c = (a, b) if torch.is_tensor(a) else (b, a)
             return torch.clamp(t, **{bound: c})
         return numbers(a, b)
-    f.__name__ = name
-    return f
+    return _named(f, name)
 
 
 maximum = _extreme(torch.maximum, "min", max, "maximum")

@@ -41,6 +41,7 @@ from torch import fx
 
 from . import memories as M
 from .desc import MemoryDesc, OptimizerDesc
+from .graphs import frozen, thawed
 from .memories.rules import apply_rule
 from .memories.elementwise import naive as elementwise
 from .memories.layout import as_rate
@@ -55,6 +56,12 @@ class OptimizerUse:
     selector: str  # all | matrices | vectors | rest
     optimizer: OptimizerDesc
     step: Callable  # step(g, W, step, st) -> W': a GraphModule, or a function in emitted source
+
+    def __getstate__(self):
+        return {**vars(self), "step": frozen(self.step)}
+
+    def __setstate__(self, state):
+        vars(self).update(state, step=thawed(state["step"]))
 
 
 @dataclass(frozen=True)
@@ -191,6 +198,17 @@ class SpecOptimizer(torch.optim.Optimizer):
         self.memories = memories_of(spec)
         self._count = 0  # parameters given initial states so far
         super().__init__(params, {})
+
+    def __getstate__(self) -> dict:
+        # torch.optim's keeps only defaults, state and param_groups: the spec and its step are ours too
+        return {**super().__getstate__(), "spec": self.spec, "graph": frozen(self.graph), "seed": self.seed,
+                "_count": self._count}
+
+    def __setstate__(self, state: dict) -> None:
+        if "graph" in state:  # a whole optimizer; `load_state_dict` sets its state and groups alone
+            state = {**state, "graph": thawed(state["graph"])}
+        super().__setstate__(state)
+        self.memories = memories_of(self.spec)
 
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
