@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: setup demo test diagrams clean
+.PHONY: setup demo test diagrams clean gpu-check
 
 setup: $(STAMP)
 
@@ -43,3 +43,8 @@ diagrams: setup
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info
+
+# On a machine with CUDA only: the kernels on the GPU, a bf16 training run with the
+# kernels on, the GPU peer comparison; a summary in out/gpu-check/SUMMARY.md.
+gpu-check: setup
+	./scripts/gpu-check.sh

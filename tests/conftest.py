@@ -5,7 +5,10 @@ from pathlib import Path
 import pytest
 
 # Kernel tests run Triton kernels on the CPU; the switch must be set before triton is imported.
-os.environ.setdefault("TRITON_INTERPRET", "1")
+# NLDSL_TEST_DEVICE=cuda (make gpu-check) runs the kernel tests on the GPU instead, compiled.
+DEVICE = os.environ.get("NLDSL_TEST_DEVICE", "cpu")
+if DEVICE == "cpu":
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 ROOT = Path(__file__).resolve().parent.parent
 

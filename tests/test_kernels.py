@@ -30,8 +30,14 @@ TOL = 1e-4
 
 
 @pytest.fixture(autouse=True)
-def _seed():
+def _seed_and_device():
+    """Seeded; on the GPU when NLDSL_TEST_DEVICE=cuda (make gpu-check): every tensor the
+    tests make is then a CUDA tensor, and the kernels run compiled."""
+    from conftest import DEVICE
+
     torch.manual_seed(0)
+    with torch.device(DEVICE):
+        yield
 
 
 def close(got: torch.Tensor, want: torch.Tensor, what: str):
@@ -43,10 +49,10 @@ def close(got: torch.Tensor, want: torch.Tensor, what: str):
 
 def test_available(monkeypatch):
     """On the CPU only the interpreter runs kernels."""
-    cpu = torch.zeros(1)
+    cpu = torch.zeros(1, device="cpu")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert kernels.available(cpu)
-    monkeypatch.delenv("TRITON_INTERPRET")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     assert not kernels.available(cpu)
 
 
