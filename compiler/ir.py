@@ -107,16 +107,23 @@ class LevelGraph:
 HIDDEN = ("kind", "spec", "step", "made", "desc")  # attributes `describe` does not list as they are
 
 
+FORMS = {"chunk": "chunk-parallel delta rule", "mlp": "a period as one node", None: "period by period"}
+
+
 def schedule_of(d: dict) -> list[str]:
     """How the fused path runs a level, as its description (after the passes) says:
-    whole periods in one call, the memories held stacked, the tile, the kernel hint."""
+    whole periods in one call and how each learning memory runs them (with its tile, and
+    the Triton kernel that runs it on CUDA), or the memories held stacked; the kernel hint."""
     desc = d.get("desc")
     if desc is None or not hasattr(desc, "parallel"):
         return []
     out = ["whole periods at once"] if desc.parallel else []
+    for m in desc.memories if desc.parallel else ():
+        if m.objective in ("l2", "dot"):
+            tile = f", tile {desc.tile}" if m.form == "chunk" else ""
+            kernel = f"; Triton {m.triton} on CUDA" if m.triton and desc.kernel != "torch" else ""
+            out.append(f"{m.name}: {FORMS[m.form]}{tile}{kernel}")
     out += [f"stacked {'+'.join(names)}" for names in desc.stacks if desc.group]
-    if any(m.kind == "linear" and m.objective in ("l2", "dot") for m in desc.memories) and desc.parallel:
-        out.append(f"tile {desc.tile}")
     if desc.kernel is not None:
         out.append(f"kernel {desc.kernel}")
     return out

@@ -256,6 +256,50 @@ def find_parallel(ir: LevelGraph) -> LevelGraph:
     return ir
 
 
+def choose_forms(ir: LevelGraph) -> LevelGraph:
+    """How the fused path runs each memory of a parallel level over whole periods
+    (`MemoryDesc.form`, `.triton`), which the runtime follows and the diagram shows:
+    - "chunk": a linear memory on l2 or dot by gd (or implicit on l2 at period 1), not
+      detached: the chunk-parallel delta rule; Triton's `gated_delta_rule` may run it at
+      period 1 on l2;
+    - "mlp": a 2-layer mlp without biases on l2 by gd or momentum (not momentum per
+      token), read at the period's start, not detached and not decay-first: a period as
+      one autograd node;
+    - otherwise period by period. Triton's `mlp_period_update` may run an mlp on l2 by gd
+      read at the period's start, not detached and not decay-first, biases or not."""
+    for d in _steps(ir):
+        desc = d["desc"]
+        if desc.parallel:
+            mems = tuple(dataclasses.replace(m, form=_form(m, desc.period), triton=_triton(m, desc.period))
+                         for m in desc.memories)
+            d["desc"] = dataclasses.replace(desc, memories=mems)
+    return ir
+
+
+def _plain_mlp(m) -> bool:
+    """An mlp on l2, read at the period's start, whose gradient flows through, not decay-first."""
+    return (m.kind == "mlp" and m.objective == "l2" and m.read != "within" and not m.detach
+            and not m.decay_first)
+
+
+def _form(m, period: int) -> str | None:
+    if m.kind == "linear" and m.objective in ("l2", "dot") and not m.detach and (
+            m.rule == "gd" or (m.rule == "implicit" and period == 1 and m.objective == "l2")):
+        return "chunk"
+    if (_plain_mlp(m) and m.rule in ("gd", "momentum") and not (m.per_token and m.rule == "momentum")
+            and {name for name, _ in m.shapes} == {"W1", "W2"}):
+        return "mlp"
+    return None
+
+
+def _triton(m, period: int) -> str | None:
+    if _form(m, period) == "chunk" and period == 1 and m.objective == "l2":
+        return "gated_delta_rule"
+    if _plain_mlp(m) and m.rule == "gd":
+        return "mlp_period_update"
+    return None
+
+
 def group_memories(ir: LevelGraph) -> LevelGraph:
     """Alike memories of a level that is not parallel (a parallel level runs whole
     periods at once already) in one call each, and the memories held stacked
@@ -363,6 +407,7 @@ PASSES: list[tuple[str, Callable[[LevelGraph], LevelGraph]]] = [
     ("learn_first", learn_first),
     ("share_common", share_common),
     ("find_parallel", find_parallel),
+    ("choose_forms", choose_forms),
     ("group_memories", group_memories),
 ]
 

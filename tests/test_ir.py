@@ -191,3 +191,37 @@ def test_the_model_and_the_diagram_share_one_schedule(path):
             assert lv.desc == d["desc"]
             for line in schedule_of(d):
                 assert f"▸ {line}" in dot
+
+
+def test_the_fused_path_runs_each_memory_in_the_form_the_graph_chose(monkeypatch):
+    """`choose_forms` decides how a parallel level's memories run (the diagram says it);
+    the runtime follows: the chunk-parallel delta rule for gated_deltanet.nl's S, a period
+    as one node for titans.nl's M. With the forms taken off the graph, the same models
+    run period by period and compute the same logits."""
+    import torch
+
+    from nldsl.compiler.backends.fx import build_model
+    from nldsl.runtime import fused
+
+    ran = []
+    real_delta, real_loop = fused.delta_rule, fused.Span._mlp_loop
+    monkeypatch.setattr(fused, "delta_rule", lambda *a, **k: ran.append("chunk") or real_delta(*a, **k))
+    monkeypatch.setattr(fused.Span, "_mlp_loop", lambda *a, **k: ran.append("mlp") or real_loop(*a, **k))
+    for name, form in (("gated_deltanet", "chunk"), ("titans", "mlp")):
+        spec = check(ROOT / f"examples/{name}.nl", dim=32, context=32, vocab=64).models[0]
+        tokens = torch.randint(0, 64, (1, 32))
+        outs = []
+        for keep in (True, False):
+            ir = passes.run(spec)
+            for node, d in ir.graph.nodes(data=True):
+                if "desc" in d and d["kind"] == "level" and not keep:
+                    mems = tuple(dataclasses.replace(m, form=None, triton=None) for m in d["desc"].memories)
+                    d["desc"] = dataclasses.replace(d["desc"], memories=mems)
+            assert (form in {m.form for n, d in ir.graph.nodes(data=True) if "desc" in d and d["kind"] == "level"
+                             for m in d["desc"].memories}) == keep
+            torch.manual_seed(0)
+            ran.clear()
+            with torch.no_grad():
+                outs.append(build_model(ir)(tokens)[0])
+            assert (form in ran) == keep and len(set(ran)) <= 1
+        torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=1e-5)

@@ -27,6 +27,10 @@ class MemoryDesc:
     decay_first: bool = False  # gd: each token's gradient at α_t S_{t-1}, the decayed state (Gated DeltaNet)
     per_token: bool = False  # gd, momentum: a step at every token, the gradients at the period's start (Titans)
     read: str = "before"
+    # how the fused path runs it over whole periods of a parallel level (the pass `choose_forms`):
+    # "chunk", the chunk-parallel delta rule; "mlp", a period as one node; None, period by period
+    form: str | None = None
+    triton: str | None = None  # the Triton kernel that may run that form (kernels.py), on CUDA or when asked
 
 
 @dataclass(frozen=True)

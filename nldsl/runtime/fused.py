@@ -181,35 +181,12 @@ def periods(x, P: int, count: int) -> list:
     return [x] * count
 
 
-def chunkable(f, period: int, clip) -> bool:
-    m = f.mem
-    return (m.kind == "linear" and f.objective in ("l2", "dot") and not m.detach and clip is None
-            and (f.rule == "gd" or (f.rule == "implicit" and period == 1 and f.objective == "l2")))
-
-
 def use_kernel(mode: str, t: torch.Tensor) -> bool:
     """Whether a Triton kernel answers for t: never with kernels="torch", on CUDA with
     "auto", wherever one can run with "triton". Not for float64: they compute in float32."""
     if mode == "torch" or t.dtype == torch.float64 or not (t.is_cuda or mode == "triton"):
         return False
     return kernels.available(t)
-
-
-def mlp_kernel(f, clip) -> bool:
-    """Whether a memory's period is exactly `kernels.mlp_period_update`: a 2-layer mlp
-    on l2 by gd, read at the period's start, with the gradient flowing through."""
-    m = f.mem
-    return (m.kind == "mlp" and f.objective == "l2" and f.rule == "gd" and not f.within
-            and not m.detach and not m.decay_first and clip is None)
-
-
-def mlp_loop(f, clip) -> bool:
-    """Whether a memory's periods are `period.mlp_period`: a 2-layer mlp without biases
-    on l2 by gd or momentum, read at the period's start, with the gradient flowing through."""
-    m = f.mem
-    return (m.kind == "mlp" and f.objective == "l2" and f.rule in ("gd", "momentum") and not f.within
-            and not m.detach and not m.decay_first and not (f.per_token and f.rule == "momentum")
-            and clip is None and set(f.theta) == {"W1", "W2"})
 
 
 class Span:
@@ -252,7 +229,9 @@ class Span:
         key, value, lr, decay, beta = self.items[memory]
         m, P, clip = f.mem, ls.period, ls.options.get("inner_clip")
         B, n = key.shape[:2]
-        if chunkable(f, P, clip):
+        # the form and kernel the compiler chose (desc.MemoryDesc); clipping is per period, the reference's algebra
+        form, triton = (m.form, m.triton) if clip is None else (None, None)
+        if form == "chunk":
             k, v = split_heads(key, m.heads), split_heads(value, m.heads)
             eta = as_rate(lr, B, n, m.heads, key)
             if f.rule == "implicit":  # the exact proximal step of one item (Sherman-Morrison)
@@ -260,7 +239,7 @@ class Span:
             log_decay = None if decay is None else as_rate(decay, B, n, m.heads, key).log()
             q = k if e is None else split_heads(e, m.heads)
             first = m.decay_first and log_decay is not None
-            if P == 1 and f.objective == "l2" and use_kernel(ls.kernel, key):  # the same recurrence, in Triton
+            if triton and use_kernel(ls.kernel, key):  # the same recurrence, in Triton
                 y, S = kernels.gated_delta_rule(f.theta["W"], q, k, v, eta, log_decay, within=f.within,
                                                 tile=self.tile, decay_first=first)
             else:
@@ -269,9 +248,9 @@ class Span:
                                   per_token=f.per_token)
             f.theta = {"W": S}
             return None if e is None else merge_heads(y)
-        if mlp_kernel(f, clip) and use_kernel(ls.kernel, key):
+        if triton == "mlp_period_update" and use_kernel(ls.kernel, key):
             return self._mlp_periods(f, key, value, self._one_step_rates(f, key, lr, decay), decay, e)
-        if mlp_loop(f, clip):
+        if form == "mlp":
             return self._mlp_loop(f, key, value, self._one_step_rates(f, key, lr, decay), decay, beta, e)
         # any other memory, per period with the reference's own algebra: momentum with `per_token`
         # falls back here, since period.py's node makes one weighted sum of gradients, not two

@@ -17,7 +17,7 @@ class AttnLevel(Level):
 
     def __init__(self, copy: int):
         desc = LevelDesc(name='attn', scope='sequence', period=1, parallel=True, memories=(
-            MemoryDesc(name='S', kind='linear', heads=2, shapes=(('W', (2, 32, 32)),), init='zeros', constant=True, objective='dot', rule='gd', read='within'),
+            MemoryDesc(name='S', kind='linear', heads=2, shapes=(('W', (2, 32, 32)),), init='zeros', constant=True, objective='dot', rule='gd', read='within', form='chunk'),
         ))
         super().__init__(desc, copy)
         register(self, 'q.proj', init('proj', (64, 64)))
