@@ -8,8 +8,9 @@ level graph, where the later passes rewrite them and the backends read them.
 - the model gets a *segment* graph (inputs `tokens`, `st`): embedding, the blocks,
   each level copy applied through the runtime's period scheduler (`scan`), final
   norm and head;
-- each optimizer gets its per-parameter step `g, W, step, st -> W'` and its
-  description (`OptimizerDesc`).
+- each optimizer gets its per-parameter step `g, W, step, st, hp -> W'` (`hp`: the
+  parameter's group, whose hyperparameters it reads) and its description
+  (`OptimizerDesc`).
 Loops over periods and segments live in the runtime, not in the graphs. Nodes are
 named after the spec's names and carry their `.nl` span in `node.meta["nl_span"]`.
 The graphs hold no tensors: an outer parameter is a `get_attr` of its name in the
@@ -369,8 +370,11 @@ class _OptimizerBuild:
     """Writes one optimizer's per-parameter step into an fx Graph (design §10).
 
     The graph's inputs are `g` (the gradient), `W` (the parameter), `step` (the 1-based
-    step count) and `st` (the parameter's optimizer state, `nldsl.runtime.optim`). It
-    returns the new W. Hyperparameters are constants folded into the graph.
+    step count), `st` (the parameter's optimizer state, `nldsl.runtime.optim`) and `hp`
+    (the parameter's group: `hp["lr"]`). It returns the new W. Hyperparameters are read
+    from `hp` where first needed, so a learning-rate scheduler's changes reach the
+    step; those that shape it (`spec.fixed`: periods, sizes, select's condition) are
+    constants folded into the graph.
 
     What the graph reads, in what order (docs/semantics.md §2, §7):
     - Flows are named nodes, written lazily where first needed, so they come in
@@ -390,8 +394,8 @@ class _OptimizerBuild:
         self.spec = spec
         self.g = fx.Graph()
         # create_node keeps the names as written (`placeholder` would snake-case `W`)
-        self.grad, self.W0, self.step, self.st = (self.g.create_node("placeholder", n, name=n)
-                                                  for n in ("g", "W", "step", "st"))
+        self.grad, self.W0, self.step, self.st, self.hp = (self.g.create_node("placeholder", n, name=n)
+                                                           for n in ("g", "W", "step", "st", "hp"))
         self.W = self.W0  # the W an update statement sees: after the updates written before it
         self.in_update = False
         self.level: str | None = None  # the level whose flows are visible (None: the optimizer's own)
@@ -403,9 +407,11 @@ class _OptimizerBuild:
         self.flows: dict[tuple[str | None, str], object] = {}
         self.learned: set[str] = set()
         self.reads: dict[str, fx.Node] = {}  # memories read by name, after their learn statement
-        self.named: set[fx.Node] = {self.grad, self.W0, self.step, self.st}
+        self.named: set[fx.Node] = {self.grad, self.W0, self.step, self.st, self.hp}
+        self.hparams: dict[str, fx.Node] = {}  # those read from `hp`, once each
+        fixed = {k: spec.hparams[k] for k in spec.fixed}
         # no parameters: an optimizer's functions create none (the checker allows no proj, learned, ...)
-        self.ex = Exprs(self.g, dict(spec.hparams), {}, [], lambda n: n, self.st, self.lookup, memory=self)
+        self.ex = Exprs(self.g, fixed, {}, [], lambda n: n, self.st, self.lookup, memory=self)
 
     # -- names
     def _discarded(self, name: str):
@@ -428,10 +434,22 @@ class _OptimizerBuild:
             return stand_in
         if name in self.mems:
             return self.read(name, None, None)
+        if name in self.spec.hparams:
+            return self.hparam(name)
         key = self._visible(name, self.level)
         if key is None:
             raise BackendError(f"unknown name `{name}` in optimizer `{self.spec.name}`")
         return self.flow(key)
+
+    def hparam(self, name: str) -> fx.Node:
+        """`hp[name]`: the hyperparameter as the parameter's group holds it at this step,
+        read at the top of the step, where the optimizer's line is."""
+        if name not in self.hparams:
+            with self.g.inserting_after(next(reversed(self.hparams.values()), self.hp)):
+                node = self.g.create_node("call_function", operator.getitem, (self.hp, name), name=name)
+            self.hparams[name] = _locate(node, self.spec.span)
+            self.named.add(node)
+        return self.hparams[name]
 
     def _visible(self, name: str, level: str | None) -> tuple[str | None, str] | None:
         """The flow `name` means where `level`'s flows are visible: the level's own, else the optimizer's."""
@@ -540,7 +558,7 @@ def describe_optimizer(spec: OptimizerSpec) -> OptimizerDesc:
     """The runtime's plain description of an optimizer (what emitted source writes out):
     its hyperparameters, and its levels, whose periods count steps."""
     levels = tuple(dataclasses.replace(describe(lv), period=int(lv.period.count)) for lv in spec.levels)
-    return OptimizerDesc(name=spec.name, hparams=dict(spec.hparams), levels=levels)
+    return OptimizerDesc(name=spec.name, hparams=dict(spec.hparams), levels=levels, fixed=spec.fixed)
 
 
 def lower_level(spec: LevelSpec, settings: dict) -> tuple[fx.Graph, list[Made]]:

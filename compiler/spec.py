@@ -178,6 +178,9 @@ class OptimizerSpec(Node):
     updates: tuple[UpdateSpec, ...]
     file: str
     span: Span | None = None
+    # the hyperparameters that shape the step (periods, memories, constant arguments): constants
+    # of it; the others are read from the parameter group at each step
+    fixed: tuple[str, ...] = ()
 
 
 class OptimizerUseSpec(Node):

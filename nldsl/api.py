@@ -92,8 +92,11 @@ def compile_optimizer(source: str | Path, params, /, *, name: str | None = None,
     `params` (tensors or parameter groups, as for any torch optimizer).
 
     `name` picks an optimizer definition (default: the first one defined in the file);
-    `hparams` replace its defaults (`lr=3e-4, nesterov=True`). The hyperparameters are
-    constants of the compiled step. See docs/optimizers.md."""
+    `hparams` replace its defaults (`lr=3e-4, nesterov=True`). Every parameter group
+    holds every hyperparameter, which the compiled step reads at each step, so
+    `torch.optim.lr_scheduler` drives `lr`; those that shape the step (a period, a
+    size, select's condition: `opt.spec.fixed`) are constants of it. See
+    docs/optimizers.md."""
     from .compiler import passes
     from .compiler.backends.fx import build_optimizers
     from .runtime.optim import SpecOptimizer

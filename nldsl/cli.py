@@ -14,6 +14,7 @@ from .compiler import passes
 from .compiler.diagnostics import NLError, Report, render
 from .compiler.driver import check as check_source
 from .files import FileError, atomic_write
+from .training import SCHEDULES
 
 
 def _report_errors(e: NLError, fmt: str) -> int:
@@ -172,7 +173,8 @@ def _run_errors(fn):
         try:
             return fn(args)
         except user_errors() as e:
-            return _fail(str(e))
+            from .distributed import rank_prefix
+            return _fail(rank_prefix() + str(e))  # in a job of several ranks, the rank that failed
         finally:  # `main` may run inside another program (the tests do)
             flush_subnormals(False)
     return run
@@ -180,13 +182,21 @@ def _run_errors(fn):
 
 @_run_errors
 def cmd_train(args) -> int:
-    from .run import parse_overrides
-    from .train import train
+    from . import distributed
+    from .run import device, parse_overrides
+    from .train import default_out, train
+    if args.nproc is not None:
+        if not distributed.launched():  # start torchrun, whose ranks run this same command
+            out = Path(args.out) if args.out else default_out(args.file.partition(":")[0])
+            return distributed.launch(args.nproc, args.argv, out, device(args.device))
+        distributed.check_nproc(args.nproc)
     train(args.file, data=args.data, steps=args.steps, out_dir=args.out, resume=args.resume,
           overrides=parse_overrides(args.set), seed=args.seed, eval_every=args.eval_every,
           eval_batches=args.eval_batches, ckpt_every=args.ckpt_every, sample=args.sample, quiet=args.quiet,
           compile=args.compile, inner_clip=args.inner_clip, tokenizer=args.tokenizer, device=args.device,
-          precision=args.precision)
+          precision=args.precision, lr=args.lr, lr_schedule=args.lr_schedule, warmup=args.warmup,
+          grad_clip=args.grad_clip, accumulate=args.accumulate, fsdp=args.fsdp, backend=args.backend,
+          dist_timeout=args.dist_timeout, wandb=args.wandb)
     return 0
 
 
@@ -296,8 +306,30 @@ def _add_run_commands(sub) -> None:
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a model setting, e.g. --set dim=64 (repeatable)")
     t.add_argument("--inner-clip", type=float, metavar="X",
                    help="clip every inner update to norm X instead of stopping at a NaN or Inf (kept by the run)")
+    t.add_argument("--lr", type=float, metavar="X",
+                   help="the peak learning rate: every optimizer line's lr is scaled so that the largest is X "
+                        "(default: the spec's)")
+    t.add_argument("--lr-schedule", choices=SCHEDULES,
+                   help="after the warmup, keep the lr (constant, the default) or decay it to 0 at --steps")
+    t.add_argument("--warmup", type=int, metavar="N",
+                   help="raise the lr linearly over the first N steps (default: the spec's `warmup`, else 0)")
+    t.add_argument("--grad-clip", type=float, metavar="X",
+                   help="clip the gradient of all parameters to norm X (default: the spec's `grad_clip`, else none)")
+    t.add_argument("--accumulate", type=int, metavar="N",
+                   help="run each step's batch as N micro-batches: the same step in less memory (default: the "
+                        "spec's `accumulate`, else 1)")
     t.add_argument("--sample", type=int, default=200, metavar="N", help="tokens (bytes) to sample at the end (default 200; 0: none)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--wandb", action="store_true", help="log to Weights & Biases too (needs the wandb package; "
+                                                        "WANDB_MODE=offline keeps it on this machine)")
+    t.add_argument("--nproc", type=int, metavar="N", help="train data-parallel on N processes of this machine "
+                   "(starts torchrun --standalone --nproc-per-node N; the spec's batch is split among them)")
+    t.add_argument("--fsdp", action="store_true", help="shard the weights, gradients and optimizer state among the "
+                   "ranks (FSDP2) instead of replicating them (DDP)")
+    t.add_argument("--backend", choices=("gloo", "nccl"), help="how the ranks talk (default: nccl on CUDA, gloo on "
+                   "the CPU)")
+    t.add_argument("--dist-timeout", type=float, metavar="S", help="seconds a rank waits for the others to start "
+                   "and at each exchange before the job stops with an error (default 300)")
     t.set_defaults(run=cmd_train)
 
     e = sub.add_parser("eval", help="held-out loss and bits per byte (token) of a checkpoint")
@@ -382,6 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # `train --nproc` gives them to the ranks it starts
     try:
         return args.run(args)
     except NLError as e:

@@ -32,12 +32,16 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from . import distributed
 from . import run as runs
 from .data import PYDOC, Corpus, DataError, data_key
 from .files import FileError, atomic_write, read_limited, reason
+from .logs import RunLogs, require_wandb
 from .run import RunError, build_model, check_inner_clip, check_overrides, model_device
 from .tokenizer import (BYTE_TOKENIZER, BYTES, JSON_FILE, MAX_TOKENIZER_BYTES, SENTENCEPIECE_FILE, Tokenizer,
                         TokenizerError, bpe_vocab, from_bytes)
+from . import training
+from .training import Training
 
 try:
     import fcntl
@@ -96,6 +100,8 @@ class Checkpoint:
     tokenizer_file: str | None = None  # its file in the run folder, tokenizer.json or tokenizer.model
     tokenizer_sha256: str | None = None  # of that file, to find one that does not belong to the run
     model_name: str | None = None  # which model of the spec (`FILE:MODEL`); None: its first
+    training: Training | None = None  # lr, schedule, clipping, accumulation; None: from before them (constant)
+    scheduler: dict | None = None  # the learning-rate scheduler's state_dict()
 
 
 def bits(loss: float) -> float:
@@ -118,7 +124,7 @@ def _norms(model) -> dict[str, float]:
     if not named:
         return {}
     norms = torch.stack([torch.linalg.vector_norm(p.detach(), dtype=torch.float64) for p in named.values()])
-    return dict(zip(named, norms.tolist()))
+    return dict(zip(named, distributed.whole(norms).tolist()))  # FSDP: the norms of whole parameters
 
 
 def _first_nonfinite(norms: dict[str, float]) -> str | None:
@@ -233,10 +239,15 @@ def _unflatten(obj, tensors: dict):
     return {k: _unflatten(v, tensors) for k, v in obj.items()}
 
 
-def save_checkpoint(out: Path, ckpt: Checkpoint) -> None:
+def save_checkpoint(out: Path, ckpt: Checkpoint, world: distributed.World | None = None) -> None:
     """Write `ckpt` (its `model` and `optimizer` are state dicts) as `out/model.safetensors`,
-    with the sha256 of its content, so that corruption is found when it is loaded."""
+    with the sha256 of its content, so that corruption is found when it is loaded. In a job
+    (`world`) rank 0 writes it; under FSDP every rank writes its shards of the tensors into
+    `out/shards-STEP/` and the file holds the metadata, naming the shards and their sha256."""
     from safetensors.torch import save
+    world = world or distributed.World()
+    if not (world.writer or world.fsdp):
+        return
     tensors = {f"model.{k}": _own(v) for k, v in ckpt.model.items()}
     opt = {}
     opt_json = _flatten(ckpt.optimizer, opt)
@@ -245,11 +256,18 @@ def save_checkpoint(out: Path, ckpt: Checkpoint) -> None:
             "data_sha256": ckpt.data_sha256 or "", "eval_batches": str(ckpt.eval_batches),
             "spec_path": ckpt.spec_path, "spec": ckpt.spec_text, "overrides": json.dumps(ckpt.overrides),
             "inner_clip": json.dumps(ckpt.inner_clip), "optimizer": json.dumps(opt_json),
+            "training": json.dumps(ckpt.training and dataclasses.asdict(ckpt.training)),
+            "scheduler": json.dumps(ckpt.scheduler),
             "tokenizer": ckpt.tokenizer, "tokenizer_file": ckpt.tokenizer_file or "",
             "tokenizer_sha256": ckpt.tokenizer_sha256 or "", "model": ckpt.model_name or "",
             "history": json.dumps({"train": ckpt.history.train, "heldout": sorted(ckpt.history.heldout.items())})}
+    if world.fsdp:
+        meta["shards"], tensors = world.write_shards(out, ckpt.step, tensors), {}
+        if not world.writer:
+            return
     meta["sha256"] = _digest(meta, tensors)
     atomic_write(out / CHECKPOINT, save(tensors, metadata=meta))
+    distributed.drop_stale_shards(out, meta.get("shards"))
 
 
 def _digest(meta: dict[str, str], tensors: dict[str, torch.Tensor]) -> str:
@@ -286,6 +304,8 @@ def load_checkpoint(out: str | Path) -> Checkpoint:
               file=sys.stderr)
     else:
         raise TrainError(f"{path} is not an nldsl checkpoint (format {form!r}, expected {FORMAT!r})")
+    if form == FORMAT and "shards" in meta:  # an FSDP run's: its tensors are in the shards it names
+        tensors = {**tensors, **distributed.read_shards(Path(out), meta["shards"], path)}
     return _from_metadata(meta, tensors, path)
 
 
@@ -318,9 +338,18 @@ def _from_metadata(meta: dict[str, str], tensors: dict, path: Path) -> Checkpoin
         model={k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")},
         optimizer=read("optimizer", lambda s: _unflatten(json.loads(s), tensors)),
         inner_clip=read("inner_clip", lambda s: check_inner_clip(json.loads(s)), None),
+        training=read("training", lambda s: training.stored(json.loads(s)), None),
+        scheduler=read("scheduler", _scheduler_state, None),
         data_sha256=read("data_sha256", str, None) or None, tokenizer=read("tokenizer", _nonempty, BYTES),
         tokenizer_file=read("tokenizer_file", _tokenizer_file, None) or None,
         tokenizer_sha256=read("tokenizer_sha256", str, None) or None, model_name=read("model", str, None) or None)
+
+
+def _scheduler_state(s: str) -> dict | None:
+    state = json.loads(s)
+    if state is not None and not isinstance(state, dict):
+        raise ValueError("it is not an object")
+    return state
 
 
 def _tokenizer_file(s: str) -> str:
@@ -491,23 +520,35 @@ class _NonFiniteLoss(ArithmeticError):
 
 
 def _train_step(model, optimizer, x: torch.Tensor, y: torch.Tensor, precision: str = "fp32",
-                scaler: torch.amp.GradScaler | None = None) -> float:
+                scaler: torch.amp.GradScaler | None = None, accumulate: int = 1,
+                grad_clip: float | None = None) -> float:
     """One update on one batch, the forward in `precision`; a NaN or Inf loss is refused
-    before it reaches the weights. With fp16, the gradient scaler scales the loss and skips
-    a step whose gradients overflowed."""
+    before it reaches the weights. The batch runs as `accumulate` equal micro-batches, each
+    loss divided by their number, so the summed gradient is the whole batch's (each sequence
+    starts its own fast state, so none sees another). With fp16, the gradient scaler scales
+    the loss and skips a step whose gradients overflowed; `grad_clip` clips the gradient of
+    all parameters to that norm, unscaled first."""
     optimizer.zero_grad(set_to_none=True)
-    with runs.autocast(model_device(model), precision):
-        loss = runs.loss(model, x, y)
-    if not torch.isfinite(loss):
-        raise _NonFiniteLoss(f"the loss is {loss.item()}")
-    if scaler is not None and scaler.is_enabled():
-        scaler.scale(loss).backward()
+    scaling = scaler is not None and scaler.is_enabled()
+    total = 0.0
+    for xb, yb in zip(x.chunk(accumulate), y.chunk(accumulate)):
+        with runs.autocast(model_device(model), precision):
+            loss = runs.loss(model, xb, yb)
+        if not torch.isfinite(loss):
+            raise _NonFiniteLoss(f"the loss is {loss.item()}")
+        share = loss / accumulate
+        (scaler.scale(share) if scaling else share).backward()
+        total += share.item()
+    if grad_clip is not None:
+        if scaling:
+            scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    if scaling:
         scaler.step(optimizer)
         scaler.update()
     else:
-        loss.backward()
         optimizer.step()
-    return loss.item()
+    return total
 
 
 def _resumed(ckpt: Checkpoint, seed, data, overrides, inner_clip, tokenizer, model_name) -> Checkpoint:
@@ -529,7 +570,11 @@ def train(spec_path: str | Path, data: str | None = None, steps: int = 1000, out
           resume: bool = False, overrides: dict | None = None, seed: int | None = None,
           eval_every: int = 100, eval_batches: int = 8, ckpt_every: int = 100, sample: int = 200,
           quiet: bool = False, on_step=None, compile: bool = False, inner_clip: float | None = None,
-          tokenizer: str | None = None, device: str | None = "auto", precision: str = "fp32") -> History:
+          tokenizer: str | None = None, device: str | None = "auto", precision: str = "fp32",
+          lr: float | None = None, lr_schedule: str | None = None, warmup: int | None = None,
+          grad_clip: float | None = None, accumulate: int | None = None,
+          fsdp: bool = False, backend: str | None = None, dist_timeout: float | None = None,
+          wandb: bool = False) -> History:
     """Train a model of `spec_path` on `data` for `steps` steps in all, into `out_dir`.
 
     `spec_path` is a spec's path or an example's name, with `:MODEL` to pick a model of
@@ -544,18 +589,34 @@ def train(spec_path: str | Path, data: str | None = None, steps: int = 1000, out
     stored in the checkpoint, for eval, generate and resume. `tokenizer` is what
     `--tokenizer` names: `bytes` (the default), `bpe:VOCAB` (trained on the data's training
     part) or a file; a prepared folder brings its own. Its file is kept in the run folder.
+    `lr`, `lr_schedule`, `warmup`, `grad_clip` and `accumulate` are the flags of those
+    names (nldsl/training.py; None: the spec's setting, else off); the run keeps them.
+    A summary is printed before the first step; TensorBoard event files are written into
+    `out_dir`, and with `wandb` a Weights & Biases run too (nldsl/logs.py).
+
+    Started by torchrun, each process is a rank of a data-parallel job (nldsl/distributed.py):
+    DDP, or FSDP with `fsdp`; `backend` (gloo, nccl) and `dist_timeout` (seconds a rank
+    waits for the others) say how the ranks talk. The spec's batch is split among them.
     """
     if steps < 0:
         raise TrainError(f"--steps {steps}: the number of steps cannot be negative")
     inner_clip = check_inner_clip(inner_clip)
+    if wandb:
+        require_wandb()  # before anything is written
+    given = training.check(lr=lr, lr_schedule=lr_schedule, warmup=warmup, grad_clip=grad_clip, accumulate=accumulate)
     where, precision = runs.device(device), runs.precision(precision)
     spec_path, model_name = runs.resolve_spec(spec_path)
     out = Path(out_dir) if out_dir is not None else default_out(spec_path)
     with contextlib.ExitStack() as held:
+        world = distributed.join(where, fsdp, backend, dist_timeout)
+        held.callback(world.close)
+        held.enter_context(world.quiet())  # rank 0 alone prints
+        where, quiet = world.device, quiet or not world.writer
         if resume:
             if not os.path.lexists(out / CHECKPOINT):
                 raise TrainError(f"no checkpoint in {out}: {out / CHECKPOINT} does not exist")
-            held.enter_context(lock_run(out))  # before reading what another training may be rewriting
+            if world.writer:
+                held.enter_context(lock_run(out))  # before reading what another training may be rewriting
             ckpt = _resumed(load_checkpoint(out), seed, data, overrides, inner_clip, tokenizer, model_name)
             if steps < ckpt.step:
                 raise TrainError(f"the run in {out} is already at step {ckpt.step}: ask for --steps {ckpt.step} "
@@ -580,17 +641,25 @@ def train(spec_path: str | Path, data: str | None = None, steps: int = 1000, out
         model = build_model(spec_path, run.overrides, run.seed, run.inner_clip, corpus.tokenizer, where,
                             run.model_name)
         run.data_sha256 = corpus.sha256
+        run.training = training.options(given, model.settings, steps, (run.training or Training()) if resume else None)
+        world.check(model, precision)  # what FSDP cannot shard stops the run before it writes
         if not resume:
-            held.enter_context(lock_run(out))  # only now: a mistake in the spec or the data leaves no folder
+            if world.writer:
+                held.enter_context(lock_run(out))  # only now: a mistake in the spec or the data leaves no folder
             if os.path.lexists(out / CHECKPOINT):
                 raise TrainError(f"{out} already holds a run: --resume to continue it, or choose another --out")
-            if run.tokenizer_file is not None:
+            if run.tokenizer_file is not None and world.writer:
                 atomic_write(out / run.tokenizer_file, corpus.tokenizer.raw)
-        optimizer = model.configure_optimizer()
+        optimizer = world.shard(model, model.configure_optimizer())  # FSDP: over this rank's shards
+        scheduler = training.scheduler(optimizer, run.training)  # before loading the optimizer, as torch asks
         if resume:
-            restore(model, ckpt, out, optimizer)
-        return _run(model, optimizer, corpus, run, out, steps, eval_every, ckpt_every, sample, quiet, on_step,
-                    compile, precision)
+            restore(model, world.localize(ckpt), out, optimizer)
+            training.restore(scheduler, ckpt.scheduler, ckpt.step, out)
+        corpus = world.share(corpus, _size(model, "batch"), run.training.accumulate)  # this rank's windows
+        logs = held.enter_context(RunLogs(out, model, optimizer, corpus, run, precision, wandb))  # prints the summary
+        with world.watch(out):
+            return _run(model, optimizer, corpus, run, out, steps, eval_every, ckpt_every, sample, quiet, on_step,
+                        compile, precision, scheduler, world, logs=logs)
 
 
 def _read_spec(spec_path: Path) -> str:
@@ -601,8 +670,11 @@ def _read_spec(spec_path: Path) -> str:
 
 
 def _run(model, optimizer, corpus: Corpus, run: Checkpoint, out: Path, steps: int, eval_every: int,
-         ckpt_every: int, sample: int, quiet: bool, on_step, compile: bool, precision: str) -> History:
-    """The training loop of `train`, with its run folder held."""
+         ckpt_every: int, sample: int, quiet: bool, on_step, compile: bool, precision: str,
+         scheduler=None, world: distributed.World | None = None, *, logs: RunLogs) -> History:
+    """The training loop of `train`, with its run folder held. In a job of several ranks
+    (`world`) every rank trains, evaluates and samples alike; rank 0 alone writes."""
+    world = world or distributed.World()
     start, history, seed, eval_batches = run.step, run.history, run.seed, run.eval_batches
     batch, context, unit = _size(model, "batch"), _size(model, "context"), corpus.tokenizer.unit
     corpus.require(context)
@@ -611,7 +683,8 @@ def _run(model, optimizer, corpus: Corpus, run: Checkpoint, out: Path, steps: in
 
     def save(step: int) -> None:
         save_checkpoint(out, dataclasses.replace(run, step=step, history=history, model=model.state_dict(),
-                                                 optimizer=optimizer.state_dict()))
+                                                 optimizer=optimizer.state_dict(),
+                                                 scheduler=scheduler and scheduler.state_dict()), world)
 
     def last() -> str:
         return f"; the last checkpoint (step {saved}) is in {out}" if saved is not None else ""
@@ -630,6 +703,7 @@ def _run(model, optimizer, corpus: Corpus, run: Checkpoint, out: Path, steps: in
         except _nonfinite_errors() as e:
             problem = str(e)
         if problem is None:
+            logs.heldout(step, loss)
             return loss
         if step == 0:
             raise TrainError(f"the model is not finite at initialisation, before any training: {problem}")
@@ -641,15 +715,21 @@ def _run(model, optimizer, corpus: Corpus, run: Checkpoint, out: Path, steps: in
         history.heldout[start] = heldout(start)
     print(f"held-out at step {start}: {describe(history.heldout[start], unit)}")
 
-    stepper = torch.compile(model) if compile else model  # the same parameters either way
+    stepper = world.wrap(model)  # DDP when ranks hold replicas; the same parameters either way
+    stepper = torch.compile(stepper) if compile else stepper
     scaler = runs.grad_scaler(model_device(model), precision)
+    logs.watch(scaler)
     began = time.perf_counter()
     with tqdm(total=steps, initial=start, disable=quiet, unit="step", dynamic_ncols=True) as bar:
         for step in range(start + 1, steps + 1):
             try:
-                loss = _train_step(stepper, optimizer, *corpus.batch(seed, step, batch, context), precision, scaler)
+                loss = _train_step(stepper, optimizer, *corpus.batch(seed, step, batch, context), precision, scaler,
+                                   run.training.accumulate, run.training.grad_clip)
+                if scheduler is not None:
+                    scheduler.step()
             except (_NonFiniteLoss, *_nonfinite_errors()) as e:
                 raise TrainError(f"training diverged at step {step}: {e}{blame(step - 1)}{last()}") from e
+            loss = world.mean(loss)  # the whole batch's: the mean of the ranks' equal shares
             norms = _norms(model)
             bad = _first_nonfinite(norms)
             if bad is not None:  # the inner levels would be blamed at the next step: name the real cause
@@ -662,6 +742,7 @@ def _run(model, optimizer, corpus: Corpus, run: Checkpoint, out: Path, steps: in
             tokens_per_s = (step - start) * batch * context / max(time.perf_counter() - began, 1e-9)
             bar.set_postfix_str(f"loss {loss:.3f}, {tokens_per_s:,.0f} tok/s")
             bar.update()
+            logs.step(step, loss, tokens_per_s)
             if eval_every and step % eval_every == 0 and step != steps:
                 history.heldout[step] = heldout(step)
                 tqdm.write(f"held-out at step {step}: {describe(history.heldout[step], unit)}")
@@ -674,8 +755,9 @@ def _run(model, optimizer, corpus: Corpus, run: Checkpoint, out: Path, steps: in
     if steps not in history.heldout:
         history.heldout[steps] = heldout(steps)
     save(steps)
-    write_losses(out / "losses.csv", history)
-    plot_losses(out / "loss.png", history, Path(run.spec_path).stem, unit)
+    if world.writer:
+        write_losses(out / "losses.csv", history)
+        plot_losses(out / "loss.png", history, Path(run.spec_path).stem, unit)
     first, last_loss = history.heldout[start], history.heldout[steps]
     if start != steps:
         print(f"held-out, step {start} -> {steps}: loss {first:.4f} -> {last_loss:.4f} nats, "
@@ -685,7 +767,8 @@ def _run(model, optimizer, corpus: Corpus, run: Checkpoint, out: Path, steps: in
         prompt = corpus.prompt()
         text = (prompt + generate(model, prompt, sample, seed=seed, tokenizer=corpus.tokenizer)).decode(
             "utf-8", errors="replace")
-        atomic_write(out / "sample.txt", text.encode())
+        if world.writer:
+            atomic_write(out / "sample.txt", text.encode())
         print(f"sample:\n{text}")
     kept = f", {run.tokenizer_file}" if run.tokenizer_file else ""
     print(f"wrote {out}/: {CHECKPOINT}, losses.csv, loss.png{', sample.txt' if sample else ''}{kept}")

@@ -134,6 +134,10 @@ RATES = tuple(dict.fromkeys(o for r in RULES.values() for o in r.required + r.op
 
 # ---------------------------------------------------------------- the rest
 SETTINGS = {"vocab": None, "dim": None, "heads": 1, "depth": 1, "context": 512, "batch": 8}  # None: required
+# settings a model may write for how `nldsl train` trains it (its flags of the same names override
+# them), with the values each takes: (int, n) a whole number of at least n, (float, x) a number above x.
+# A model that writes none has none: they have no defaults among its settings.
+TRAINING_SETTINGS = {"warmup": (int, 0), "accumulate": (int, 1), "grad_clip": (float, 0.0)}
 OUTER_OBJECTIVES = ("next_token",)
 SELECTORS = ("all", "matrices", "vectors", "rest")  # parameter groups of `optimizer NAME(...) for GROUP`
 HINTS = {"tile": int, "kernel": ("auto", "torch", "triton"), "group": ("off", "on")}  # key -> int, or its values

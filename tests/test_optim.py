@@ -342,14 +342,15 @@ def test_updates_chain_in_order_and_flows_see_the_w_of_the_step_start():
 def test_fx_code_is_readable_and_reads_after_the_update():
     opt = nldsl.compile_optimizer(OPTIM / "adamw.nl", [nn.Parameter(torch.zeros(2, 2))])
     code = opt.print_readable(print_output=False)
-    assert "def forward(self, g, W, step, st)" in code
+    assert "def forward(self, g, W, step, st, hp)" in code
+    assert "lr = hp['lr']" in code  # hyperparameters are read from the group at each step
     learn, read = code.index("st.learn('m', None, g"), code.index("st.read('m', None)")
     assert learn < read  # optimizers read after this step's update (docs/semantics.md §2)
-    decay, adam_step = code.index("W_1 = W * 0.99999"), code.index("W_2 = W_1 - ")
+    decay, adam_step = code.index("W_1 = W * sub"), code.index("W_2 = W_1 - ")
     assert decay < adam_step  # updates chain in written order
     assert "adamw.nl:9 in spec, code: update W *= 1 - lr * weight_decay" in code
     spans = [n.meta["nl_span"] for n in opt.graph.graph.nodes if "nl_span" in n.meta]
-    assert {s.line for s in spans} == {5, 6, 7, 9, 10}
+    assert {s.line for s in spans} == {3, 5, 6, 7, 9, 10}  # 3: the definition, where the hyperparameters are
 
 
 # --- the outer optimizer of a model ------------------------------------------------------

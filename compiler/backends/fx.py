@@ -75,7 +75,8 @@ def _optimizer_nodes(ir: LevelGraph) -> list[dict]:
 
 
 def build_optimizer(d: dict) -> fx.GraphModule:
-    """The per-parameter step of an optimizer node: `gm(g, W, step, st) -> new W`."""
+    """The per-parameter step of an optimizer node: `gm(g, W, step, st, hp) -> new W`, `hp`
+    the parameter's group (its hyperparameters)."""
     return fx.GraphModule(nn.Module(), copy.deepcopy(d["step"]), class_name=f"{d['name']}_step")
 
 

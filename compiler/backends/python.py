@@ -5,8 +5,9 @@ drift apart): one class per level with its chunk step, one class for the model w
 its segment, parameters registered in the order the compiled module created them
 (so the same seed gives the same weights, under the same names), one function per
 `optimizer` line with its per-parameter step (`OPTIMIZERS`, which the model's
-`configure_optimizer` builds from), and `# file:line` comments from the specs. The
-file needs torch and `nldsl.runtime` only.
+`configure_optimizer` builds from: the hyperparameters are data there, in each
+description, and the step reads them from its parameter group, `hp`), and
+`# file:line` comments from the specs. The file needs torch and `nldsl.runtime` only.
 
 What a spec names reaches the source only as an identifier (a local torch.fx made
 unique, a class name, an attribute of `self.a.b` where `_plain` allows) or as a

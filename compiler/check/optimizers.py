@@ -1,7 +1,7 @@
 """Optimizers: their definitions, and the `optimizer NAME(...) for GROUP` lines of models that use them."""
 from __future__ import annotations
 
-from ...vocab import OPTIMIZER_FUNCS, OPTIMIZER_INPUTS, SELECTORS
+from ...vocab import FUNCTIONS, OPTIMIZER_FUNCS, OPTIMIZER_INPUTS, RULE_FLAGS, SELECTORS
 from .. import ast
 from ..diagnostics import did_you_mean
 from ..spec import LIKE_W, LevelSpec, OptimizerSpec, OptimizerUseSpec, UpdateSpec
@@ -126,7 +126,45 @@ def optimizer(ck: Context, o: ast.OptimizerDef, file: str, hp: dict, use_args=()
         return None
     return OptimizerSpec(name=o.name, hparams=consts, levels=tuple(levels), flows=tuple(flows),
                          updates=tuple(UpdateSpec(op=u.op, value=u.value, span=u.span) for u in updates),
-                         file=file, span=o.span)
+                         file=file, span=o.span, fixed=shaping(o, consts))
+
+
+def shaping(o: ast.OptimizerDef, consts: dict) -> tuple[str, ...]:
+    """The hyperparameters that shape the compiled step, which stay constants of it: those
+    that periods, memories and rule flags name, and the arguments that must be constants
+    (select's condition, newton_schulz's steps and eps, options like `heads:`). The step
+    reads the others from its parameter group at each step, where schedulers change them."""
+    levels = [s for s in o.body if isinstance(s, ast.Level)]
+    exprs = [lv.period.count for lv in levels]
+    for item in (item for lv in levels for item in lv.body):
+        if isinstance(item, ast.Memory):
+            exprs.append(item.kind)
+        elif isinstance(item, ast.Learn) and isinstance(item.rule, ast.Call):
+            exprs += [a.value for a in item.rule.args if a.key in RULE_FLAGS]
+    calls = (n for e in _expressions(o) for n in ast.walk(e) if isinstance(n, ast.Call) and n.func in FUNCTIONS)
+    exprs += [a for call in calls for a in _constant_args(call)]
+    named = {name for e in exprs for name in ast.names(e)}
+    return tuple(k for k in consts if k in named)
+
+
+def _expressions(o: ast.OptimizerDef):
+    """Every expression of an optimizer's flows, learn statements and updates."""
+    for s in o.body:
+        if isinstance(s, ast.Level):
+            for item in s.body:
+                if isinstance(item, ast.Learn):
+                    yield from (item.objective, item.rule)
+                elif isinstance(item, ast.Flow):
+                    yield item.value
+        else:
+            yield s.value
+
+
+def _constant_args(call: ast.Call) -> tuple:
+    """The arguments of a built-in function that the checker requires to be constants."""
+    size, pos = FUNCTIONS[call.func].size, call.positional
+    given = pos[:1] if size == "select" else pos[1:] if size == "orthogonal" else ()
+    return (*given, *(a.value for a in call.args if a.key is not None))
 
 
 def optimizer_level(ck: Context, lv: ast.Level, consts, env: Env, shared: Env) -> LevelSpec | None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 
-from ...vocab import SETTINGS
+from ...vocab import SETTINGS, TRAINING_SETTINGS
 from .. import ast
 from ..diagnostics import did_you_mean
 from ..fold import MAX_NUMBER
@@ -49,6 +49,9 @@ def settings(ck: Context, m: ast.Model) -> dict[str, float]:
         elif name in SETTINGS and v > MAX_SIZE:
             ck.err("NL160", f"{what} {num(v)} is out of range (at most {MAX_SIZE:,})", span)
             v = stand_in
+        elif name in TRAINING_SETTINGS and (need := training_value(name, v)) is not None:
+            ck.err("NL115", f"{what} must be {need}, not {num(v)}", span)
+            v = 1  # a value every training setting takes
         consts.setdefault(name, int(v) if v == int(v) else v)
     for name, default in SETTINGS.items():
         if name not in consts:
@@ -59,3 +62,15 @@ def settings(ck: Context, m: ast.Model) -> dict[str, float]:
             else:
                 consts[name] = default
     return consts
+
+
+def training_value(name: str, v) -> str | None:
+    """What the training setting `name` must be, where `v` is not that (None: it is). The
+    checker holds a spec's line to it, and `nldsl train` its flag of the same name."""
+    kind, bound = TRAINING_SETTINGS[name]
+    need = f"a whole number of at least {bound}" if kind is int else f"a number above {bound:g}"
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        return need
+    if kind is int:
+        return None if v == int(v) and v >= bound else need
+    return None if v > bound else need

@@ -48,8 +48,10 @@ class LevelDesc:
 
 @dataclass(frozen=True)
 class OptimizerDesc:
-    """An optimizer as its compiled per-parameter step runs: the hyperparameters the step
-    was compiled with, and its levels (periods in steps) with their memories."""
+    """An optimizer as its compiled per-parameter step runs: its hyperparameters (the
+    parameter groups' defaults, which the step reads from its group), those of them fixed
+    in the step, and its levels (periods in steps) with their memories."""
     name: str
     hparams: dict[str, float]  # the spec's defaults, replaced where the use site or the caller said
     levels: tuple[LevelDesc, ...] = ()
+    fixed: tuple[str, ...] = ()  # constants of the step (they shape it): a group may not change them

@@ -310,6 +310,7 @@ class LevelState(Carry):
         self.pos = 0
         self.period = desc.period if desc.scope == "sequence" else None
         self.fast: dict[str, Fast | Cache] = {}
+        self.initial: dict[str, dict] = {}  # θ₀ of the memories that learn in the sequence (`update_norm`)
         for m in desc.memories:
             if m.kind == "attention":
                 self.fast[m.name] = Cache(m, self.period or 1)
@@ -318,6 +319,8 @@ class LevelState(Carry):
             if self.period is not None and m.rule is not None:  # a state that sums steps
                 theta = {k: v.to(state_dtype(v.dtype)) for k, v in theta.items()}
             theta = M.batched(theta, batch)
+            if self.period is not None and m.objective is not None:
+                self.initial[m.name] = theta
             if m.objective == "task" and self.period:
                 theta = differentiable(theta)
             self.fast[m.name] = Fast(m, theta, learns=self.period is not None, headmajor=self.headmajor)
@@ -374,6 +377,16 @@ class LevelState(Carry):
     def theta(self, memory: str) -> dict:
         """A memory's fast state S_j, [B, h, ...] per tensor."""
         return self.fast[memory].theta
+
+    @torch.no_grad()
+    def update_norm(self) -> torch.Tensor | None:
+        """Per sequence [B], how far the memories that learn in the sequence have moved:
+        the norm of S_j − θ₀ over all their tensors at once; None where none learns here."""
+        if not self.initial:
+            return None
+        squares = [(self.theta(m)[k].float() - t.float()).flatten(1).square().sum(1)
+                   for m, theta0 in self.initial.items() for k, t in theta0.items()]
+        return torch.stack(squares).sum(0).sqrt()
 
     def _fast(self, memory: str) -> Fast | Cache:
         """The state that holds a memory."""

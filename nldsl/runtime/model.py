@@ -183,6 +183,13 @@ class ModelState(Carry):
             level, memory, token, bad = checks[i]
             raise NonFiniteError(level, memory, token, int(bad.nonzero()[0, 0]))
 
+    def update_norms(self) -> dict[str, float]:
+        """For each level copy whose memories learn inside the sequence (by key, `titans.0`),
+        the norm of its fast state's update so far, S_j − θ₀, averaged over the sequences
+        (LevelState.update_norm); one sync for all."""
+        norms = {key: n.mean() for key, ls in self.levels.items() if (n := ls.update_norm()) is not None}
+        return dict(zip(norms, torch.stack(list(norms.values())).tolist())) if norms else {}
+
     def detach(self) -> None:
         super().detach()
         for ls in self.levels.values():

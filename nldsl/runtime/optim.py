@@ -22,12 +22,15 @@ to record the items they learn from:
   see the state after this step's update.
 
 Every piece of state (the step count, θ, momentum buffers, a period's running sums)
-is a tensor in `self.state[p]`, so `state_dict()` / `load_state_dict()` round-trip.
+is a tensor in `self.state[p]`, and every hyperparameter a value in the parameter's
+group (`param_groups`), which the step reads at each step: so `state_dict()` /
+`load_state_dict()` round-trip, and `torch.optim.lr_scheduler` drives `lr`.
 
 `MultiRateOptimizer` is the outer optimizer of a compiled model (design §1, §11):
 one `SpecOptimizer` per `optimizer ... for GROUP` line (`OptimizerUse`), and the
 parameters of cross-sequence levels stepped every k = ⌈P / (B·T)⌉ calls with their
-gradients averaged over those calls.
+gradients averaged over those calls. It is a `torch.optim.Optimizer` too, whose
+groups are its parts' own, so a scheduler of it schedules every part.
 """
 from __future__ import annotations
 
@@ -55,7 +58,7 @@ class OptimizerUse:
 
     selector: str  # all | matrices | vectors | rest
     optimizer: OptimizerDesc
-    step: Callable  # step(g, W, step, st) -> W': a GraphModule, or a function in emitted source
+    step: Callable  # step(g, W, step, st, hp) -> W': a GraphModule, or a function in emitted source
 
     def __getstate__(self):
         return {**vars(self), "step": frozen(self.step)}
@@ -182,12 +185,23 @@ def _one(rate, memory: str, what: str):
                      f"per step, not a tensor of shape {tuple(rate.shape)}")
 
 
+def _closure_loss(closure):
+    """What `step(closure)` returns: the loss the closure computes, with gradients on
+    (`step` runs under no_grad), or None without one."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
 class SpecOptimizer(torch.optim.Optimizer):
     """A `torch.optim.Optimizer` running an optimizer spec: its description `spec`
     (a `desc.OptimizerDesc`) and its compiled per-parameter step `graph`, both from the
-    backend. The hyperparameters are constants of the step (the spec's defaults,
-    replaced where the use site or `compile_optimizer` said): `param_groups` hold only
-    the parameters.
+    backend. Every group holds every hyperparameter (the spec's defaults, replaced where
+    the use site, `compile_optimizer` or the group said), and the step reads them from
+    the group at each step, as torch's optimizers do: a scheduler that sets
+    `group["lr"]` changes the next step. Those in `spec.fixed` shape the step (a period,
+    a size, select's condition) and are constants of it: a group cannot change them.
 
     `seed` seeds the initial states of `mlp` memories (`init: normal`), drawn for the
     i-th parameter from a generator seeded with seed + i, so the optimizer is
@@ -197,7 +211,7 @@ class SpecOptimizer(torch.optim.Optimizer):
         self.spec, self.graph, self.seed = spec, graph, seed
         self.memories = memories_of(spec)
         self._count = 0  # parameters given initial states so far
-        super().__init__(params, {})
+        super().__init__(params, dict(spec.hparams))
 
     def __getstate__(self) -> dict:
         # torch.optim's keeps only defaults, state and param_groups: the spec and its step are ours too
@@ -211,9 +225,29 @@ class SpecOptimizer(torch.optim.Optimizer):
         self.memories = memories_of(self.spec)
 
     def add_param_group(self, param_group: dict) -> None:
+        self._check_group(param_group)
         super().add_param_group(param_group)
         for p in self.param_groups[-1]["params"]:
             self._init_state(p)
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        for group in self.param_groups:
+            for k, v in self.spec.hparams.items():  # saved when the step held them as constants: none saved
+                group.setdefault(k, v)
+            self._check_group(group)
+
+    def _check_group(self, group: dict) -> None:
+        """Hyperparameters that are numbers, and the fixed ones as the step was compiled."""
+        spec = self.spec
+        for k, compiled in spec.hparams.items():
+            v = group.get(k, compiled)
+            if not isinstance(v, (int, float)) and not (torch.is_tensor(v) and v.numel() == 1):
+                raise ValueError(f"hyperparameter `{k}` of optimizer `{spec.name}` must be a number, not {v!r}")
+            if k in spec.fixed and v != compiled:
+                raise ValueError(f"hyperparameter `{k}` of optimizer `{spec.name}` shapes its compiled step (a period, "
+                                 f"a size or a constant argument): a parameter group cannot change it from "
+                                 f"{compiled:g} to {v!r}; compile the optimizer with {k}={v!r} instead")
 
     def _init_state(self, p: torch.Tensor) -> None:
         """Step 0 and every memory's θ₀ (and zero momentum buffers), like torch.optim's
@@ -232,11 +266,9 @@ class SpecOptimizer(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _closure_loss(closure)
         for group in self.param_groups:
+            self._check_group(group)
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -246,7 +278,7 @@ class SpecOptimizer(torch.optim.Optimizer):
                 if "step" not in state:  # e.g. a state_dict that did not cover this parameter
                     self._init_state(p)
                 state["step"] += 1  # before the step, as torch.optim.Adam counts
-                new = self.graph(p.grad, p, int(state["step"]), ParamStep(self.memories, state))
+                new = self.graph(p.grad, p, int(state["step"]), ParamStep(self.memories, state), group)
                 p.copy_(new)
         return loss
 
@@ -261,26 +293,30 @@ class SpecOptimizer(torch.optim.Optimizer):
 
 
 # ------------------------------------------------------------- the outer level
-class MultiRateOptimizer:
+class MultiRateOptimizer(torch.optim.Optimizer):
     """The outer optimizer of a model: several `SpecOptimizer`s (one per parameter
     group and rate) behind one `step()`. A part with `every` k > 1 (the parameters of
     a cross-sequence level, design §1) sums its parameters' gradients at every call
     and steps only at every k-th call, with each gradient set to the mean of its k
     calls (a call where a parameter had no gradient counts as zero). Each part has its
-    own step count, so bias corrections count that part's own steps."""
+    own step count, so bias corrections count that part's own steps.
+
+    Its `param_groups` are the parts' groups themselves (the same dicts), so a
+    `torch.optim.lr_scheduler` of this optimizer sets every part's `lr` at every call;
+    a slow part steps with the lr of the call that completes its k."""
 
     def __init__(self, parts: list[tuple[SpecOptimizer, int]]):
         self.parts = parts
         self.calls = 0
         self.sums: list[dict[int, torch.Tensor]] = [{} for _ in parts]  # part -> parameter index -> Σ grad
+        super().__init__(self._groups(), {})
 
-    @property
-    def param_groups(self) -> list[dict]:
+    def _groups(self) -> list[dict]:
         return [g for opt, _ in self.parts for g in opt.param_groups]
 
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        for opt, _ in self.parts:
-            opt.zero_grad(set_to_none=set_to_none)
+    def __getstate__(self) -> dict:
+        # torch.optim's keeps only defaults, state and param_groups: the parts are ours too
+        return {**super().__getstate__(), "parts": self.parts, "calls": self.calls, "sums": self.sums}
 
     @staticmethod
     def _params(opt) -> list[torch.Tensor]:
@@ -288,10 +324,7 @@ class MultiRateOptimizer:
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _closure_loss(closure)
         self.calls += 1
         for (opt, every), sums in zip(self.parts, self.sums):
             if every == 1:
@@ -321,6 +354,7 @@ class MultiRateOptimizer:
         self.calls = int(state["calls"])
         for (opt, _), part in zip(self.parts, state["parts"]):
             opt.load_state_dict(part)
+        self.param_groups = self._groups()  # loading gave the parts new group dicts
         self.sums = []
         for (opt, _), saved in zip(self.parts, state["sums"]):
             params = self._params(opt)

@@ -96,31 +96,40 @@ class LinearAttentionModel(Model):
         return logits
 
 
-def adam_step(g, W, step, st):
+def adam_step(g, W, step, st, hp):
     """optimizer adam: the step of one parameter."""
+    # adam.nl:4  optimizer adam(lr = 1e-3, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0) {
+    lr = hp['lr']
+    beta1 = hp['beta1']
+    weight_decay = hp['weight_decay']
+    beta2 = hp['beta2']
+    eps = hp['eps']
+    # adam.nl:8  learn m : dot(grad) by gd(lr: 1 - beta1, decay: beta1)
+    sub = 1 - beta1
     # adam.nl:5  flow grad = g + weight_decay * W
-    mul = 0.0 * W
+    mul = weight_decay * W
     grad = g + mul
     # adam.nl:8  learn m : dot(grad) by gd(lr: 1 - beta1, decay: beta1)
-    m_learn = st.learn('m', None, grad, lr=0.09999999999999998, decay=0.9)
+    m_learn = st.learn('m', None, grad, lr=sub, decay=beta1)
     # adam.nl:7  memory m, s : elementwise
     m = st.read('m', None)
     # adam.nl:11  update W -= lr * (m / (1 - beta1 ** step)) / (sqrt(s / (1 - beta2 ** step)) + eps)
-    pow_1 = 0.9 ** step
-    sub = 1 - pow_1
-    truediv = m / sub
-    mul_1 = 0.001 * truediv
+    pow_1 = beta1 ** step
+    sub_1 = 1 - pow_1
+    truediv = m / sub_1
+    mul_1 = lr * truediv
     # adam.nl:9  learn s : dot(grad * grad) by gd(lr: 1 - beta2, decay: beta2)
+    sub_2 = 1 - beta2
     mul_2 = grad * grad
-    s_learn = st.learn('s', None, mul_2, lr=0.0010000000000000009, decay=0.999)
+    s_learn = st.learn('s', None, mul_2, lr=sub_2, decay=beta2)
     # adam.nl:7  memory m, s : elementwise
     s = st.read('s', None)
     # adam.nl:11  update W -= lr * (m / (1 - beta1 ** step)) / (sqrt(s / (1 - beta2 ** step)) + eps)
-    pow_2 = 0.999 ** step
-    sub_1 = 1 - pow_2
-    truediv_1 = s / sub_1
+    pow_2 = beta2 ** step
+    sub_3 = 1 - pow_2
+    truediv_1 = s / sub_3
     sqrt = ops.sqrt(truediv_1)
-    add_1 = sqrt + 1e-08
+    add_1 = sqrt + eps
     truediv_2 = mul_1 / add_1
     W_1 = W - truediv_2
     return W_1
