@@ -15,7 +15,7 @@ from pathlib import Path
 
 from nldsl import flush_subnormals
 from nldsl.bench import MODES, alternate, fmt_mb, peak_memory, spec_workload
-from nldsl.run import examples_dir
+from nldsl.compiler.load import library_root
 
 CMS1 = """level cms1 every 64 tokens {
     memory ffn : mlp(dim, hidden: 4 * dim)
@@ -48,7 +48,7 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", choices=list(VARIANTS), help="variants to run (default all)")
     args = ap.parse_args()
     flush_subnormals()  # as `nldsl bench` does
-    text = (examples_dir() / "hope.nl").read_text()
+    text = (library_root() / "hope.nl").read_text()
     names = args.only or list(VARIANTS)
     with tempfile.TemporaryDirectory() as tmp:
         specs = {}

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .compiler.load import library_root
 from .tokenizer import BYTE_TOKENIZER, Tokenizer
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -39,14 +40,8 @@ NOT_SETTINGS = {
 }
 
 
-def examples_dir() -> Path:
-    """nldsl's library of specs, as installed."""
-    from importlib import resources
-    return Path(str(resources.files("nldsl.examples")))
-
-
 def examples() -> list[str]:
-    return sorted(p.stem for p in examples_dir().glob("*.nl"))
+    return sorted(p.stem for p in library_root().glob("*.nl"))
 
 
 def resolve_spec(spec: str | Path) -> tuple[Path, str | None]:
@@ -55,7 +50,7 @@ def resolve_spec(spec: str | Path) -> tuple[Path, str | None]:
     anything else is left to the reader of specs to refuse (a folder, a FIFO)."""
     path, _, name = str(spec).partition(":")
     if not os.path.lexists(path):
-        shipped = examples_dir() / (path if path.endswith(".nl") else f"{path}.nl")
+        shipped = library_root() / (path if path.endswith(".nl") else f"{path}.nl")
         if not (Path(path).name == path and shipped.is_file()):
             raise RunError(f"no spec `{path}`: give a .nl file or one of the examples ({', '.join(examples())})")
         path = str(shipped)

@@ -8,6 +8,7 @@ import torch
 
 from nldsl import run as runs
 from nldsl.cli import main
+from nldsl.compiler.load import library_root
 from nldsl.data import Corpus
 from nldsl.train import load_checkpoint, load_run
 
@@ -17,7 +18,7 @@ CPU = torch.device("cpu")
 
 def test_a_spec_is_a_path_an_example_or_a_model_of_a_file(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    library = runs.examples_dir()
+    library = library_root()
     assert runs.resolve_spec("hope") == (library / "hope.nl", None)
     assert runs.resolve_spec("hope.nl") == (library / "hope.nl", None)
     assert runs.resolve_spec("cms:cms_nested") == (library / "cms.nl", "cms_nested")
