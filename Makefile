@@ -33,8 +33,10 @@ demo: setup
 	rm -rf out/hope
 	$(BIN)/nldsl train examples/hope.nl --set dim=96 --set context=128 --steps 150 --eval-every 50 --out out/hope
 
+# The suite on every core: one pytest worker a core (pytest-xdist), each worker's torch on
+# one thread (tests/conftest.py), a test taken by whichever worker is free.
 test: setup
-	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q
+	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q -n auto --dist worksteal
 
 # Regenerate the diagrams the docs show.
 diagrams: setup

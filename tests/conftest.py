@@ -9,6 +9,10 @@ import pytest
 DEVICE = os.environ.get("NLDSL_TEST_DEVICE", "cpu")
 if DEVICE == "cpu":
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# `make test` runs a pytest worker per core (pytest-xdist): each worker's torch, and the
+# processes its tests start, take one thread, so that the workers do not fight for cores.
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 ROOT = Path(__file__).resolve().parent.parent
 
