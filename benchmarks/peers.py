@@ -92,7 +92,7 @@ def titans_pytorch(chunk: int = 16, per_chunk: bool = False, batch: int = 4, tok
     torch.manual_seed(seed)
     mem = NeuralMemory(dim=dim, chunk_size=chunk, heads=heads, dim_head=dim // heads,
                        default_model_kwargs=dict(depth=2, expansion_factor=2.0),  # 32 -> 64 -> 32, as mlp(dim, hidden: 2 * dim)
-                       default_step_transform_max_lr=0.02,  # titans.nl: lr = 0.02 * sigmoid(proj(x))
+                       default_step_transform_max_lr=0.01,  # titans.nl: lr = 0.01 * sigmoid(proj(x))
                        batch_size=chunk if per_chunk else None).to(device)
     x = torch.randn(batch, tokens, dim, device=device).requires_grad_()
     upstream = torch.randn(batch, tokens, dim, device=device)
