@@ -127,6 +127,23 @@ class World:
         ids = [self.device.index] if self.device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=ids, static_graph=True, forward_sync_buffers=False)
 
+    @staticmethod
+    @contextlib.contextmanager
+    def holding(stepper, hold: bool):
+        """Inside, a backward of `stepper` (what `wrap` gave) keeps its gradient on this rank
+        when `hold`: the micro-batches of an accumulated step but the last, whose backward
+        then reduces the sum once. FSDP switches its gradient sync off for them; DDP reduces
+        every micro-batch, because its `no_sync` under `static_graph` fails on the first step
+        and then stops reducing at all (pytorch/pytorch#143580, #187732)."""
+        if hold and hasattr(stepper, "set_requires_gradient_sync"):
+            stepper.set_requires_gradient_sync(False)
+            try:
+                yield
+            finally:
+                stepper.set_requires_gradient_sync(True)
+        else:
+            yield
+
     def check(self, model, precision: str) -> None:
         """Under FSDP, refuse what cannot be sharded, before anything is written."""
         if not self.fsdp:

@@ -7,16 +7,16 @@ files in the run folder (with `--wandb`, a Weights & Biases run too) holding at 
 - `lr/GROUP`: the learning rate each parameter group stepped with (`adamw[matrices]`,
   `adamw[all].every1954` for a cross-sequence level's part);
 - `tokens_per_s`: the progress bar's, since the run (re)started;
-- `grad_norm`: the norm of all parameters' gradient as the backward passes left it,
-  before any clipping (fp16: unscaled). In a job of several ranks it is rank 0's own
-  gradient, before DDP averages it; under FSDP there is none;
+- `grad_norm`: the norm of all parameters' gradient as the optimizer is given it, before
+  any clipping (fp16: unscaled): in a job of several ranks, the whole batch's, after DDP
+  or FSDP combined the ranks' (the training step measures it, as clipping needs it);
 - `update_norm/LEVEL.COPY`: for each level copy whose memories learn inside the
   sequence, the norm of its fast state's update over the step's last batch, S − θ₀,
   averaged over its sequences (`ModelState.update_norms`).
 
 TensorBoard is the `logs` extra (`pip install 'nldsl[logs]'`: grpcio and a data server
 come with it); without it a run says so in one note and writes its CSV as before. The
-values are taken by hooks on the model and the optimizer, so the training step itself
+other values are taken by hooks on the model and the optimizer, so the training step
 knows nothing of them. Only rank 0 (torch.distributed) prints and writes.
 """
 from __future__ import annotations
@@ -109,10 +109,8 @@ class RunLogs:
 
     def __init__(self, out: Path, model, optimizer, corpus, run, precision: str, wandb: bool = False):
         self.out, self.model, self.unit = out, model, corpus.tokenizer.unit
-        self.writer = self.wandb = self.scaler = None
+        self.writer = self.wandb = None
         self.hooks: list = []
-        self.grads: dict[int, torch.Tensor] = {}  # parameter -> its gradient's norm, this step
-        self.scale = 1.0  # fp16: the loss scale this step's gradients carry
         self.lrs: dict[str, float] = {}  # each group's lr as the last step used it
         self.updates: dict[str, float] = {}  # level copy -> its fast-state update's norm
         if world()[0] == 0:
@@ -140,10 +138,6 @@ class RunLogs:
             with self._writing():
                 self.writer = SummaryWriter(log_dir=str(out), flush_secs=10)  # a killed run loses 10 s at most
         self.hooks.append(model.register_forward_hook(self._forward))
-        # FSDP's sharded parameters (DTensors) are left out: their norm is a collective, which
-        # rank 0 would wait for alone
-        self.hooks += [p.register_post_accumulate_grad_hook(self._gradient)
-                       for p in model.parameters() if p.requires_grad and not hasattr(p, "full_tensor")]
         if hasattr(optimizer, "register_step_pre_hook"):
             self.hooks.append(optimizer.register_step_pre_hook(self._stepping))
 
@@ -157,10 +151,6 @@ class RunLogs:
             if kind is None:  # else the error that ends the run is the one to tell
                 raise
 
-    def watch(self, scaler: torch.amp.GradScaler | None) -> None:
-        """fp16: the gradient scaler, whose scale the gradients carry."""
-        self.scaler = scaler
-
     # -- hooks: they only keep numbers, so the model and the step run as they would
     @torch.compiler.disable
     def _forward(self, model, args, output) -> None:
@@ -169,26 +159,17 @@ class RunLogs:
         if torch.is_grad_enabled() and model.training and hasattr(state, "update_norms"):
             self.updates = state.update_norms()
 
-    def _gradient(self, p: torch.Tensor) -> None:
-        if hasattr(p.grad, "to_local"):  # FSDP's sharded gradient: its norm is a collective, which rank 0 alone
-            return                       # would enter (and wait in for ever)
-        if not self.grads and self.scaler is not None and self.scaler.is_enabled():
-            self.scale = self.scaler.get_scale()  # the scale of this step's backward passes
-        # accumulated micro-batches: the last backward's grad holds the whole step's
-        self.grads[id(p)] = torch.linalg.vector_norm(p.grad.detach(), dtype=torch.float32)
-
     def _stepping(self, optimizer, args, kwargs) -> None:
         self.lrs = {name: float(g["lr"]) for name, g in groups(self.model, optimizer) if "lr" in g}
 
     # -- what the loop calls
-    def step(self, step: int, loss: float, tokens_per_s: float) -> None:
+    def step(self, step: int, loss: float, tokens_per_s: float, grad_norm: float) -> None:
         """The scalars of training step `step`, which has just been taken."""
-        scalars = {"loss/train": loss, f"bits_per_{self.unit}/train": bits(loss), "tokens_per_s": tokens_per_s}
-        if self.grads:
-            scalars["grad_norm"] = torch.linalg.vector_norm(torch.stack(list(self.grads.values()))).item() / self.scale
+        scalars = {"loss/train": loss, f"bits_per_{self.unit}/train": bits(loss), "tokens_per_s": tokens_per_s,
+                   "grad_norm": grad_norm}
         scalars.update({f"lr/{name}": lr for name, lr in self.lrs.items()})
         scalars.update({f"update_norm/{key}": n for key, n in self.updates.items()})
-        self.grads, self.updates = {}, {}
+        self.updates = {}
         self._write(step, scalars)
 
     def heldout(self, step: int, loss: float) -> None:

@@ -521,34 +521,39 @@ class _NonFiniteLoss(ArithmeticError):
 
 def _train_step(model, optimizer, x: torch.Tensor, y: torch.Tensor, precision: str = "fp32",
                 scaler: torch.amp.GradScaler | None = None, accumulate: int = 1,
-                grad_clip: float | None = None) -> float:
+                grad_clip: float | None = None) -> tuple[float, float]:
     """One update on one batch, the forward in `precision`; a NaN or Inf loss is refused
     before it reaches the weights. The batch runs as `accumulate` equal micro-batches, each
     loss divided by their number, so the summed gradient is the whole batch's (each sequence
-    starts its own fast state, so none sees another). With fp16, the gradient scaler scales
-    the loss and skips a step whose gradients overflowed; `grad_clip` clips the gradient of
-    all parameters to that norm, unscaled first."""
+    starts its own fast state, so none sees another); under FSDP only the last one's
+    backward reduces across ranks (`World.holding`). With fp16, the gradient scaler scales the loss and skips a step whose
+    gradients overflowed; `grad_clip` clips the gradient of all parameters to that norm.
+    Returns the loss and the norm of the gradient the optimizer was given, before clipping:
+    all ranks' (after DDP's or FSDP's reduction), unscaled."""
     optimizer.zero_grad(set_to_none=True)
     scaling = scaler is not None and scaler.is_enabled()
     total = 0.0
-    for xb, yb in zip(x.chunk(accumulate), y.chunk(accumulate)):
-        with runs.autocast(model_device(model), precision):
-            loss = runs.loss(model, xb, yb)
-        if not torch.isfinite(loss):
-            raise _NonFiniteLoss(f"the loss is {loss.item()}")
-        share = loss / accumulate
-        (scaler.scale(share) if scaling else share).backward()
+    for i, (xb, yb) in enumerate(zip(x.chunk(accumulate), y.chunk(accumulate))):
+        with distributed.World.holding(model, i < accumulate - 1):
+            with runs.autocast(model_device(model), precision):
+                loss = runs.loss(model, xb, yb)
+            if not torch.isfinite(loss):
+                raise _NonFiniteLoss(f"the loss is {loss.item()}")
+            share = loss / accumulate
+            (scaler.scale(share) if scaling else share).backward()
         total += share.item()
+    if scaling:
+        scaler.unscale_(optimizer)
+    params = [p for p in model.parameters() if p.grad is not None]
+    norm = distributed.whole(torch.nn.utils.get_total_norm([p.grad for p in params]))  # FSDP: its shards'
     if grad_clip is not None:
-        if scaling:
-            scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        torch.nn.utils.clip_grads_with_norm_(params, grad_clip, norm)
     if scaling:
         scaler.step(optimizer)
         scaler.update()
     else:
         optimizer.step()
-    return total
+    return total, norm.item()
 
 
 def _resumed(ckpt: Checkpoint, seed, data, overrides, inner_clip, tokenizer, model_name) -> Checkpoint:
@@ -718,13 +723,12 @@ def _run(model, optimizer, corpus: Corpus, run: Checkpoint, out: Path, steps: in
     stepper = world.wrap(model)  # DDP when ranks hold replicas; the same parameters either way
     stepper = torch.compile(stepper) if compile else stepper
     scaler = runs.grad_scaler(model_device(model), precision)
-    logs.watch(scaler)
     began = time.perf_counter()
     with tqdm(total=steps, initial=start, disable=quiet, unit="step", dynamic_ncols=True) as bar:
         for step in range(start + 1, steps + 1):
             try:
-                loss = _train_step(stepper, optimizer, *corpus.batch(seed, step, batch, context), precision, scaler,
-                                   run.training.accumulate, run.training.grad_clip)
+                loss, grad_norm = _train_step(stepper, optimizer, *corpus.batch(seed, step, batch, context),
+                                              precision, scaler, run.training.accumulate, run.training.grad_clip)
                 if scheduler is not None:
                     scheduler.step()
             except (_NonFiniteLoss, *_nonfinite_errors()) as e:
@@ -742,7 +746,7 @@ def _run(model, optimizer, corpus: Corpus, run: Checkpoint, out: Path, steps: in
             tokens_per_s = (step - start) * batch * context / max(time.perf_counter() - began, 1e-9)
             bar.set_postfix_str(f"loss {loss:.3f}, {tokens_per_s:,.0f} tok/s")
             bar.update()
-            logs.step(step, loss, tokens_per_s)
+            logs.step(step, loss, tokens_per_s, grad_norm)
             if eval_every and step % eval_every == 0 and step != steps:
                 history.heldout[step] = heldout(step)
                 tqdm.write(f"held-out at step {step}: {describe(history.heldout[step], unit)}")

@@ -23,6 +23,7 @@ from nldsl import cli, distributed
 from nldsl import train as tr
 from nldsl.data import Corpus
 from nldsl.run import RunError
+from test_logs import scalars
 
 ROOT = Path(__file__).resolve().parent.parent
 HOPE = {"dim": 16, "context": 64, "batch": 4, "depth": 1, "heads": 2}  # task level cms1 and cross levels
@@ -57,6 +58,11 @@ def losses(out: Path) -> list[float]:
     return tr.load_checkpoint(out).history.train
 
 
+def grad_norms(out: Path) -> list[float]:
+    """The gradient norm a run logged at each step (TensorBoard), in order of the steps."""
+    return [v for _, v in sorted(scalars(out)["grad_norm"].items())]
+
+
 @pytest.fixture(scope="module")
 def hope_run(tmp_path_factory):
     """One process trains hope 6 steps; its folder at step 3 is kept, to resume elsewhere."""
@@ -64,6 +70,12 @@ def hope_run(tmp_path_factory):
     one_process("hope", base / "run", 3, HOPE)
     shutil.copytree(base / "run", base / "at3")
     return one_process("hope", base / "run", 6, resume=True).train, base / "at3"
+
+
+@pytest.fixture(scope="module")
+def hope_norms(hope_run) -> list[float]:
+    """The gradient norms of hope_run's first 3 steps."""
+    return grad_norms(hope_run[1])
 
 
 # --- DDP ------------------------------------------------------------------------------
@@ -92,10 +104,11 @@ finally:
 """
 
 
-def test_ddp_equals_one_process_and_its_checkpoint_resumes_in_one(hope_run, tmp_path):
+def test_ddp_equals_one_process_and_its_checkpoint_resumes_in_one(hope_run, hope_norms, tmp_path):
     """hope (a task level's inner autograd.grad inside DDP's forward) on 2 ranks: the losses
-    of one process, the same weights on both ranks after every step, rank 0 alone writing and
-    printing, and a checkpoint that one process resumes where the uninterrupted run goes."""
+    and logged gradient norms of one process, the same weights on both ranks after every
+    step, rank 0 alone writing and printing, and a checkpoint that one process resumes where
+    the uninterrupted run goes."""
     reference, _ = hope_run
     runner, out = tmp_path / "runner.py", tmp_path / "run"
     runner.write_text(RUNNER)
@@ -107,6 +120,7 @@ def test_ddp_equals_one_process_and_its_checkpoint_resumes_in_one(hope_run, tmp_
     assert ranks[1]["writes"] == []
     assert r.stdout.count("held-out at step 0") == 1 and r.stdout.count("sample:") == 1
     assert losses(out) == pytest.approx(reference[:3], rel=REL)
+    assert grad_norms(out) == pytest.approx(hope_norms, rel=REL)  # the whole batch's, not rank 0's share
     assert one_process("hope", out, 6, resume=True).train == pytest.approx(reference, rel=REL)
 
 
@@ -132,20 +146,21 @@ def test_a_one_process_checkpoint_resumes_on_two_ranks(hope_run, tmp_path, engin
 
 # --- FSDP -----------------------------------------------------------------------------
 
-def test_fsdp_equals_one_process_and_its_shards_resume_in_one(hope_run, tmp_path):
+def test_fsdp_equals_one_process_and_its_shards_resume_in_one(hope_run, hope_norms, tmp_path):
     """FSDP shards weights and the spec optimizer's state (and accumulates the sharded
     gradients of 2 micro-batches); its checkpoint is one safetensors file a rank
     (torch.distributed.checkpoint) that one process reads whole, and evaluates."""
     reference, _ = hope_run
     out = tmp_path / "run"
     torchrun("-m", "nldsl", "train", "hope", *sets(HOPE), "--steps", "3", *FLAGS, "--out", str(out), "--fsdp",
-             "--accumulate", "2")
+             "--accumulate", "2", "--grad-clip", "1e9")  # a clip of the sharded gradients that leaves them as they are
     from safetensors import safe_open
     with safe_open(out / tr.CHECKPOINT, "pt") as f:
         assert list(f.keys()) == []  # the tensors are in the shards
     assert sorted(p.name for p in (out / "shards-00000003").iterdir()) == [
         "shard-00001-model-00001-of-00001.safetensors", "shard-00002-model-00001-of-00001.safetensors"]
     assert losses(out) == pytest.approx(reference[:3], rel=REL)
+    assert grad_norms(out) == pytest.approx(hope_norms, rel=REL)  # of the sharded gradients, combined
     model, _ = tr.load_run(out, device="cpu")  # eval and generate read the shards too
     assert tr.evaluate(model, Corpus.load("pydoc"), 1) == pytest.approx(tr.load_checkpoint(out).history.heldout[3])
 

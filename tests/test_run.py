@@ -55,7 +55,7 @@ def _losses(spec: str, precision: str, steps: int = 6) -> tuple[list[float], obj
     model = runs.build_model(path, {"dim": 32, "context": 64, "batch": 2}, 0, name=name)
     optimizer, corpus, scaler = model.configure_optimizer(), Corpus.load("pydoc"), runs.grad_scaler(CPU, precision)
     from nldsl.train import _train_step
-    return [_train_step(model, optimizer, *corpus.batch(0, s, 2, 64), precision, scaler)
+    return [_train_step(model, optimizer, *corpus.batch(0, s, 2, 64), precision, scaler)[0]
             for s in range(1, steps + 1)], model
 
 

@@ -249,7 +249,7 @@ def test_accumulated_micro_batches_are_the_whole_batch(spec, sizes):
     parts.register_forward_hook(lambda module, args, out: fed.append(args[0].shape[0]))
     tokens = torch.randint(0, 256, (4, int(whole.settings["context"]) + 1), generator=torch.Generator().manual_seed(0))
     x, y = tokens[:, :-1], tokens[:, 1:]
-    losses = [tr._train_step(m, torch.optim.SGD(m.parameters(), lr=0.1), x, y, accumulate=n)
+    losses = [tr._train_step(m, torch.optim.SGD(m.parameters(), lr=0.1), x, y, accumulate=n)[0]
               for m, n in ((whole, 1), (parts, 4))]
     assert fed == [1, 1, 1, 1]
     assert abs(losses[0] - losses[1]) < 1e-6  # runs.loss takes the cross-entropy in float32
@@ -263,17 +263,20 @@ def test_grad_clip_clips_the_unscaled_gradient():
     tokens = torch.randint(0, 256, (4, 17), generator=torch.Generator().manual_seed(0))
     x, y = tokens[:, :-1], tokens[:, 1:]
     free = copy.deepcopy(model)
-    tr._train_step(free, torch.optim.SGD(free.parameters(), lr=0.0), x, y)
+    _, told = tr._train_step(free, torch.optim.SGD(free.parameters(), lr=0.0), x, y)
     norm = torch.nn.utils.get_total_norm([p.grad for p in free.parameters()]).item()
-    tr._train_step(model, torch.optim.SGD(model.parameters(), lr=0.0), x, y, grad_clip=norm / 4)
+    assert told == norm  # the step's gradient norm, as the logs take it
+    _, told = tr._train_step(model, torch.optim.SGD(model.parameters(), lr=0.0), x, y, grad_clip=norm / 4)
+    assert told == pytest.approx(norm, rel=1e-12)  # before clipping
     for a, b in zip(model.parameters(), free.parameters()):
         torch.testing.assert_close(a.grad, b.grad / 4, rtol=1e-5, atol=0)  # clip_grad_norm_ adds 1e-6 to the norm
     # fp16 scales the loss: the clip applies to the gradient unscaled, not to the scaled one
     half = nldsl.compile(EXAMPLES / "transformer.nl", **TINY)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)
-    tr._train_step(half, torch.optim.SGD(half.parameters(), lr=0.0), x, y, "fp16", scaler, grad_clip=1e-3)
+    _, told = tr._train_step(half, torch.optim.SGD(half.parameters(), lr=0.0), x, y, "fp16", scaler, grad_clip=1e-3)
     total = torch.nn.utils.get_total_norm([p.grad for p in half.parameters()]).item()
     assert math.isclose(total, 1e-3, rel_tol=1e-3)
+    assert 1e-2 < told < 1e3  # the unscaled norm before clipping, not 2 ** 10 times it
 
 
 def run(out, steps, **kw):
