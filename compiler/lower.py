@@ -138,6 +138,10 @@ class Exprs:
         if f == "l2norm":
             heads = int(self(kw["heads"], owner)) if "heads" in kw else 1
             return self.call(ops.l2norm, (args[0], heads), span=span)
+        if f == "rope":  # the positions of the tokens are the state's (`st.rope`): a stream goes on counting
+            heads = int(self(kw["heads"], owner)) if "heads" in kw else 1
+            base = float(self(kw["base"], owner)) if "base" in kw else ops.ROPE_BASE
+            return self.call("rope", (self.st, args[0], heads, base), span=span, method=True)
         if f == "newton_schulz":
             return self.call(ops.newton_schulz, (args[0], *(int(args[1]) if i == 1 else args[i] for i in range(1, len(args)))),
                              span=span)
@@ -358,7 +362,8 @@ class _ModelBuild:
                 for a in block.body:
                     self.env[a.name] = _named(self.ex(a.value, f"block{b}.{a.name}"), a.name)
         norm = top.call(ops.rmsnorm, (self.env["x"], self.g.get_attr("norm")), name="norm")
-        logits = top.call(ops.proj, (norm, self.g.get_attr("head")), name="logits")
+        head = "head" if "head" in params else "embed"  # `next_token(tied)`: the embedding scores
+        logits = top.call(ops.proj, (norm, self.g.get_attr(head)), name="logits")
         self.g.output(logits)
         return self.g
 

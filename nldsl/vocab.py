@@ -24,6 +24,7 @@ SIZES = {
     "orthogonal": "the size of its argument; the other arguments are constants",
     "proj": "the size its second argument gives, else its first argument's",
     "conv": "the size of its first argument; the second is the window's width",
+    "rotary": "the size of its argument, whose heads (`heads:`) are each of an even size",
     "learned": "1, or the count its second argument gives; the first is the starting value",
     "broadcast": "the size its arguments broadcast to",
     "select": "the size its two branches broadcast to; the first argument is a constant",
@@ -54,6 +55,7 @@ FUNCTIONS: dict[str, Function] = {f.name: f for f in [
     Function("proj", op="proj", size="proj", arity=(1, 2), optimizer=False, params=("proj",)),
     Function("conv", op="conv", size="conv", arity=(2, 2), optimizer=False, params=("conv",)),
     Function("l2norm", op="l2norm", size="norm", options=("heads",)),
+    Function("rope", op="rope", size="rotary", options=("heads", "base"), optimizer=False),
     Function("rmsnorm", op="rmsnorm", size="norm", options=("eps", "heads"), optimizer=False, params=("norm",)),
     Function("learned", op="learned", size="learned", arity=(1, 2), optimizer=False, params=("scalar",)),
     Function("max", op="maximum", size="broadcast", arity=(2, 2)),
@@ -139,6 +141,7 @@ SETTINGS = {"vocab": None, "dim": None, "heads": 1, "depth": 1, "context": 512, 
 # A model that writes none has none: they have no defaults among its settings.
 TRAINING_SETTINGS = {"warmup": (int, 0), "accumulate": (int, 1), "grad_clip": (float, 0.0)}
 OUTER_OBJECTIVES = ("next_token",)
+OUTER_OBJECTIVE_FLAGS = ("tied",)  # `objective next_token(tied)`: the output head is the embedding
 SELECTORS = ("all", "matrices", "vectors", "rest")  # parameter groups of `optimizer NAME(...) for GROUP`
 HINTS = {"tile": int, "kernel": ("auto", "torch", "triton"), "group": ("off", "on")}  # key -> int, or its values
 INPUTS = {"x": "the stream", "g": "the gradient", "W": "the parameter", "step": "the step count"}  # predefined names

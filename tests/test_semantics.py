@@ -18,6 +18,7 @@ from nldsl.runtime.errors import NonFiniteError
 from nldsl.runtime.level import scan
 from nldsl.runtime.memories import grads, read
 from nldsl.runtime.model import ModelState
+from test_positions import complex_rope, interleave
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
@@ -133,7 +134,10 @@ def test_softmax_attention_is_causal_attention():
     lv = level_of(model, "attn")
     x = torch.randn(2, 12, 16, dtype=torch.float64)
     y, _ = run_level(model, "attn", x)
-    q, k, v = (heads(x @ getattr(lv, n).proj.T, 2) for n in "qkv")
+    # rotary queries and keys, in the complex form over Llama's pairs (a permutation of each
+    # head's coordinates that the scores do not see: tests/test_positions.py)
+    q, k = (heads(complex_rope(interleave(x @ getattr(lv, n).proj.T, 2), torch.arange(12), 2), 2) for n in "qk")
+    v = heads(x @ lv.v.proj.T, 2)
     o = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(2, 12, 16)
     torch.testing.assert_close(y, o @ lv.out.proj.T)
 
@@ -450,17 +454,19 @@ def test_implicit_rule_with_unit_keys_rescales_the_rate():
     torch.testing.assert_close(st.levels["L.0"].fast["M"].theta["W"][0, 0], S)
 
 
-def test_feed_forward_is_a_plain_mlp():
-    """CMS with one `outer` level (transformer.nl's ffn) is a Transformer feed-forward block."""
+def test_feed_forward_is_swiglu():
+    """transformer.nl's ffn, a level of flows with period `outer`, is Llama's SwiGLU block
+    w2(silu(w1 x) · w3 x)."""
     model = nldsl.compile(EXAMPLES / "transformer.nl", dim=16, heads=2, context=8, depth=1)
     lv = level_of(model, "ffn")
-    ffn = torch.nn.Sequential(torch.nn.Linear(16, 64, bias=False), torch.nn.GELU(), torch.nn.Linear(64, 16, bias=False))
+    w1, w3, w2 = (torch.nn.Linear(*shape, bias=False) for shape in ((16, 48), (16, 48), (48, 16)))
     with torch.no_grad():
-        ffn[0].weight.copy_(lv.mlp.W2[0])
-        ffn[2].weight.copy_(lv.mlp.W1[0])
+        w1.weight.copy_(lv.h.proj)
+        w3.weight.copy_(lv.h.proj_1)
+        w2.weight.copy_(lv.out.proj)
     x = torch.randn(3, 8, 16)
     y, _ = run_level(model, "ffn", x)
-    torch.testing.assert_close(y, ffn(x))
+    torch.testing.assert_close(y, w2(F.silu(w1(x)) * w3(x)))
 
 
 def test_closed_form_gradients_equal_autograd():

@@ -19,6 +19,8 @@ from nldsl.compiler.diagnostics import NLError
 from nldsl.data import Corpus, read_bytes, split
 from test_train import SPEC, TINY, double, main, one_error_line, run  # noqa: F401 (fixture)
 
+VOCAB_LINE = next(i for i, line in enumerate(SPEC.read_text().splitlines(), 1) if line.startswith("  vocab "))
+
 TEXT = read_bytes("pydoc")
 SAMPLE = "Déjà vu: naïve café, 日本語 and emoji 🙂\n  indented\tline\n".encode()
 
@@ -120,7 +122,7 @@ def test_the_vocab_follows_the_tokenizer(double, bpe, tmp_path):
     with pytest.raises(NLError) as e:
         runs.build_model(SPEC, dict(TINY), 0, tokenizer=bpe)
     (d,) = e.value.diagnostics
-    assert d.code == "NL130" and (d.span.file, d.span.line, d.span.col) == (str(SPEC), 5, 3)
+    assert d.code == "NL130" and (d.span.file, d.span.line, d.span.col) == (str(SPEC), VOCAB_LINE, 3)
     assert "the spec's vocab 256 is smaller than the tokenizer's 400 tokens (bpe:400)" in d.message
     assert "write `vocab 400`" in d.help
 
@@ -128,7 +130,7 @@ def test_the_vocab_follows_the_tokenizer(double, bpe, tmp_path):
 def test_a_vocab_mismatch_on_the_command_line_is_located(double, tmp_path, capsys):
     rc, out, err = main(capsys, "train", SPEC, "--tokenizer", "bpe:300", "--out", tmp_path / "run", "--quiet")
     assert rc == 1 and "Traceback" not in err and not (tmp_path / "run").exists()
-    assert f"{SPEC}:5:3: error[NL130]: the spec's vocab 256 is smaller than the tokenizer's 300 tokens" in err
+    assert f"{SPEC}:{VOCAB_LINE}:3: error[NL130]: the spec's vocab 256 is smaller than the tokenizer's 300 tokens" in err
     one_error_line(*main(capsys, "train", SPEC, "--tokenizer", str(tmp_path / "nope.json"),
                          "--out", tmp_path / "run")[::2], "cannot read tokenizer", "nope.json")
     one_error_line(*main(capsys, "train", SPEC, "--tokenizer", "bpe:ten", "--out", tmp_path / "run")[::2],

@@ -248,7 +248,7 @@ def test_bad_input_is_one_error_line(double, tmp_path, capsys):
 
 def test_spec_with_errors_prints_its_diagnostics(double, tmp_path, capsys):
     bad = tmp_path / "bad.nl"
-    bad.write_text(SPEC.read_text().replace("mlp(dim", "mpl(dim"))
+    bad.write_text(SPEC.read_text().replace("silu(", "sulu("))
     rc, _, err = main(capsys, "train", bad, "--out", tmp_path / "run")
     assert rc == 1 and "Traceback" not in err and f"{bad}:" in err and "error[NL" in err
     assert not (tmp_path / "run").exists()

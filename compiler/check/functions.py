@@ -79,6 +79,27 @@ def _norm(T, row: Function, e, pos, kw, size: Size) -> Size | None:
     return size
 
 
+def _rotary(T, row: Function, e, pos, kw, size: Size) -> Size | None:
+    """Rotated in pairs of coordinates, per head: a head's size is even."""
+    h = count(T.c, kw["heads"].value, T.env, "`heads`") if "heads" in kw else 1
+    if h is None:
+        return None
+    if size % h or (size // h) % 2:
+        what = f"{h} heads of" if h > 1 else "the size"
+        T.err("NL131", f"`{row.name}` rotates pairs of coordinates: {what} {size} must split into even heads",
+              e.span, "give a size and `heads:` whose quotient is even")
+        return None
+    if "base" in kw:
+        base = const(T.c, kw["base"].value, T.env, "`base`")
+        if base is None:
+            return None
+        if not base > 1:
+            T.err("NL160", f"the `base` of `{row.name}` is out of range: {base}", kw["base"].value.span,
+                  "a base above 1: the wavelengths grow from 2π by powers of it")
+            return None
+    return size
+
+
 def _orthogonal(T, row: Function, e, pos, kw, size: Size) -> Size | None:
     for extra, what in zip(pos[1:], ("number of steps", "epsilon")):
         if const(T.c, extra, T.env, f"the {what} of `{row.name}`") is None:
@@ -130,5 +151,5 @@ def _broadcast(T, row: Function, e, pos, kw, size: Size) -> Size | None:
 # the typing of each size rule of nldsl/vocab.py (SIZES): those that type the first
 # argument as a value, and those that do not (tests/test_vocab.py holds them to SIZES)
 OF_CONSTANTS = {"measure": _measure, "learned": _learned}
-OF_SIZE = {"same": _same, "norm": _norm, "orthogonal": _orthogonal, "proj": _proj, "conv": _conv,
-            "broadcast": _broadcast, "select": _broadcast}
+OF_SIZE = {"same": _same, "norm": _norm, "rotary": _rotary, "orthogonal": _orthogonal, "proj": _proj,
+           "conv": _conv, "broadcast": _broadcast, "select": _broadcast}

@@ -1,7 +1,7 @@
 """Models: levels, schedule hints, blocks and the outer objective, put together into a ModelSpec."""
 from __future__ import annotations
 
-from ...vocab import HINTS, OUTER_OBJECTIVES
+from ...vocab import HINTS, OUTER_OBJECTIVE_FLAGS, OUTER_OBJECTIVES
 from .. import ast
 from ..diagnostics import Span, did_you_mean
 from ..spec import AssignSpec, BlockSpec, LevelSpec, ModelSpec, OuterParam
@@ -41,12 +41,13 @@ def model(ck: Context, m: ast.Model, file: str) -> ModelSpec | None:
         if name not in used:
             ck.report.warning("NL155", f"level `{name}` is never used in a block", spec.span)
 
-    objective = outer_objective(ck, m)
+    objective, flags = outer_objective(ck, m)
     optimizers = uses(ck, m, file)
     dim, vocab = int(consts.get("dim", 1)), int(consts.get("vocab", 1))
     params = (OuterParam(name="embed", shape=(vocab, dim), role="embedding", span=m.span),
-              OuterParam(name="norm", shape=(dim,), role="norm", span=m.span),
-              OuterParam(name="head", shape=(vocab, dim), role="head", span=m.span))
+              OuterParam(name="norm", shape=(dim,), role="norm", span=m.span))
+    if "tied" not in flags:  # tied: the logits are the embedding's scores of the normed output
+        params += (OuterParam(name="head", shape=(vocab, dim), role="head", span=m.span),)
     if len(ck.report.errors) > errors_before or objective is None:
         return None
     # levels in the order the blocks use them, unused ones last
@@ -55,22 +56,29 @@ def model(ck: Context, m: ast.Model, file: str) -> ModelSpec | None:
                      objective=objective, optimizers=optimizers, params=params, file=file, span=m.span)
 
 
-def outer_objective(ck: Context, m: ast.Model) -> str | None:
+def outer_objective(ck: Context, m: ast.Model) -> tuple[str | None, tuple[str, ...]]:
+    """The model's outer objective and the flags written with it (`next_token(tied)`)."""
     stmts = [s for s in m.body if isinstance(s, ast.Objective)]
     if not stmts:
         ck.err("NL114", f"model `{m.name}` has no objective", m.span, "add `objective next_token`")
-        return None
+        return None, ()
     for extra in stmts[1:]:
         ck.err("NL101", "a model has one objective", extra.span)
     name, args = ast.head(stmts[0].value)
-    if name in OUTER_OBJECTIVES and args:
-        ck.err("NL117", f"`{name}` takes no arguments", stmts[0].value.span, f"write `objective {name}`")
-        return None
     if name not in OUTER_OBJECTIVES:
         ck.err("NL111", f"unknown outer objective `{name or '?'}`", stmts[0].value.span,
                did_you_mean(name or "", OUTER_OBJECTIVES) or "the outer objective is `next_token`")
-        return None
-    return name
+        return None, ()
+    flags = []
+    for a in args:
+        flag = a.value.id if a.key is None and isinstance(a.value, ast.Name) else None
+        if flag not in OUTER_OBJECTIVE_FLAGS or flag in flags:
+            ck.err("NL113", f"`{name}` takes only the flag `tied`" if flag not in OUTER_OBJECTIVE_FLAGS
+                   else f"`{flag}` is written twice", a.span,
+                   f"write `objective {name}`, or `objective {name}(tied)` to share the embedding with the head")
+            return None, ()
+        flags.append(flag)
+    return name, tuple(flags)
 
 
 def apply_hints(ck: Context, m: ast.Model, levels: dict[str, LevelSpec], consts) -> None:

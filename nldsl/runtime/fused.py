@@ -201,6 +201,9 @@ class Span:
     def conv(self, name: str, x, weight):
         return self.ls.conv(name, x, weight)
 
+    def rope(self, x, heads: int, base: float):
+        return self.ls.rope(x, heads, base)
+
     def accumulates(self, memory: str) -> bool:
         return self.ls.accumulates(memory)
 

@@ -92,6 +92,26 @@ def rmsnorm(x, weight, eps: float = 1e-6, heads: int = 1):
     return (normed * weight).reshape(shape)
 
 
+ROPE_BASE = 10000.0  # RoFormer's (Su et al. 2021, Eq. 15) and Llama's
+
+
+def rope(x, positions, heads: int = 1, base: float = ROPE_BASE):
+    """Rotary position embedding (Su et al. 2021): in each head of x [B, n, d], coordinate
+    i of the first half and i of the second half (the "rotate half" pairing of GPT-NeoX
+    and Hugging Face's Llama) turn by the angle p · base^(-2i/head) at position p. The
+    angles in at least float32: in bf16, p · θ loses its fractional part."""
+    shape, wide = x.shape, torch.promote_types(x.dtype, torch.float32)
+    half = shape[-1] // heads // 2
+    freq = base ** -(torch.arange(half, device=x.device, dtype=wide) / half)
+    angle = positions.to(wide)[:, None] * freq  # [n, half]
+    cos, sin = angle.cos(), angle.sin()
+    h = x.reshape(*shape[:-1], heads, 2, half).to(wide)
+    a, b = h[..., 0, :], h[..., 1, :]
+    cos, sin = cos[:, None], sin[:, None]  # [n, 1, half]: the same for every head
+    out = torch.stack((a * cos - b * sin, b * cos + a * sin), -2)
+    return out.reshape(shape).to(x.dtype)
+
+
 def conv(x, weight, tail):
     """Causal depthwise convolution over time. weight [d, w]; `tail` holds the
     w-1 items before this chunk (zeros at the start of a sequence), so a sequence
