@@ -25,10 +25,14 @@ SIZES = {
     "proj": "the size its second argument gives, else its first argument's",
     "conv": "the size of its first argument; the second is the window's width",
     "rotary": "the size of its argument, whose heads (`heads:`) are each of an even size",
+    "concat": "the sum of its arguments' sizes: their features side by side",
+    "split": "its first argument's size over the number of parts; the others are constants",
+    "dropout": "the size of its first argument; the second is a constant probability in [0, 1)",
     "learned": "1, or the count its second argument gives; the first is the starting value",
     "broadcast": "the size its arguments broadcast to",
     "select": "the size its two branches broadcast to; the first argument is a constant",
     "measure": "1: a count of the parameter's shape",
+    "range": "the count its argument gives: the constant vector 0, 1, ..., n - 1",
 }
 
 
@@ -56,8 +60,12 @@ FUNCTIONS: dict[str, Function] = {f.name: f for f in [
     Function("conv", op="conv", size="conv", arity=(2, 2), optimizer=False, params=("conv",)),
     Function("l2norm", op="l2norm", size="norm", options=("heads",)),
     Function("rope", op="rope", size="rotary", options=("heads", "base"), optimizer=False),
+    Function("concat", op="concat", size="concat", arity=(2, 16), optimizer=False),
+    Function("split", op="split", size="split", arity=(3, 3), optimizer=False),
+    Function("dropout", op="dropout", size="dropout", arity=(2, 2), optimizer=False),
     Function("rmsnorm", op="rmsnorm", size="norm", options=("eps", "heads"), optimizer=False, params=("norm",)),
     Function("learned", op="learned", size="learned", arity=(1, 2), optimizer=False, params=("scalar",)),
+    Function("range", op="arange", size="range", optimizer=False),
     Function("max", op="maximum", size="broadcast", arity=(2, 2)),
     Function("min", op="minimum", size="broadcast", arity=(2, 2)),
     Function("select", op="select", size="select", arity=(3, 3)),

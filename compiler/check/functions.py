@@ -5,7 +5,7 @@ from ...vocab import FUNCTIONS, Function
 from .. import ast
 from ..diagnostics import did_you_mean
 from ..spec import LIKE_W, Size
-from .consts import const, count
+from .consts import const, constant, count
 from .context import size_text
 
 
@@ -57,6 +57,11 @@ def _learned(T, row: Function, e, pos) -> Size | None:
     return n
 
 
+def _range(T, row: Function, e, pos) -> Size | None:
+    """The constant vector 0, 1, ..., n - 1 (folded where it is constant: here its count is not)."""
+    return count(T.c, pos[0], T.env, f"the count of `{row.name}`")
+
+
 # ------------------------------------------- rules of the first argument's size
 def _same(T, row: Function, e, pos, kw, size: Size) -> Size | None:
     return size
@@ -97,6 +102,45 @@ def _rotary(T, row: Function, e, pos, kw, size: Size) -> Size | None:
             T.err("NL160", f"the `base` of `{row.name}` is out of range: {base}", kw["base"].value.span,
                   "a base above 1: the wavelengths grow from 2π by powers of it")
             return None
+    return size
+
+
+def _concat(T, row: Function, e, pos, kw, size: Size) -> Size | None:
+    """Values side by side: each changes with the input (a constant has no items to join)."""
+    sizes = [size] + [T(p) for p in pos[1:]]
+    if any(s is None for s in sizes):
+        return None
+    for p in pos:
+        if constant(p, T.env):
+            T.err("NL115", f"`{row.name}` joins values that change with the input, not a constant", p.span,
+                  "to append a constant, write it as a value: `learned(c, n)` or a projection")
+            return None
+    return sum(sizes)
+
+
+def _split(T, row: Function, e, pos, kw, size: Size) -> Size | None:
+    """Part i (from 0) of n equal parts of the features."""
+    n = count(T.c, pos[1], T.env, f"the number of parts of `{row.name}`")
+    i = count(T.c, pos[2], T.env, f"the part `{row.name}` takes", lo=0) if n is not None else None
+    if i is None:
+        return None
+    if size % n:
+        T.err("NL130", f"`{row.name}` cuts the size {size} into {n} equal parts, which {n} does not divide", e.span)
+        return None
+    if i >= n:
+        T.err("NL115", f"`{row.name}` takes part {i} of {n}: the parts count from 0 to {n - 1}", pos[2].span)
+        return None
+    return size // n
+
+
+def _dropout(T, row: Function, e, pos, kw, size: Size) -> Size | None:
+    rate = const(T.c, pos[1], T.env, f"the probability of `{row.name}`")
+    if rate is None:
+        return None
+    if not 0 <= rate < 1:
+        T.err("NL160", f"the probability of `{row.name}` is out of range: {rate:g}", pos[1].span,
+              "a probability of at least 0 and below 1")
+        return None
     return size
 
 
@@ -150,6 +194,7 @@ def _broadcast(T, row: Function, e, pos, kw, size: Size) -> Size | None:
 
 # the typing of each size rule of nldsl/vocab.py (SIZES): those that type the first
 # argument as a value, and those that do not (tests/test_vocab.py holds them to SIZES)
-OF_CONSTANTS = {"measure": _measure, "learned": _learned}
-OF_SIZE = {"same": _same, "norm": _norm, "rotary": _rotary, "orthogonal": _orthogonal, "proj": _proj,
-           "conv": _conv, "broadcast": _broadcast, "select": _broadcast}
+OF_CONSTANTS = {"measure": _measure, "learned": _learned, "range": _range}
+OF_SIZE = {"same": _same, "norm": _norm, "rotary": _rotary, "concat": _concat, "split": _split,
+           "dropout": _dropout, "orthogonal": _orthogonal, "proj": _proj, "conv": _conv,
+           "broadcast": _broadcast, "select": _broadcast}

@@ -204,6 +204,9 @@ class Span:
     def rope(self, x, heads: int, base: float):
         return self.ls.rope(x, heads, base)
 
+    def dropout(self, x, p: float):
+        return self.ls.dropout(x, p)
+
     def accumulates(self, memory: str) -> bool:
         return self.ls.accumulates(memory)
 

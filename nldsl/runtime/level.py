@@ -26,7 +26,7 @@ from .memories.attention.naive import attention
 from .memories.layout import as_rate
 from .memories.linear.naive import implicit_solve, implicit_stats
 from .memories.rules import apply_rule, per_head as _per_head
-from .ops import conv, conv_tail, rope
+from .ops import conv, conv_tail, dropout, rope
 from .rates import products
 
 
@@ -280,15 +280,21 @@ class Carry:
     """What a graph's position-dependent functions carry from one call to the next, so
     cutting a sequence changes nothing (a level's flows, a block's calls): the last
     inputs of each causal conv, and the position `pos` of the call's first token,
-    which its owner advances."""
+    which its owner advances; `options` are the model's (whether it trains)."""
 
     def __init__(self):
         self.tails: dict[str, torch.Tensor] = {}
         self.pos = 0
+        self.options: dict = {}
 
     def rope(self, x, heads: int, base: float):
         positions = torch.arange(self.pos, self.pos + x.shape[1], device=x.device)
         return rope(x, positions, heads, base)
+
+    def dropout(self, x, p: float):
+        """Zero each feature with probability p and scale the rest by 1/(1 − p), while the
+        model trains (`model.train()`); the identity in eval mode."""
+        return dropout(x, p, self.options.get("training", False))
 
     def conv(self, name: str, x, weight):
         tail = self.tails.get(name)

@@ -219,11 +219,16 @@ class Model(HoldsGraphs):
         super().__init__()
         self.name, self.spec = name, spec  # spec: the checked ModelSpec, when compiled in this process
         self.settings = dict(settings)
-        self.options = {"inner_clip": inner_clip, "fused": fused, "kernels": kernels}
+        # `training` follows train()/eval(): the states read it from here (`dropout`)
+        self.options = {"inner_clip": inner_clip, "fused": fused, "kernels": kernels, "training": True}
         # its `optimizer` lines (optim.OptimizerUse), each with its compiled step: the backend's, or
         # written out in emitted source
         self.optimizers = tuple(optimizers)
         self.slots: dict[str, str] = {}  # level name -> attribute holding its copies
+
+    def train(self, mode: bool = True):
+        self.options["training"] = mode
+        return super().train(mode)
 
     def add_level(self, name: str, copies: list) -> None:
         slot = _free(self, name)

@@ -112,6 +112,21 @@ def rope(x, positions, heads: int = 1, base: float = ROPE_BASE):
     return out.reshape(shape).to(x.dtype)
 
 
+def dropout(x, p, training: bool):
+    """Inverted dropout (Srivastava et al. 2014), torch's."""
+    return torch.nn.functional.dropout(x, float(p), training)
+
+
+def concat(*xs):
+    """Items side by side along the features."""
+    return torch.cat(xs, -1)
+
+
+def split(x, parts, index):
+    """Part `index` of `parts` equal parts of the features."""
+    return x.chunk(int(parts), -1)[int(index)]
+
+
 def conv(x, weight, tail):
     """Causal depthwise convolution over time. weight [d, w]; `tail` holds the
     w-1 items before this chunk (zeros at the start of a sequence), so a sequence
@@ -129,6 +144,12 @@ def conv_tail(batch: int, weight, like):
 
 def learned(value):
     return value
+
+
+def arange(n):
+    """`range(n)`: 0, 1, ..., n - 1. The compiler folds it, and what is computed from it, into
+    a buffer of the module; this is its value as a tensor."""
+    return torch.arange(int(n), dtype=torch.get_default_dtype())
 
 
 def select(cond, a, b):
