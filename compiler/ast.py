@@ -81,7 +81,15 @@ class Neg:
     span: Span = _span()
 
 
-Expr = Number | Name | Member | Arrow | Call | BinOp | Neg
+@dataclass(frozen=True)
+class Vector:
+    """`[a, b, ...]`: a constant vector, its elements constant expressions (the checker says so)."""
+
+    items: tuple["Expr", ...]
+    span: Span = _span()
+
+
+Expr = Number | Name | Member | Arrow | Call | BinOp | Neg | Vector
 
 
 def walk(e: Expr | None):
@@ -100,6 +108,8 @@ def walk(e: Expr | None):
             stack.append(n.operand)
         elif isinstance(n, Arrow):
             stack.extend((n.src, n.dst))
+        elif isinstance(n, Vector):
+            stack.extend(n.items)
 
 
 def names(e: Expr | None) -> set[str]:

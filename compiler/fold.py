@@ -1,10 +1,11 @@
-"""Constant folding: arithmetic and elementwise functions on plain numbers.
+"""Constant folding: arithmetic and elementwise functions on plain numbers and on
+constant vectors (tuples of numbers: `[0.9, 0.99]`, `range(heads)`).
 
-The checker folds every constant part of a spec (`2 * dim`, `exp(-3)`, `1 / 0`) to
-report, where it is written, one that has no value in range (NL160); the torch
-backend folds the same parts with the same function. So a spec that checks clean
-never meets an overflow, a division by zero or a NaN while it is built. Plain `math`:
-the checker does not import torch.
+The checker folds every constant part of a spec (`2 * dim`, `exp(-3)`, `1 / 0`,
+`1 - 2 ** (-5 - range(4))`) to report, where it is written, one that has no value in
+range (NL160); the torch backend folds the same parts with the same function. So a
+spec that checks clean never meets an overflow, a division by zero or a NaN while it
+is built. Plain `math`: the checker does not import torch.
 """
 from __future__ import annotations
 
@@ -64,9 +65,32 @@ FUNCS = {
 }
 
 
+# Functions whose value is a constant vector: `range(n)` is 0, 1, ..., n - 1 (n a count the checker allowed).
+VECTORS = {"range": lambda n: tuple(range(int(n)))}
+
+
+def negate(v):
+    """Unary minus of a number or, elementwise, of a vector."""
+    return tuple(-x for x in v) if isinstance(v, tuple) else -v
+
+
 def apply(op: str, *args):
-    """`op` (`+`, `-`, `*`, `/`, `**` or a name of FUNCS) applied to numbers; the
-    result is finite and at most MAX_NUMBER in size, or FoldError says why not."""
+    """`op` (`+`, `-`, `*`, `/`, `**` or a name of FUNCS) applied to numbers, or
+    elementwise to vectors of one size and numbers (broadcast, as is a vector of one number);
+    the result is finite and at most MAX_NUMBER in size, or FoldError says why not (and at
+    which element)."""
+    args = [a[0] if isinstance(a, tuple) and len(a) == 1 else a for a in args]
+    sizes = {len(a) for a in args if isinstance(a, tuple)}
+    if sizes:
+        if len(sizes) > 1:  # the checker reports NL130 before folding such operands
+            raise ValueError(f"vectors of sizes {sorted(sizes)} do not broadcast")
+        out = []
+        for i in range(sizes.pop()):
+            try:
+                out.append(apply(op, *(a[i] if isinstance(a, tuple) else a for a in args)))
+            except FoldError as e:
+                raise FoldError(f"{e} (at element {i}, counting from 0)", e.help) from None
+        return tuple(out)
     fn = BINARY[op] if op in BINARY else FUNCS[op]
     try:
         v = fn(*args)

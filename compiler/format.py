@@ -56,6 +56,8 @@ def _expr(e) -> tuple[str, int]:
         return f"{e.owner}.{e.name}", _PREC_ATOM
     if isinstance(e, ast.Call):
         return f"{e.func}({', '.join(_arg(a) for a in e.args)})", _PREC_ATOM
+    if isinstance(e, ast.Vector):
+        return f"[{', '.join(format_expr(i) for i in e.items)}]", _PREC_ATOM
     if isinstance(e, ast.Neg):
         return "-" + _wrap(_expr(e.operand), _PREC_UNARY), _PREC_UNARY
     if isinstance(e, ast.BinOp):

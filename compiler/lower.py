@@ -45,11 +45,17 @@ class BackendError(RuntimeError):
 
 class Made(NamedTuple):
     """An outer parameter a graph reads: its name in the spec (the `get_attr` target),
-    its role and shape, and the value of `learned(c)`."""
+    its role and shape, and the value of `learned(c)` (or of a constant vector, role
+    "constant": a buffer, not a parameter)."""
     name: str
     role: str
     shape: tuple[int, ...]
-    value: float | None = None
+    value: float | tuple[float, ...] | None = None
+
+
+def _folded(v) -> bool:
+    """Whether a value is a constant the writer folds: a number, or a constant vector (a tuple)."""
+    return isinstance(v, (int, float, tuple))
 
 
 def _where(span) -> str:
@@ -62,13 +68,16 @@ class Exprs:
     Names resolve through `lookup` (flows, `x`, `g`, ...), constants fold at build
     time, and each call that creates a parameter (proj, conv, rmsnorm, learned) takes
     the next name `unique_name` gives, the rule the checker used, reads it with
-    `get_attr` of `target(name)` and lists it in `made`."""
+    `get_attr` of `target(name)` and lists it in `made`. A constant vector (`[0.9, 0.99]`,
+    `1 - 2 ** -range(h)`) folds as a tuple, and where the graph needs it becomes one
+    buffer, `OWNER.const`, listed in `made` with the role "constant"."""
 
     def __init__(self, graph: fx.Graph, consts: dict, params: dict[str, OuterParam], made: list[Made], target,
                  st, lookup, memory=None, level=None):
         self.g, self.consts, self.params, self.made, self.target = graph, consts, params, made, target
         self.st, self.lookup, self.memory, self.level = st, lookup, memory, level
         self.taken: set[str] = set()
+        self.scratch = False  # walking a branch of `select` not taken: nothing written is kept
 
     def call(self, fn, args, kwargs=None, name=None, span=None, method=False):
         kind = "call_method" if method else "call_function"
@@ -85,9 +94,27 @@ class Exprs:
         self.made.append(Made(self.target(name), p.role, p.shape, value))
         return _locate(self.g.get_attr(self.target(name)), span)
 
+    def held(self, v, owner: str, span):
+        """A value as the graph takes it: a constant vector as a buffer of the module (a
+        vector of one number as that number); anything else as it is."""
+        if not isinstance(v, tuple) or self.scratch:
+            return v
+        if len(v) == 1:
+            return v[0]
+        name = unique_name(f"{owner}.const", self.taken)
+        self.taken.add(name)
+        self.made.append(Made(self.target(name), "constant", (len(v),), tuple(float(x) for x in v)))
+        return _locate(self.g.get_attr(self.target(name)), span)
+
+    def value(self, e, owner: str, this: str | None = None):
+        """An expression whose value the graph holds (a flow, a rate, `out`): `held`."""
+        return self.held(self(e, owner, this), owner, getattr(e, "span", None))
+
     def __call__(self, e, owner: str, this: str | None = None):
         if isinstance(e, ast.Number):
             return e.value
+        if isinstance(e, ast.Vector):  # its elements are constants: numbers
+            return tuple(self(x, owner, this) for x in e.items)
         if isinstance(e, ast.Name):
             if e.id in self.consts:
                 return self.consts[e.id]
@@ -96,11 +123,12 @@ class Exprs:
             return self.lookup(e.id)
         if isinstance(e, ast.Neg):
             v = self(e.operand, owner, this)
-            return -v if isinstance(v, (int, float)) else self.call(operator.neg, (v,), span=e.span)
+            return fold.negate(v) if _folded(v) else self.call(operator.neg, (v,), span=e.span)
         if isinstance(e, ast.BinOp):
             a, b = self(e.left, owner, this), self(e.right, owner, this)
-            if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+            if _folded(a) and _folded(b):
                 return fold.apply(e.op, a, b)  # as the checker folded it: in range
+            a, b = self.held(a, owner, e.span), self.held(b, owner, e.span)
             if e.op == "**" and isinstance(a, (int, float)) and a < 0:
                 # torch.fx writes a constant base as it is: `-2 ** t`, which Python reads as -(2 ** t)
                 a = self.call(operator.neg, (-a,), span=e.span)
@@ -113,11 +141,11 @@ class Exprs:
         f, pos, span = e.func, e.positional, e.span
         kw = {a.key: a.value for a in e.args if a.key is not None}
         if f == "self":
-            return self.memory(this, self(pos[0], owner, this), span, start=True)
+            return self.memory(this, self.value(pos[0], owner, this), span, start=True)
         if self.memory is not None and self.memory.knows(f):
-            return self.memory(f, self(pos[0], owner, this), span)
+            return self.memory(f, self.value(pos[0], owner, this), span)
         if self.level is not None and self.level.knows(f):
-            return self.level(f, self(pos[0], owner, this), span)
+            return self.level(f, self.value(pos[0], owner, this), span)
         if f == "select":  # the condition is a constant: build the branch it picks
             cond = self(pos[0], owner, this)
             a = self._maybe(pos[1], owner, this, keep=bool(cond))
@@ -126,6 +154,11 @@ class Exprs:
         if f == "learned":
             return self.param(owner, "learned", span, value=float(self(pos[0], owner, this)))
         args = [self(p, owner, this) for p in pos]
+        if f in fold.VECTORS:  # `range(n)`: a constant vector, folded with what is computed from it
+            return fold.VECTORS[f](*args)
+        if f in fold.FUNCS and all(_folded(a) for a in args):
+            return fold.apply(f, *args)
+        args = [self.held(a, owner, span) for a in args]
         if f == "proj":
             return self.call(ops.proj, (args[0], self.param(owner, "proj", span)), span=span)
         if f == "conv":  # its weight's path also names the inputs it carries over (`st.conv`)
@@ -148,8 +181,6 @@ class Exprs:
             return self.call(ops.newton_schulz, (args[0], *(int(args[1]) if i == 1 else args[i] for i in range(1, len(args)))),
                              span=span)
         if f in FUNCTIONS:  # the rest call their runtime op on their arguments
-            if f in fold.FUNCS and all(isinstance(a, (int, float)) for a in args):
-                return fold.apply(f, *args)
             return self.call(getattr(ops, FUNCTIONS[f].op), args, span=span)
         raise BackendError(f"unknown function `{f}` ({_where(span)})")
 
@@ -158,11 +189,11 @@ class Exprs:
         parameters it names, into a scratch graph that is thrown away."""
         if keep:
             return self(e, owner, this)
-        real, self.g = self.g, fx.Graph()
+        (real, scratch), self.g, self.scratch = (self.g, self.scratch), fx.Graph(), True
         try:
             return self(e, owner, this)
         finally:
-            self.g = real
+            self.g, self.scratch = real, scratch
 
 
 def names_in(e, args=lambda call: call.args) -> list[str]:
@@ -179,6 +210,8 @@ def names_in(e, args=lambda call: call.args) -> list[str]:
             todo.extend((n.right, n.left))
         elif isinstance(n, ast.Neg):
             todo.append(n.operand)
+        elif isinstance(n, ast.Vector):
+            todo.extend(reversed(n.items))
     return out
 
 
@@ -272,7 +305,7 @@ class _LevelBuild:
         """A flow's node, built once, after the flows it reads."""
         return in_order(
             name, lambda n: (r for r in names_in(self.flows[n].value) if r in self.flows), self.done,
-            lambda n: _named(self.ex(self.flows[n].value, f"{self.spec.name}.{n}"), n),
+            lambda n: _named(self.ex.value(self.flows[n].value, f"{self.spec.name}.{n}"), n),
             lambda n: BackendError(f"flow `{n}` of level `{self.spec.name}` depends on itself"))
 
     def learn(self, memory: str):
@@ -280,19 +313,19 @@ class _LevelBuild:
             return
         self.learned.add(memory)
         l, owner = self.spec.learn_of(memory), f"{self.spec.name}.{memory}"
-        rates = {r: self.ex(getattr(l, r), f"{owner}.{r}", memory) for r in RATES
+        rates = {r: self.ex.value(getattr(l, r), f"{owner}.{r}", memory) for r in RATES
                  if getattr(l, r) is not None}
         if l.objective == "task":
             self.ex.call("rates", (self.st, memory), rates, name=f"{memory}_rates", span=l.span, method=True)
             return
-        key = self.ex(l.key, f"{owner}.key", memory) if l.key is not None else None
-        value = self.ex(l.value, f"{owner}.value", memory)
+        key = self.ex.value(l.key, f"{owner}.key", memory) if l.key is not None else None
+        value = self.ex.value(l.value, f"{owner}.value", memory)
         self.ex.call("learn", (self.st, memory, key, value), rates, name=f"{memory}_learn", span=l.span, method=True)
 
     def build(self) -> fx.Graph:
         for name in self.flows:  # every flow, in written order (unused ones still own their parameters)
             self.flow(name)
-        out = self.ex(self.spec.out, f"{self.spec.name}.out")
+        out = self.ex.value(self.spec.out, f"{self.spec.name}.out")
         if self.spec.scope == "sequence":
             for l in self.spec.learns:
                 self.learn(l.memory)
@@ -362,7 +395,7 @@ class _ModelBuild:
                                 lambda n, b=b, c=copy: f"block{b}.{c}.{_local(n)}", self.st, self.lookup,
                                 level=_Levels(self))
                 for a in block.body:
-                    self.env[a.name] = _named(self.ex(a.value, f"block{b}.{a.name}"), a.name)
+                    self.env[a.name] = _named(self.ex.value(a.value, f"block{b}.{a.name}"), a.name)
         norm = top.call(ops.rmsnorm, (self.env["x"], self.g.get_attr("norm")), name="norm")
         head = "head" if "head" in params else "embed"  # `next_token(tied)`: the embedding scores
         logits = top.call(ops.proj, (norm, self.g.get_attr(head)), name="logits")
@@ -472,7 +505,7 @@ class _OptimizerBuild:
         def build(k):
             owner = ".".join(p for p in (self.spec.name, k[0], k[1]) if p)
             with self._items(k[0]):
-                return self._name(self.ex(self.flow_specs[k].value, owner), k[1])
+                return self._name(self.ex.value(self.flow_specs[k].value, owner), k[1])
 
         return in_order(key, reads, self.flows, build,
                         lambda k: BackendError(f"flow `{k[1]}` of optimizer `{self.spec.name}` depends on itself"))
@@ -533,10 +566,10 @@ class _OptimizerBuild:
         lv, l = self.learns[memory]
         owner = f"{self.spec.name}.{lv.name}.{memory}"
         with self._items(lv.name):
-            rates = {r: self.ex(getattr(l, r), f"{owner}.{r}", memory) for r in RATES
+            rates = {r: self.ex.value(getattr(l, r), f"{owner}.{r}", memory) for r in RATES
                      if getattr(l, r) is not None}
-            key = self.ex(l.key, f"{owner}.key", memory) if l.key is not None else None
-            value = self.ex(l.value, f"{owner}.value", memory)
+            key = self.ex.value(l.key, f"{owner}.key", memory) if l.key is not None else None
+            value = self.ex.value(l.value, f"{owner}.value", memory)
         node = self.ex.call("learn", (self.st, memory, key, value), rates, name=f"{memory}_learn", span=l.span,
                             method=True)
         self.named.add(node)
@@ -545,7 +578,7 @@ class _OptimizerBuild:
     def build(self) -> fx.Graph:
         for u in self.spec.updates:
             self.in_update, self.level = True, None
-            value = self.ex(u.value, f"{self.spec.name}.update")
+            value = self.ex.value(u.value, f"{self.spec.name}.update")
             self.in_update = False
             if u.op == "=":
                 new = value if isinstance(value, fx.Node) else self.ex.call(torch.full_like, (self.W, value), span=u.span)

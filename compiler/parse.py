@@ -128,6 +128,14 @@ class _Builder(Transformer_NonRecursive):
     def args(self, children):
         return tuple(c for c in children if c is not None)
 
+    def elements(self, children):
+        return tuple(c for c in children if c is not None)
+
+    @v_args(meta=True)
+    def vector(self, meta, children):
+        items = children[0] or ()
+        return self._expr(ast.Vector(tuple(items), self._span(meta)), *items)
+
     @v_args(meta=True)
     def positional(self, meta, children):
         return ast.Arg(children[0], None, self._span(meta))
@@ -260,12 +268,12 @@ def _guard(text: str, file: str, report: Report) -> bool:
         elif ch == "\x00":
             report.error("NL001", "file contains a NUL byte; is it a binary file?", at(line, col))
             return False
-        elif ch in "({":
+        elif ch in "({[":
             depth += 1
             if depth > MAX_DEPTH:
                 report.error("NL002", f"brackets nested more than {MAX_DEPTH} deep", at(line, col))
                 return False
-        elif ch in ")}":
+        elif ch in ")}]":
             depth = max(0, depth - 1)
     return True
 
@@ -358,14 +366,17 @@ def _unclosed(text: str) -> str | None:
                 continue
             elif ch == "#":
                 break
-            elif ch in "({":
+            elif ch in _CLOSE:
                 stack.append((ch, n))
-            elif ch in ")}" and stack:
+            elif ch in _CLOSE.values() and stack:
                 stack.pop()
     if not stack:
         return None
     ch, n = stack[-1]
-    return f"the `{ch}` on line {n} is never closed; add `{')' if ch == '(' else '}'}`"
+    return f"the `{ch}` on line {n} is never closed; add `{_CLOSE[ch]}`"
+
+
+_CLOSE = {"(": ")", "{": "}", "[": "]"}
 
 
 def _curated(e: UnexpectedToken, exp: set[str], text: str) -> str | None:

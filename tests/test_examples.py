@@ -11,7 +11,7 @@ from nldsl.compiler.driver import check
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").rglob("*.nl"))
 CANONICAL = ["hope.nl", "hope_attention.nl", "titans.nl", "transformer.nl", "linear_attention.nl",
-             "gated_deltanet.nl", "gated_deltanet_nl88.nl", "cms.nl", "optim/sgd_momentum.nl", "optim/adam.nl", "optim/adamw.nl",
+             "gated_deltanet.nl", "gated_deltanet_nl88.nl", "retnet.nl", "cms.nl", "optim/sgd_momentum.nl", "optim/adam.nl", "optim/adamw.nl",
              "optim/muon.nl", "optim/dmgd.nl", "optim/delta_momentum.nl", "optim/m3.nl"]
 
 

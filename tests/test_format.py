@@ -309,6 +309,7 @@ def _extend(inner):
         st.builds(ast.BinOp, st.sampled_from(["+", "-", "*", "/", "**"]), inner, inner),
         st.builds(ast.Neg, inner),
         st.builds(ast.Call, names, st.lists(arg, max_size=3).map(tuple)),
+        st.builds(ast.Vector, st.lists(inner, max_size=3).map(tuple)),
     )
 
 

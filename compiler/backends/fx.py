@@ -14,18 +14,18 @@ import copy
 import torch.fx as fx
 from torch import nn
 
-from ...runtime.model import Level, Model, init, register
+from ...runtime.model import CONSTANT, Level, Model, init, register
 from ...runtime.optim import OptimizerUse
 from ..ir import LevelGraph
 from ..lower import BackendError, Made
 
 
 def _create(module: nn.Module, made: list[Made], paths: dict[str, str]) -> None:
-    """Register the parameters a graph names on `module`, recording in `paths` where each
-    went (a name that nn.Module already uses gets a trailing `_`), and in the module's
-    `__made__` how, for the emitted source."""
+    """Register the parameters a graph names on `module` (constant vectors as buffers),
+    recording in `paths` where each went (a name that nn.Module already uses gets a
+    trailing `_`), and in the module's `__made__` how, for the emitted source."""
     for p in made:
-        paths[p.name] = register(module, p.name, init(p.role, p.shape, p.value))
+        paths[p.name] = register(module, p.name, init(p.role, p.shape, p.value), buffer=p.role == CONSTANT)
         module.__dict__.setdefault("__made__", []).append((paths[p.name], p.role, p.shape, p.value))
 
 

@@ -28,6 +28,7 @@ import torch.fx as fx
 
 from ...runtime import ops
 from ...runtime.level import scan
+from ...runtime.model import CONSTANT
 
 INFIX = {operator.add: "+", operator.sub: "-", operator.mul: "*", operator.truediv: "/", operator.pow: "**"}
 # global names of the emitted file (its imports, functions, the builtins it calls) and a few kept free
@@ -229,7 +230,8 @@ class _Printer:
 
 def _registers(made, indent="        ") -> list[str]:
     return [f"{indent}register(self, {_literal(path)}, init({_literal(role)}, {_literal(tuple(shape))}"
-            f"{'' if value is None else f', {_literal(value)}'}))" for path, role, shape, value in made]
+            f"{'' if value is None else f', {_literal(value)}'}){', buffer=True' if role == CONSTANT else ''})"
+            for path, role, shape, value in made]
 
 
 def _optimizers(uses, source: _Source, taken: set[str]) -> list[str]:

@@ -7,6 +7,7 @@ from ...vocab import INPUTS
 from .. import ast
 from ..spec import FlowSpec
 from .causality import cycle_of
+from .consts import constant, value
 from .context import Context, Env
 from .typer import typeof
 
@@ -41,11 +42,18 @@ def flows(ck: Context, flows_ast, env: Env, owner: str) -> list[FlowSpec]:
         if name in env.broken:  # defined in terms of itself
             continue
         size = typeof(ck, f.value, env, [], f"{owner}.{name}")
-        if size is not None:
-            env.values[name] = size
-            out.append(FlowSpec(name=name, value=f.value, size=size, span=f.span))
-        else:
+        if size is None:
             env.broken.add(name)
+            continue
+        if constant(f.value, env):  # a constant under a name: what reads it folds it, as the backend does
+            v = value(ck, f.value, env, f"flow `{name}`")
+            if v is None:
+                env.broken.add(name)
+                continue
+            env.consts = {**env.consts, name: v}
+        else:
+            env.values[name] = size
+        out.append(FlowSpec(name=name, value=f.value, size=size, span=f.span))
     written: dict[str, int] = {}
     for i, f in enumerate(flows_ast):
         written.setdefault(f.name, i)

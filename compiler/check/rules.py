@@ -127,11 +127,11 @@ def per_token_ok(ck: Context, obj: str, scope: str, period: PeriodSpec, rule: st
 
 
 def per_period(e, env: Env) -> bool:
-    """Whether a rate is the same for every token: numbers, constants, `learned(c)`,
-    and arithmetic or elementwise functions of them."""
+    """Whether a rate is the same for every token: numbers, constants, constant vectors,
+    `learned(c)`, and arithmetic or elementwise functions of them."""
     for n in ast.walk(e):
         if isinstance(n, ast.Name) and not (n.id in env.consts or n.id in ("true", "false")):
             return False
-        if isinstance(n, ast.Call) and n.func != "learned" and n.func not in ELEMENTWISE:
+        if isinstance(n, ast.Call) and n.func not in ("learned", "range") and n.func not in ELEMENTWISE:
             return False
     return True

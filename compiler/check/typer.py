@@ -5,7 +5,7 @@ from .. import ast, fold
 from ..diagnostics import did_you_mean
 from ..fold import MAX_NUMBER
 from ..spec import LIKE_W, MemorySpec, OuterParam, Size, unique_name
-from .consts import const, constant
+from .consts import constant, value
 from .context import Context, Env, num, size_text
 from .functions import call_size
 
@@ -57,11 +57,13 @@ class _Typer:
 
     def __call__(self, e) -> Size | None:
         env = self.env
-        if not self.quiet and isinstance(e, (ast.BinOp, ast.Call)) and constant(e, env):
+        if not self.quiet and isinstance(e, (ast.BinOp, ast.Call, ast.Vector)) and constant(e, env):
             # e.g. a rate `1 / 0` or a factor `exp(1000)`: fold it now, as the backend will
-            return None if const(self.c, e, env, "a constant expression") is None else 1
+            return self.constant(e)
         if isinstance(e, ast.Number):
             return 1
+        if isinstance(e, ast.Vector):  # with an element that is no constant (quiet: typed before)
+            return (len(e.items) or None) if self.quiet else self.constant(e)
         if isinstance(e, ast.Name):
             return self.name(e)
         if isinstance(e, ast.Member):
@@ -78,6 +80,20 @@ class _Typer:
         if isinstance(e, ast.Call):
             return self.call(e)
         return None
+
+    def constant(self, e) -> Size | None:
+        """A constant expression, folded: size 1, or its length if it is a vector (`[0.9, 0.99]`,
+        `1 - 2 ** -range(heads)`), which the backend holds as a buffer of the module."""
+        v = value(self.c, e, self.env, "a constant expression")
+        if v is None:
+            return None
+        if not isinstance(v, tuple):
+            return 1
+        if len(v) > 1 and self.env.optimizer:
+            self.err("NL130", f"a constant vector of size {len(v)} has no place in an optimizer, whose values are "
+                     "one number or shaped like W", e.span, "write one number")
+            return None
+        return len(v)
 
     def name(self, e: ast.Name) -> Size | None:
         env = self.env
@@ -111,16 +127,17 @@ class _Typer:
         if a is None or b is None:
             return None
         if e.op == "/" and not self.quiet and constant(e.right, env):  # x / c is x times 1 / c
-            c = const(self.c, e.right, env, "a constant expression")
-            if c is None:
+            divisor = value(self.c, e.right, env, "a constant expression")
+            if divisor is None:
                 return None
-            try:
-                fold.apply("/", 1, c)
-            except fold.FoldError:
-                self.err("NL160", "this divides by zero" if c == 0 else "this divides by a constant too small",
-                         e.span, "its divisor is the constant 0" if c == 0 else
-                         f"1 / {num(c)} is more than {MAX_NUMBER:.0e}: divide by a larger number")
-                return None
+            for c in divisor if isinstance(divisor, tuple) else (divisor,):  # each element of a vector
+                try:
+                    fold.apply("/", 1, c)
+                except fold.FoldError:
+                    self.err("NL160", "this divides by zero" if c == 0 else "this divides by a constant too small",
+                             e.span, "its divisor is the constant 0" if c == 0 else
+                             f"1 / {num(c)} is more than {MAX_NUMBER:.0e}: divide by a larger number")
+                    return None
         if a == b or b == 1:
             return a
         if a == 1:

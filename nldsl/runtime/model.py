@@ -65,9 +65,15 @@ def inner_gradient():
         Given.taking -= 1
 
 
-def init(role: str, shape: tuple[int, ...], value: float | None = None) -> torch.Tensor:
+CONSTANT = "constant"  # the role of a constant vector of a spec (`[0.9, 0.99]`, `range(h)`): a buffer
+
+
+def init(role: str, shape: tuple[int, ...], value=None) -> torch.Tensor:
     """How an outer parameter starts: projections U(±1/√d_in) like nn.Linear, convs
-    U(±1/√w), norm scales 1, embedding and head N(0, 0.02²) as in GPT-2, `learned(c)` c."""
+    U(±1/√w), norm scales 1, embedding and head N(0, 0.02²) as in GPT-2, `learned(c)` c;
+    and the value of a constant vector (its numbers), which is registered as a buffer."""
+    if role == CONSTANT:
+        return torch.tensor(value, dtype=torch.get_default_dtype()).reshape(shape)
     if role in ("proj", "conv"):
         bound = 1 / math.sqrt(shape[-1])
         return torch.empty(shape).uniform_(-bound, bound)
