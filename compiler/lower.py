@@ -342,7 +342,7 @@ def describe(spec: LevelSpec) -> LevelDesc:
         mems.append(MemoryDesc(
             name=m.name, kind=m.kind, heads=m.heads, shapes=tuple(m.state_shapes().items()), act=m.act,
             residual=m.residual, init="normal" if nested else m.init, constant=m.fixed or spec.scope == "frozen",
-            source=m.init if nested else None, detach=m.detach, window=m.window,
+            source=m.init if nested else None, detach=m.detach, window=m.window, alibi=m.alibi,
             objective=l.objective if l else None, rule=l.rule if l else None,
             decay_first=bool(l and l.decay_first), per_token=bool(l and l.per_token),
             read=l.read if l else "before"))

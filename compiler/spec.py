@@ -86,6 +86,7 @@ class MemorySpec(Node):
     fixed: bool = False  # θ₀ is a constant, not an outer parameter
     detach: bool = False  # no gradient through inner updates to θ₀ (first order)
     window: int | None = None
+    alibi: bool = False  # attention: ALiBi's linear bias on the scores by distance
     span: Span | None = None
 
     def state_shapes(self) -> dict[str, tuple[int, ...]]:

@@ -79,7 +79,7 @@ OPTIMIZER_FUNCS = tuple(n for n, f in FUNCTIONS.items() if f.optimizer)
 
 # -------------------------------------------------------------- memory kinds
 INITS = ("zeros", "ones", "normal", "identity")  # initial states θ₀ a memory may name
-MEMORY_FLAGS = ("residual", "bias", "fixed", "detach")  # options written bare, on when written
+MEMORY_FLAGS = ("residual", "bias", "fixed", "detach", "alibi")  # options written bare, on when written
 ACTIVATIONS = ("silu", "gelu", "relu", "tanh", "sigmoid", "identity")  # of `mlp` memories: nldsl.runtime.ops.ACT
 DEFAULT_ACTIVATION = "silu"
 
@@ -102,7 +102,7 @@ MEMORY_KINDS: dict[str, MemoryKind] = {k.name: k for k in [
     MemoryKind("linear", ("heads", "init", "fixed", "detach"), init="zeros"),
     MemoryKind("mlp", ("heads", "hidden", "act", "residual", "bias", "init", "fixed", "detach"), init="normal"),
     MemoryKind("elementwise", ("init", "detach"), init="zeros", inits=("zeros", "ones"), sized=False, model=False),
-    MemoryKind("attention", ("heads", "window"), init="zeros", sized=False, optimizer=False, rule="append"),
+    MemoryKind("attention", ("heads", "window", "alibi"), init="zeros", sized=False, optimizer=False, rule="append"),
 ]}
 
 # ---------------------------------------------------------- objectives, rules

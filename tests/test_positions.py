@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 import nldsl
 from nldsl.runtime import ops
+from nldsl.runtime.memories.attention.naive import alibi_slopes
 
 ROOT = Path(__file__).resolve().parent.parent
 TRANSFORMER = ROOT / "examples" / "transformer.nl"
@@ -155,3 +156,43 @@ def test_a_tied_model_scores_with_its_embedding():
         torch.testing.assert_close(model(tokens)[0], ref(tokens), rtol=1e-10, atol=1e-10)
     untied = nldsl.compile(TRANSFORMER, **SMALL)
     assert sum(p.numel() for p in untied.parameters()) - sum(p.numel() for p in model.parameters()) == 256 * 32
+
+
+# --- ALiBi ----------------------------------------------------------------------------
+
+def test_alibi_slopes_are_the_papers():
+    """Press et al. 2022, §3: for 8 heads 1/2, 1/4, ..., 1/256; for 16, 1/√2, 1/2, ...;
+    for a count not a power of 2, the slopes of the power below, then every other slope
+    of twice it."""
+    assert alibi_slopes(8) == [2.0 ** -i for i in range(1, 9)]
+    assert alibi_slopes(16) == pytest.approx([2.0 ** (-i / 2) for i in range(1, 17)])
+    assert alibi_slopes(6) == pytest.approx([2.0 ** -(2 * i) for i in range(1, 5)] + [2.0 ** -1, 2.0 ** -3])
+
+
+ALIBI = TRANSFORMER.read_text().replace("attention(heads: heads)", "attention(heads: heads, alibi)").replace(
+    "rope(proj(x), heads: heads)", "proj(x)")
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "reference"])
+def test_alibi_attention_is_softmax_with_the_linear_bias(fused):
+    """The attention level of an `alibi` model: torch's attention with the bias
+    −m_h · (t − s) as its mask, and a stream that goes on counting."""
+    from test_semantics import heads as split, level_of, run_level
+    torch.manual_seed(0)
+    model = nldsl.compile(ALIBI, fused=fused, **SMALL).double()
+    lv = level_of(model, "attn")
+    n, h = SMALL["context"], SMALL["heads"]
+    x = torch.randn(2, n, SMALL["dim"], dtype=torch.float64)
+    q, k, v = (split(x @ getattr(lv, w).proj.T, h) for w in "qkv")
+    t = torch.arange(n, dtype=torch.float64)
+    distance = t[:, None] - t[None, :]
+    bias = -torch.tensor(alibi_slopes(h), dtype=torch.float64)[:, None, None] * distance
+    bias = bias.masked_fill(distance < 0, float("-inf"))
+    o = F.scaled_dot_product_attention(q, k, v, attn_mask=bias).transpose(1, 2).reshape(2, n, -1)
+    torch.testing.assert_close(run_level(model, "attn", x)[0], o @ lv.out.proj.T)
+    tokens = torch.randint(0, 256, (2, n))
+    with torch.no_grad():
+        whole = model(tokens)[0]
+        a, state = model(tokens[:, :7])
+        b, _ = model(tokens[:, 7:], state)
+        torch.testing.assert_close(torch.cat([a, b], 1), whole, rtol=1e-10, atol=1e-10)

@@ -40,7 +40,7 @@ def _memory_label(m: MemorySpec, d: dict) -> str:
     if m.kind == "elementwise":
         shape = "like W"
     elif m.kind == "attention":
-        shape = f"window {m.window}" if m.window else "causal"
+        shape = (f"window {m.window}" if m.window else "causal") + (", alibi" if m.alibi else "")
     else:
         shape = f"{m.d_in}→{m.d_out}" if m.d_in != m.d_out else f"{m.d_in}"
         if m.kind == "mlp":

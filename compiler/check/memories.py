@@ -101,7 +101,8 @@ def memory(ck: Context, m: ast.Memory, name: str, level: str, env: Env, optimize
         return None
     return MemorySpec(name=name, level=level, kind=kind, d_in=d_in, d_out=d_out, heads=heads, hidden=hidden,
                       act=act, residual=opts.get("residual", False), bias=opts.get("bias", False), init=init,
-                      fixed=opts.get("fixed", False), detach=opts.get("detach", False), window=window, span=m.span)
+                      fixed=opts.get("fixed", False), detach=opts.get("detach", False), window=window,
+                      alibi=opts.get("alibi", False), span=m.span)
 
 
 def initial_state(ck: Context, v, default: str, valid, shape, optimizer: bool) -> str | None:

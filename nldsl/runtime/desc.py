@@ -22,6 +22,7 @@ class MemoryDesc:
     source: str | None = None  # nested CMS: `level.memory` whose state this one starts from
     detach: bool = False
     window: int | None = None
+    alibi: bool = False  # attention: ALiBi's bias, −m_h · (t − s), on each score
     objective: str | None = None  # l2 | dot | task; None: never learns
     rule: str | None = None  # gd | momentum | implicit | append
     decay_first: bool = False  # gd: each token's gradient at α_t S_{t-1}, the decayed state (Gated DeltaNet)

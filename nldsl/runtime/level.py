@@ -257,7 +257,7 @@ class Cache:
             K, V, pos = torch.cat([self.K, K], 1), torch.cat([self.V, V], 1), torch.cat([self.pos, pos])
         q_pos = torch.arange(start, start + q.shape[1], device=q.device)
         return attention(q, K, V, q_pos, pos, self.mem.read == "within", self.period, self.mem.window,
-                         self.mem.heads)
+                         self.mem.heads, self.mem.alibi)
 
     def end_chunk(self):
         if self.chunk is None:
