@@ -171,6 +171,9 @@ class Exprs:
         if f == "l2norm":
             heads = int(self(kw["heads"], owner)) if "heads" in kw else 1
             return self.call(ops.l2norm, (args[0], heads), span=span)
+        if f == "positional":  # the table is read at the state's positions (`st.positional`)
+            table = self.param(owner, "positional", span)
+            return self.call("positional", (self.st, args[0], table), span=span, method=True)
         if f == "dropout":  # on while the model trains: the state knows (`st.dropout`)
             return self.call("dropout", (self.st, args[0], float(args[1])), span=span, method=True)
         if f == "rope":  # the positions of the tokens are the state's (`st.rope`): a stream goes on counting

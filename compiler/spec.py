@@ -60,7 +60,7 @@ class OuterParam(Node):
 
     name: str
     shape: tuple[int, ...]
-    role: Literal["proj", "conv", "norm", "scalar", "embedding", "head", "init"]
+    role: Literal["proj", "conv", "norm", "scalar", "embedding", "head", "init", "position"]
     span: Span | None = None
 
     @property

@@ -169,15 +169,19 @@ def generate(model, prompt: bytes, n: int, temperature: float = TEMPERATURE, top
         raise TrainError(f"--temperature {temperature}: give 0 (the likeliest {unit}) or a positive number")
     if top_k is not None and top_k < 1:
         raise TrainError(f"--top-k {top_k}: sample among at least 1 {unit}")
+    from .runtime.errors import PositionError
     g = torch.Generator().manual_seed(seed)
     device = model_device(model)
-    with runs.autocast(device, precision):
-        logits, state = model(torch.tensor([ids], device=device))
-        out: list[int] = []
-        while len(out) < n:
-            out.append(_pick(logits[0, -1], temperature, top_k, g, len(ids) + len(out), tokenizer))
-            if len(out) < n:
-                logits, state = model(torch.tensor([[out[-1]]], device=device), state=state)
+    try:
+        with runs.autocast(device, precision):
+            logits, state = model(torch.tensor([ids], device=device))
+            out: list[int] = []
+            while len(out) < n:
+                out.append(_pick(logits[0, -1], temperature, top_k, g, len(ids) + len(out), tokenizer))
+                if len(out) < n:
+                    logits, state = model(torch.tensor([[out[-1]]], device=device), state=state)
+    except PositionError as e:  # a model of learned positions goes no further than its context
+        raise TrainError(f"cannot generate {n} {unit}s after a prompt of {len(ids)}: {e}") from None
     return tokenizer.decode(out)
 
 

@@ -10,6 +10,8 @@ import torch.nn.functional as F
 
 import nldsl
 from nldsl.runtime import ops
+from nldsl import train as tr
+from nldsl.runtime.errors import PositionError
 from nldsl.runtime.memories.attention.naive import alibi_slopes
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -196,3 +198,33 @@ def test_alibi_attention_is_softmax_with_the_linear_bias(fused):
         a, state = model(tokens[:, :7])
         b, _ = model(tokens[:, 7:], state)
         torch.testing.assert_close(torch.cat([a, b], 1), whole, rtol=1e-10, atol=1e-10)
+
+
+# --- learned absolute positions ---------------------------------------------------------
+
+ABSOLUTE = ALIBI.replace("attention(heads: heads, alibi)", "attention(heads: heads)").replace(
+    "  block repeat depth {", "  block {\n    x = positional(x)\n  }\n  block repeat depth {")
+
+
+def test_learned_positions_add_the_row_of_each_tokens_position():
+    """`positional(x)`: GPT-2's learned position embedding, a table of `context` rows; a
+    stream reads the rows where it is, and a token past the table is a clear error."""
+    torch.manual_seed(0)
+    model = nldsl.compile(ABSOLUTE, **SMALL).double()
+    table = dict(model.named_parameters())["block0.0.x.positional"]
+    assert table.shape == (SMALL["context"], SMALL["dim"])
+    tokens = torch.randint(0, 256, (2, SMALL["context"]))
+    with torch.no_grad():
+        whole = model(tokens)[0]
+        a, state = model(tokens[:, :9])
+        b, state = model(tokens[:, 9:], state)
+        torch.testing.assert_close(torch.cat([a, b], 1), whole, rtol=1e-10, atol=1e-10)
+        table[5:].add_(1.0)  # later rows cannot move earlier positions
+        moved = model(tokens)[0]
+        torch.testing.assert_close(moved[:, :5], whole[:, :5], rtol=0, atol=0)
+        assert not torch.allclose(moved[:, 5:], whole[:, 5:])
+        with pytest.raises(PositionError, match=f"token position {SMALL['context']} is beyond the "
+                                                f"{SMALL['context']} positions"):
+            model(tokens[:, :1], state)
+    with pytest.raises(tr.TrainError, match="cannot generate 30 bytes after a prompt of 2"):
+        tr.generate(model.float(), b"ab", 30)

@@ -144,6 +144,12 @@ def _dropout(T, row: Function, e, pos, kw, size: Size) -> Size | None:
     return size
 
 
+def _positional(T, row: Function, e, pos, kw, size: Size) -> Size | None:
+    """A learned vector for each of the model's `context` positions."""
+    T.param(row.params[0], row.name, (int(T.env.consts["context"]), size), e.span)
+    return size
+
+
 def _orthogonal(T, row: Function, e, pos, kw, size: Size) -> Size | None:
     for extra, what in zip(pos[1:], ("number of steps", "epsilon")):
         if const(T.c, extra, T.env, f"the {what} of `{row.name}`") is None:
@@ -196,5 +202,5 @@ def _broadcast(T, row: Function, e, pos, kw, size: Size) -> Size | None:
 # argument as a value, and those that do not (tests/test_vocab.py holds them to SIZES)
 OF_CONSTANTS = {"measure": _measure, "learned": _learned, "range": _range}
 OF_SIZE = {"same": _same, "norm": _norm, "rotary": _rotary, "concat": _concat, "split": _split,
-           "dropout": _dropout, "orthogonal": _orthogonal, "proj": _proj, "conv": _conv,
+           "dropout": _dropout, "positional": _positional, "orthogonal": _orthogonal, "proj": _proj, "conv": _conv,
            "broadcast": _broadcast, "select": _broadcast}

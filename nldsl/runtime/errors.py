@@ -5,6 +5,15 @@ CLIP_HINT = ("lower the inner rate, or clip inner updates (inner_clip=X in nldsl
              "--inner-clip X in nldsl train)")
 
 
+class PositionError(IndexError):
+    """A token beyond the positions a model has learned vectors for (`positional`)."""
+
+    def __init__(self, position: int, positions: int):
+        self.position, self.positions = position, positions
+        super().__init__(f"token position {position} is beyond the {positions} positions the model has learned "
+                         f"vectors for (`positional`, its `context`): give it at most {positions} tokens a sequence")
+
+
 class NonFiniteError(FloatingPointError):
     """A NaN or Inf appeared in a fast state: names the level, the memory and the token."""
 

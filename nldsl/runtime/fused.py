@@ -207,6 +207,9 @@ class Span:
     def dropout(self, x, p: float):
         return self.ls.dropout(x, p)
 
+    def positional(self, x, table):
+        return self.ls.positional(x, table)
+
     def accumulates(self, memory: str) -> bool:
         return self.ls.accumulates(memory)
 

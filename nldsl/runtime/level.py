@@ -21,12 +21,12 @@ import functools
 import torch
 
 from . import memories as M
-from .errors import NonFiniteError
+from .errors import NonFiniteError, PositionError
 from .memories.attention.naive import attention
 from .memories.layout import as_rate
 from .memories.linear.naive import implicit_solve, implicit_stats
 from .memories.rules import apply_rule, per_head as _per_head
-from .ops import conv, conv_tail, dropout, rope
+from .ops import conv, conv_tail, dropout, positional, rope
 from .rates import products
 
 
@@ -290,6 +290,13 @@ class Carry:
     def rope(self, x, heads: int, base: float):
         positions = torch.arange(self.pos, self.pos + x.shape[1], device=x.device)
         return rope(x, positions, heads, base)
+
+    def positional(self, x, table):
+        """x plus the table's row for each token's position in its sequence."""
+        end = self.pos + x.shape[1]
+        if end > table.shape[0]:
+            raise PositionError(end - 1, table.shape[0])
+        return positional(x, table, self.pos)
 
     def dropout(self, x, p: float):
         """Zero each feature with probability p and scale the rest by 1/(1 − p), while the

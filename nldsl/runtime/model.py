@@ -70,7 +70,7 @@ CONSTANT = "constant"  # the role of a constant vector of a spec (`[0.9, 0.99]`,
 
 def init(role: str, shape: tuple[int, ...], value=None) -> torch.Tensor:
     """How an outer parameter starts: projections U(±1/√d_in) like nn.Linear, convs
-    U(±1/√w), norm scales 1, embedding and head N(0, 0.02²) as in GPT-2, `learned(c)` c;
+    U(±1/√w), norm scales 1, embedding, head and position table N(0, 0.02²) as in GPT-2, `learned(c)` c;
     and the value of a constant vector (its numbers), which is registered as a buffer."""
     if role == CONSTANT:
         return torch.tensor(value, dtype=torch.get_default_dtype()).reshape(shape)
@@ -79,7 +79,7 @@ def init(role: str, shape: tuple[int, ...], value=None) -> torch.Tensor:
         return torch.empty(shape).uniform_(-bound, bound)
     if role == "norm":
         return torch.ones(shape)
-    if role in ("embedding", "head"):
+    if role in ("embedding", "head", "position"):
         return torch.randn(shape) * 0.02
     if role == "scalar":
         return torch.full(shape, float(value))

@@ -117,6 +117,11 @@ def dropout(x, p, training: bool):
     return torch.nn.functional.dropout(x, float(p), training)
 
 
+def positional(x, table, start: int = 0):
+    """x [B, n, d] plus rows start .. start+n of a learned position table [context, d]."""
+    return x + table[start:start + x.shape[1]]
+
+
 def concat(*xs):
     """Items side by side along the features."""
     return torch.cat(xs, -1)
