@@ -1,4 +1,4 @@
-"""Positions: `rope` against the rotary embedding's complex form (Su et al. 2021, Eq. 34;
+"""Positions: `rope` against the rotary embedding's complex form (Su et al. 2021;
 Meta's Llama code takes it so), transformer.nl against a Llama-style Transformer++
 written here from its definition (Touvron et al. 2023), and `next_token(tied)`."""
 import math

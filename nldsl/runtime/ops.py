@@ -92,7 +92,7 @@ def rmsnorm(x, weight, eps: float = 1e-6, heads: int = 1):
     return (normed * weight).reshape(shape)
 
 
-ROPE_BASE = 10000.0  # RoFormer's (Su et al. 2021, Eq. 15) and Llama's
+ROPE_BASE = 10000.0  # RoFormer's (Su et al. 2021) and Llama's
 
 
 def rope(x, positions, heads: int = 1, base: float = ROPE_BASE):
