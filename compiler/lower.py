@@ -142,8 +142,8 @@ class Exprs:
         kw = {a.key: a.value for a in e.args if a.key is not None}
         if f == "self":
             return self.memory(this, self.value(pos[0], owner, this), span, start=True)
-        if self.memory is not None and self.memory.knows(f):
-            return self.memory(f, self.value(pos[0], owner, this), span)
+        if self.memory is not None and self.memory.knows(f):  # `read: before`: at S_j, like `self(...)`
+            return self.memory(f, self.value(pos[0], owner, this), span, start="read" in kw)
         if self.level is not None and self.level.knows(f):
             return self.level(f, self.value(pos[0], owner, this), span)
         if f == "select":  # the condition is a constant: build the branch it picks
@@ -321,6 +321,10 @@ class _LevelBuild:
         if l.objective == "task":
             self.ex.call("rates", (self.st, memory), rates, name=f"{memory}_rates", span=l.span, method=True)
             return
+        if l.mean:  # the period's mean loss: every item's gradient over the period's length, one rate for all paths
+            P, lr = self.spec.period.count, rates["lr"]
+            rates["lr"] = lr / P if _folded(lr) else self.ex.call(operator.truediv, (lr, P), name=f"{memory}_mean_lr",
+                                                                  span=l.span)
         key = self.ex.value(l.key, f"{owner}.key", memory) if l.key is not None else None
         value = self.ex.value(l.value, f"{owner}.value", memory)
         self.ex.call("learn", (self.st, memory, key, value), rates, name=f"{memory}_learn", span=l.span, method=True)
@@ -344,8 +348,10 @@ def describe(spec: LevelSpec) -> LevelDesc:
         nested = "." in m.init
         mems.append(MemoryDesc(
             name=m.name, kind=m.kind, heads=m.heads, shapes=tuple(m.state_shapes().items()), act=m.act,
-            residual=m.residual, init="normal" if nested else m.init, constant=m.fixed or spec.scope == "frozen",
+            residual=m.residual, norm=m.norm, init="normal" if nested else m.init,
+            constant=m.fixed or spec.scope == "frozen",
             source=m.init if nested else None, detach=m.detach, window=m.window, alibi=m.alibi,
+            items=m.items, segment=m.segment,
             objective=l.objective if l else None, rule=l.rule if l else None,
             decay_first=bool(l and l.decay_first), per_token=bool(l and l.per_token),
             read=l.read if l else "before"))

@@ -15,6 +15,7 @@ import torch.fx as fx
 
 from ..runtime.desc import LevelDesc
 from .ast import names as _names
+from .costs import memory_flops
 from .ir import LevelGraph, build
 from .lower import describe, describe_optimizer, lower_level, lower_model, lower_optimizer
 from .spec import LevelSpec, MemorySpec, ModelSpec, OptimizerSpec
@@ -151,27 +152,16 @@ def _state(m: MemorySpec, lv: LevelSpec, s) -> int:
     """Fast state one sequence carries (numbers), for memories that learn in-sequence."""
     if lv.scope != "sequence":
         return 0
-    if m.kind == "attention":
-        return 2 * int(s["dim"]) * int(min(m.window or s["context"], s["context"]))
+    if m.kind == "attention":  # a segment's tokens at most; `items` a token
+        seen = min(m.window or s["context"], s["context"], lv.period.count if m.segment else s["context"])
+        return 2 * int(s["dim"]) * int(seen) * m.items
     learn = lv.learn_of(m.name)
     copies = 2 if learn is not None and learn.rule == "momentum" else 1
     return m.state_numel * copies
 
 
-def _flops(m: MemorySpec, lv: LevelSpec, s) -> float:
-    """Forward FLOPs per token: reading the memory, and in-sequence learning (a
-    gradient per item, about twice a read, plus applying the update once a period)."""
-    if m.kind == "attention":
-        T = int(s["context"])
-        w = min(m.window or T, T)
-        keys = (w * (w + 1) / 2 + (T - w) * w) / T  # mean over positions of min(t, w) keys attended
-        return 4 * s["dim"] * keys
-    read = 2 * m.state_numel
-    if lv.scope != "sequence" or lv.learn_of(m.name) is None:
-        return read
-    learn = lv.learn_of(m.name)
-    targets = 1 + sum(1 for e in (learn.key, learn.value) if e is not None and "self" in _names(e))
-    return read * targets + 2 * read + 2 * m.state_numel / lv.period.count
+# per memory (compiler/costs.py, which `check` reads without torch)
+_flops = memory_flops
 
 
 
@@ -260,13 +250,13 @@ def choose_forms(ir: LevelGraph) -> LevelGraph:
     """How the fused path runs each memory of a parallel level over whole periods
     (`MemoryDesc.form`, `.triton`), which the runtime follows and the diagram shows:
     - "chunk": a linear memory on l2 or dot by gd (or implicit on l2 at period 1), not
-      detached: the chunk-parallel delta rule; Triton's `gated_delta_rule` may run it at
-      period 1 on l2;
-    - "mlp": a 2-layer mlp without biases on l2 by gd or momentum (not momentum per
-      token), read at the period's start, not detached and not decay-first: a period as
+      detached, without `norm`: the chunk-parallel delta rule (with `residual`, W k
+      regressed on v − k); Triton's `gated_delta_rule` may run it at period 1 on l2;
+    - "mlp": a 2-layer mlp without biases or `norm` on l2 by gd or momentum (not momentum
+      per token), read at the period's start, not detached and not decay-first: a period as
       one autograd node;
     - otherwise period by period. Triton's `mlp_period_update` may run an mlp on l2 by gd
-      read at the period's start, not detached and not decay-first, biases or not."""
+      read at the period's start, not detached and not decay-first, without `norm`, biases or not."""
     for d in _steps(ir):
         desc = d["desc"]
         if desc.parallel:
@@ -277,13 +267,15 @@ def choose_forms(ir: LevelGraph) -> LevelGraph:
 
 
 def _plain_mlp(m) -> bool:
-    """An mlp on l2, read at the period's start, whose gradient flows through, not decay-first."""
+    """An mlp on l2, read at the period's start, whose gradient flows through, not decay-first,
+    without a layer norm (which period.py and the kernel do not differentiate)."""
     return (m.kind == "mlp" and m.objective == "l2" and m.read != "within" and not m.detach
-            and not m.decay_first)
+            and not m.decay_first and not m.norm)
 
 
 def _form(m, period: int) -> str | None:
-    if m.kind == "linear" and m.objective in ("l2", "dot") and not m.detach and (
+    # a layer norm inside the memory (`norm`) makes its gradient no delta rule: period by period
+    if m.kind == "linear" and m.objective in ("l2", "dot") and not m.detach and not m.norm and (
             m.rule == "gd" or (m.rule == "implicit" and period == 1 and m.objective == "l2")):
         return "chunk"
     if (_plain_mlp(m) and m.rule in ("gd", "momentum") and not (m.per_token and m.rule == "momentum")
@@ -341,10 +333,11 @@ def parallel(graph: fx.Graph, desc: LevelDesc) -> bool:
 def _alike(desc: LevelDesc) -> dict[str, tuple]:
     """Memories whose states stack into one batch: same kind, state shapes, heads,
     activation, residual, objective, rule (its order of decay and step, its steps per
-    token or per period), read mode and detach."""
+    token or per period), read mode and detach; never one with `norm`, whose scale and
+    bias are its own."""
     return {m.name: (m.kind, m.shapes, m.heads, m.act, m.residual, m.objective, m.rule, m.decay_first, m.per_token,
                      m.read, m.detach)
-            for m in desc.memories if m.kind in ("linear", "mlp")}
+            for m in desc.memories if m.kind in ("linear", "mlp") and not m.norm}
 
 
 def _group_memories(graph: fx.Graph, desc: LevelDesc) -> tuple[tuple[str, ...], ...]:

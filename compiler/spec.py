@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..vocab import MEMORY_KINDS, OBJECTIVES, RULES, SELECTORS
 from .ast import Expr
@@ -82,16 +82,23 @@ class MemorySpec(Node):
     act: str = "silu"
     residual: bool = False
     bias: bool = False
+    norm: bool = False  # a layer norm per head on the output, before the residual: TTT's x + LN(f(x))
     init: str = "normal"  # zeros | ones | normal | identity | <level>.<memory>
     fixed: bool = False  # θ₀ is a constant, not an outer parameter
     detach: bool = False  # no gradient through inner updates to θ₀ (first order)
     window: int | None = None
     alibi: bool = False  # attention: ALiBi's linear bias on the scores by distance
+    persistent: int = 0  # attention: learned key-value items every query sees (Titans' persistent memory)
+    items: int = 1  # attention: items each token appends, its key and value of size items · dim cut in dim-wide parts
+    segment: bool = False  # attention: a query sees only the items of its own period (Titans MAC's segments)
     span: Span | None = None
 
     def state_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Shapes of θ (one copy; a fast state holds one per sequence)."""
+        """Shapes of θ (one copy; a fast state holds one per sequence). An attention
+        memory's θ₀ is its persistent items, which it keeps as they are."""
         h = self.heads
+        if self.kind == "attention":
+            return {"K": (self.persistent, self.d_in), "V": (self.persistent, self.d_out)} if self.persistent else {}
         if self.kind == "linear":
             return {"W": (h, self.d_out // h, self.d_in // h)}
         if self.kind == "mlp":
@@ -100,7 +107,7 @@ class MemorySpec(Node):
             if self.bias:
                 shapes.update(b2=(h, k), b1=(h, o))
             return shapes
-        return {}  # elementwise (shaped like W) and attention (non-parametric)
+        return {}  # elementwise: shaped like W
 
     @property
     def state_numel(self) -> int:
@@ -124,6 +131,7 @@ class LearnSpec(Node):
     beta: Expr | None = None
     decay_first: bool = False  # gd: each token's gradient at its decayed state, α_t S_{t-1}
     per_token: bool = False  # gd, momentum: a step at every token, every gradient at the period's start state
+    mean: bool = False  # l2, dot: each item's gradient divided by the period's length (TTT's mini-batch mean)
     read: Literal["before", "within"] = "before"
     span: Span | None = None
 
@@ -216,3 +224,8 @@ class ProgramSpec(Node):
     file: str
     models: tuple[ModelSpec, ...]
     optimizers: tuple[OptimizerSpec, ...]
+    text: str = Field("", repr=False, exclude=True)  # the root file's text, as checked: what a notebook shows
+
+    def _repr_html_(self) -> str:
+        from ..notebook import highlight_html  # only where something displays it
+        return highlight_html(self.text, self.file)

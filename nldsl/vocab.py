@@ -9,7 +9,9 @@ the backends resolve on `nldsl.runtime.ops` with getattr.
 
 Adding a built-in function is a row in FUNCTIONS, its op in nldsl/runtime/ops.py, a
 line in docs/language.md's table of functions and a test (tests/test_vocab.py holds
-the three together).
+the three together). Highlighting reads these tables too (nldsl/highlight.py): after a
+change, `make editors` regenerates editors/vscode's TextMate grammar, which
+tests/test_highlight.py holds equal to them.
 """
 from __future__ import annotations
 
@@ -81,7 +83,7 @@ OPTIMIZER_FUNCS = tuple(n for n, f in FUNCTIONS.items() if f.optimizer)
 
 # -------------------------------------------------------------- memory kinds
 INITS = ("zeros", "ones", "normal", "identity")  # initial states θ₀ a memory may name
-MEMORY_FLAGS = ("residual", "bias", "fixed", "detach", "alibi")  # options written bare, on when written
+MEMORY_FLAGS = ("residual", "bias", "norm", "fixed", "detach", "alibi", "segment")  # options written bare, on when written
 ACTIVATIONS = ("silu", "gelu", "relu", "tanh", "sigmoid", "identity")  # of `mlp` memories: nldsl.runtime.ops.ACT
 DEFAULT_ACTIVATION = "silu"
 
@@ -101,10 +103,13 @@ class MemoryKind:
 
 
 MEMORY_KINDS: dict[str, MemoryKind] = {k.name: k for k in [
-    MemoryKind("linear", ("heads", "init", "fixed", "detach"), init="zeros"),
-    MemoryKind("mlp", ("heads", "hidden", "act", "residual", "bias", "init", "fixed", "detach"), init="normal"),
+    MemoryKind("linear", ("heads", "residual", "norm", "init", "fixed", "detach"), init="zeros"),
+    MemoryKind("mlp", ("heads", "hidden", "act", "residual", "bias", "norm", "init", "fixed", "detach"), init="normal"),
     MemoryKind("elementwise", ("init", "detach"), init="zeros", inits=("zeros", "ones"), sized=False, model=False),
-    MemoryKind("attention", ("heads", "window", "alibi"), init="zeros", sized=False, optimizer=False, rule="append"),
+    # attention: its θ₀, if any, is `persistent` learned items (Titans' persistent memory), drawn
+    # normal: items that start equal get equal gradients and stay equal
+    MemoryKind("attention", ("heads", "window", "alibi", "persistent", "items", "segment"), init="normal",
+               sized=False, optimizer=False, rule="append"),
 ]}
 
 # ---------------------------------------------------------- objectives, rules
@@ -115,11 +120,12 @@ class Objective:
     name: str
     args: tuple[str, ...]  # its positional arguments (an elementwise memory's key may be left out)
     optimizer: bool = True  # allowed in optimizer levels
+    flags: tuple[str, ...] = ()  # written bare after the arguments, like a rule's `per_token`
 
 
 OBJECTIVES: dict[str, Objective] = {o.name: o for o in [
-    Objective("l2", ("k", "v")),
-    Objective("dot", ("k", "v")),
+    Objective("l2", ("k", "v"), flags=("mean",)),  # `mean`: each item's gradient over the period's length
+    Objective("dot", ("k", "v"), flags=("mean",)),
     Objective("task", (), optimizer=False),  # the outer objective's gradient
 ]}
 
@@ -141,6 +147,7 @@ RULES: dict[str, Rule] = {r.name: r for r in [
     Rule("append"),
 ]}
 RULE_FLAGS = tuple(dict.fromkeys(f for r in RULES.values() for f in r.flags))
+OBJECTIVE_FLAGS = tuple(dict.fromkeys(f for o in OBJECTIVES.values() for f in o.flags))
 # the rates: the options of rules that are expressions, not flags
 RATES = tuple(dict.fromkeys(o for r in RULES.values() for o in r.required + r.optional if o not in r.flags))
 

@@ -10,6 +10,7 @@ one copy of each graph to its module.
 from __future__ import annotations
 
 import copy
+import functools
 
 import torch.fx as fx
 from torch import nn
@@ -67,7 +68,14 @@ def build_model(ir: LevelGraph) -> Model:
     _create(model, ir.segment_made, paths)
     model.attach(_placed(ir.segment, paths))
     model.optimizers = build_optimizers(ir)  # the runtime's outer optimizer builds from these alone
+    model.draw = functools.partial(diagram, spec)
     return model
+
+
+def diagram(spec, view: str = "levels"):
+    """A checked model's level diagram (`Model.diagram`), drawn again when asked for."""
+    from .. import passes
+    return passes.run(spec).diagram(view)
 
 
 def _optimizer_nodes(ir: LevelGraph) -> list[dict]:

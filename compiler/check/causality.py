@@ -66,11 +66,12 @@ def level_cycles(ck: Context, levels: list[LevelSpec], flows: list[FlowSpec]) ->
 
 
 def _uses(e):
-    """Every name an expression reads, called or not."""
+    """Every name an expression reads, called or not; a memory read at the period's start
+    (`M(q, read: before)`) needs none of the period's updates, so it is its input's alone."""
     for n in ast.walk(e):
         if isinstance(n, ast.Name):
             yield n.id
-        elif isinstance(n, ast.Call):
+        elif isinstance(n, ast.Call) and not any(a.key == "read" for a in n.args):
             yield n.func
 
 

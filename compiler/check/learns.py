@@ -5,6 +5,7 @@ from ...vocab import OBJECTIVES
 from .. import ast
 from ..diagnostics import did_you_mean
 from ..spec import LIKE_W, LearnSpec, MemorySpec, PeriodSpec
+from .consts import const
 from .context import Context, Env, zip_spans
 from .rules import rule
 from .typer import expect_size
@@ -58,6 +59,9 @@ def learn(ck: Context, s: ast.Learn, mem: MemorySpec, scope: str, period: Period
                "outer training) reaches it", s.objective.span)
         return None
     key = value = None
+    args, mean = objective_flags(ck, obj, args, env)
+    if mean is not None and not mean_ok(ck, mem, scope, period, mean):
+        return None
     if OBJECTIVES[obj].args:
         items = key_value(ck, s, obj, mem, args, env)
         if items is None:
@@ -66,7 +70,41 @@ def learn(ck: Context, s: ast.Learn, mem: MemorySpec, scope: str, period: Period
     how = rule(ck, s, mem, obj, scope, period, env)
     if how is None:
         return None
-    return LearnSpec(memory=mem.name, objective=obj, key=key, value=value, **how, read=s.read or "before", span=s.span)
+    return LearnSpec(memory=mem.name, objective=obj, key=key, value=value, **how, mean=mean is not None,
+                     read=s.read or "before", span=s.span)
+
+
+def objective_flags(ck: Context, obj: str, args, env: Env):
+    """An objective's flags (`l2(k, v, mean)`, or `mean: true`) taken from its arguments:
+    (the other arguments, the span of `mean` when it is on, else None)."""
+    rest, mean = [], None
+    for a in args:
+        bare = a.value.id if a.key is None and isinstance(a.value, ast.Name) else None
+        if bare in OBJECTIVES[obj].flags:
+            mean = a.span
+        elif a.key in OBJECTIVES[obj].flags:
+            mean = a.span if const(ck, a.value, env, f"option `{a.key}`") else None
+        else:
+            rest.append(a)
+    return tuple(rest), mean
+
+
+def mean_ok(ck: Context, mem: MemorySpec, scope: str, period: PeriodSpec, span) -> bool:
+    """`l2(k, v, mean)`: each item's gradient divided by the period's length P, the mean of
+    the period's losses (TTT's mini-batch). For model levels that count tokens; an
+    attention memory appends, with no rate to divide. At P = 1 it changes nothing: NL118."""
+    if scope == "optimizer":
+        ck.err("NL112", "`mean` is for model levels, whose periods count tokens; an optimizer level learns "
+               "from one item a step", span, "remove `mean`, or scale `lr:` by the period yourself")
+        return False
+    if mem.kind == "attention":
+        ck.err("NL112", "`mean` divides a rule's rate by the period's length; attention memories append, "
+               "with no rate", span, "remove `mean`")
+        return False
+    if period.count == 1:
+        ck.report.warning("NL118", "`mean` changes nothing at `every 1 token`: the mean of one item's loss is "
+                          "that loss", span, "remove `mean`")
+    return True
 
 
 def task_ok(ck: Context, s: ast.Learn, mem: MemorySpec, scope: str, period: PeriodSpec, args) -> bool:
@@ -123,6 +161,6 @@ def key_value(ck: Context, s: ast.Learn, obj: str, mem: MemorySpec, args, env: E
     # optimizer memories act on each coordinate: keys and values are shaped like W
     coordinatewise = env.optimizer or mem.kind == "elementwise"
     if key is not None:
-        expect_size(ck, key, LIKE_W if coordinatewise else mem.d_in, inner, f"the key of `{mem.name}`")
-    expect_size(ck, value, LIKE_W if coordinatewise else mem.d_out, inner, f"the value of `{mem.name}`")
+        expect_size(ck, key, LIKE_W if coordinatewise else mem.d_in * mem.items, inner, f"the key of `{mem.name}`")
+    expect_size(ck, value, LIKE_W if coordinatewise else mem.d_out * mem.items, inner, f"the value of `{mem.name}`")
     return key, value

@@ -114,8 +114,13 @@ def level_params(ck: Context, level, flows, out, learns, env, memories, scope):
             if getattr(l, role) is not None:
                 yield from param_sites(ck, getattr(l, role), f"{level}.{l.memory}.{role}", env)
     for m in memories.values():
+        if m.norm:  # the layer norm's scale and bias: outer parameters, which the inner rule does not change
+            for k in ("norm_scale", "norm_bias"):
+                yield OuterParam(name=f"{level}.{m.name}.{k}", shape=(m.heads, m.d_out // m.heads), role="norm",
+                                 span=m.span)
         # a frozen level's memories never change: their θ₀ are constants, not trained
-        if m.kind in ("attention", "elementwise") or m.fixed or m.init.count(".") or scope == "frozen":
+        # (an attention memory's θ₀ is its persistent items, if any: an outer parameter, never moved inside)
+        if m.kind == "elementwise" or m.fixed or m.init.count(".") or scope == "frozen":
             continue
         for k, shape in m.state_shapes().items():
             yield OuterParam(name=f"{level}.{m.name}.{k}", shape=shape, role="init", span=m.span)

@@ -26,6 +26,9 @@ def memory(ck: Context, m: ast.Memory, name: str, level: str, env: Env, optimize
         v = a.value
         if a.key is None and isinstance(v, ast.Name) and v.id in flags:
             opts[v.id] = True
+        elif a.key is None and isinstance(v, ast.Name) and v.id in MEMORY_FLAGS:  # another kind's flag
+            ck.err("NL113", f"`{kind}` memories have no option `{v.id}`", a.span,
+                   f"options: {', '.join(allowed)}")
         elif a.key is None:
             shape.append(v)
         elif a.key not in allowed:
@@ -84,6 +87,10 @@ def memory(ck: Context, m: ast.Memory, name: str, level: str, env: Env, optimize
     if opts.get("residual") and d_in != d_out:
         ck.err("NL130", f"a residual memory maps a size to itself, not {d_in} -> {d_out}", span)
         return None
+    if opts.get("norm") and d_out is not None and d_out // heads < 2:
+        ck.err("NL130", f"`norm` normalises each head's output, which needs at least 2 numbers, not "
+               f"{d_out // heads}", span, "the layer norm of one number is its bias alone")
+        return None
     act = DEFAULT_ACTIVATION
     if "act" in opts:
         act, _ = ast.head(opts["act"])
@@ -96,13 +103,25 @@ def memory(ck: Context, m: ast.Memory, name: str, level: str, env: Env, optimize
         window = count(ck, opts["window"], env, "`window`")
         if window is None:
             return None
+    persistent = 0
+    if "persistent" in opts:
+        persistent = count(ck, opts["persistent"], env, "`persistent`", lo=0)  # 0: none, as the paper's ablation
+        if persistent is None:
+            return None
+    items = 1
+    if "items" in opts:
+        items = count(ck, opts["items"], env, "`items`")
+        if items is None:
+            return None
     init = initial_state(ck, opts.get("init"), row.init, row.inits, (d_in, d_out), optimizer)
     if init is None:
         return None
     return MemorySpec(name=name, level=level, kind=kind, d_in=d_in, d_out=d_out, heads=heads, hidden=hidden,
-                      act=act, residual=opts.get("residual", False), bias=opts.get("bias", False), init=init,
+                      act=act, residual=opts.get("residual", False), bias=opts.get("bias", False),
+                      norm=opts.get("norm", False), init=init,
                       fixed=opts.get("fixed", False), detach=opts.get("detach", False), window=window,
-                      alibi=opts.get("alibi", False), span=m.span)
+                      alibi=opts.get("alibi", False), persistent=persistent, items=items,
+                      segment=opts.get("segment", False), span=m.span)
 
 
 def initial_state(ck: Context, v, default: str, valid, shape, optimizer: bool) -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from ...vocab import HINTS, OUTER_OBJECTIVE_FLAGS, OUTER_OBJECTIVES
 from .. import ast
 from ..diagnostics import Span, did_you_mean
+from ..costs import warn_costly
 from ..spec import AssignSpec, BlockSpec, LevelSpec, ModelSpec, OuterParam
 from .consts import count
 from .context import Context, Env
@@ -52,8 +53,10 @@ def model(ck: Context, m: ast.Model, file: str) -> ModelSpec | None:
         return None
     # levels in the order the blocks use them, unused ones last
     order = [n for b in blocks for n in b.levels] + [n for n in levels if n not in used]
-    return ModelSpec(name=m.name, settings=consts, levels=tuple(levels[n] for n in order), blocks=tuple(blocks),
+    spec = ModelSpec(name=m.name, settings=consts, levels=tuple(levels[n] for n in order), blocks=tuple(blocks),
                      objective=objective, optimizers=optimizers, params=params, file=file, span=m.span)
+    warn_costly(ck.report, spec)  # NL158: exact task gradients far above their first order
+    return spec
 
 
 def outer_objective(ck: Context, m: ast.Model) -> tuple[str | None, tuple[str, ...]]:

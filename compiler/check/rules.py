@@ -30,6 +30,10 @@ def rule(ck: Context, s: ast.Learn, mem: MemorySpec, obj: str, scope: str, perio
         ck.err("NL112", "`implicit` (the exact proximal step) has a closed form only for `linear` memories on `l2`",
                s.rule.span)
         return None
+    if rule_name == "implicit" and mem.norm:
+        ck.err("NL112", "`implicit` (the exact proximal step) has no closed form through a memory's `norm`",
+               s.rule.span, "use `gd`, or remove `norm`")
+        return None
     rates: dict = {}
     flags: dict[str, tuple[bool, Span | None]] = {}
     if rule_name is not None:

@@ -23,6 +23,12 @@ def param_sites(ck: Context, e: ast.Expr, owner: str, env: Env) -> list[OuterPar
     return params
 
 
+def read_option(e: ast.Call):
+    """`M(q, read: before)`'s `read` argument (None when the call has none): the read at the
+    period's start state S_j of a memory read `within` (Titans MAC's h_t = M_{t-1}(q_t))."""
+    return next((a for a in e.args if a.key == "read"), None)
+
+
 def expect_size(ck: Context, e, want, env: Env, what: str) -> None:
     size = typeof(ck, e, env, [], "")
     if size is not None and want is not None and size != want and not (want == LIKE_W and size == 1):
@@ -174,8 +180,17 @@ class _Typer:
     def apply(self, m: MemorySpec, e: ast.Call, name: str) -> Size | None:
         """A memory applied to its input, `M(q)`."""
         pos = e.positional
-        if len(e.args) != 1 or len(pos) != 1:
+        if len(pos) != 1 or len(e.args) != 1 + (read_option(e) is not None):
             self.err("NL117", f"memory `{name}` takes one input", e.span)
+            return None
+        at = read_option(e)
+        if at is not None and self.env.optimizer:
+            self.err("NL115", "an optimizer's memories are read after the step's update; `read:` is for model "
+                     "levels", at.span)
+            return None
+        if at is not None and not (isinstance(at.value, ast.Name) and at.value.id == "before"):
+            self.err("NL115", f"`{name}(..., read: ...)` reads the memory at the start of the period, `read: before`; "
+                     "a read `within` is its learn statement's", at.span)
             return None
         size = self(pos[0])
         if size is None:

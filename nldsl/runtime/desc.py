@@ -17,12 +17,15 @@ class MemoryDesc:
     shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()  # θ's tensors, one copy: (("W2", (h, k, i)), ...)
     act: str = DEFAULT_ACTIVATION
     residual: bool = False
+    norm: bool = False  # a layer norm per head on the output, its scale and bias outer parameters (memories/norm.py)
     init: str = "normal"  # zeros | ones | normal | identity
     constant: bool = False  # θ₀ is a buffer (`fixed`, or a frozen level), not an outer parameter
     source: str | None = None  # nested CMS: `level.memory` whose state this one starts from
     detach: bool = False
     window: int | None = None
     alibi: bool = False  # attention: ALiBi's bias, −m_h · (t − s), on each score
+    items: int = 1  # attention: items each token appends (its key and value cut in `items` parts)
+    segment: bool = False  # attention: a query sees only the items of its own period
     objective: str | None = None  # l2 | dot | task; None: never learns
     rule: str | None = None  # gd | momentum | implicit | append
     decay_first: bool = False  # gd: each token's gradient at α_t S_{t-1}, the decayed state (Gated DeltaNet)

@@ -14,16 +14,18 @@ whose memories learn from items that no learning memory's read produces (its
 answers the step's one read of that memory with the reads of every token:
 
 - a `linear` memory on `l2` or `dot` by `gd` (with or without `decay_first` or
-  `per_token`; or `implicit` with period 1, a delta rule with η/(1+η‖k‖²)) in
-  chunk-parallel form (memories/linear/chunk.py);
-- a 2-layer `mlp` without biases on `l2` by `gd` (not `decay_first`; `per_token` as
-  the one step per period on rates times `rates.later_decays`) or `momentum` (not
-  `per_token`), read before, by a loop over periods, each one autograd node with a
-  written backward (memories/mlp/period.py);
+  `per_token`; or `implicit` with period 1, a delta rule with η/(1+η‖k‖²)), without
+  `norm`, in chunk-parallel form (memories/linear/chunk.py; with `residual`, W k learns
+  v − k and the reads add q);
+- a 2-layer `mlp` without biases or `norm` on `l2` by `gd` (not `decay_first`;
+  `per_token` as the one step per period on rates times `rates.later_decays`) or
+  `momentum` (not `per_token`), read before, by a loop over periods, each one autograd
+  node with a written backward (memories/mlp/period.py);
 - any other memory by a loop over periods that does only the memory's own algebra
   (one batched gradient per period for all sequences and heads, head-major),
-  `momentum` with `per_token` among them: its two weighted sums of the period's
-  gradients (`Fast.record`) are not period.py's one;
+  `momentum` with `per_token` among them (its two weighted sums of the period's
+  gradients, `Fast.record`, are not period.py's one), and memories with `norm` (whose
+  gradient goes through the layer norm, which neither period.py nor a kernel writes);
 - attention memories and memories that do not learn as the reference does.
 
 With the compile option `kernels` (docs/performance.md), the gated delta rule
@@ -242,6 +244,8 @@ class Span:
         form, triton = (m.form, m.triton) if clip is None else (None, None)
         if form == "chunk":
             k, v = split_heads(key, m.heads), split_heads(value, m.heads)
+            if m.residual and f.objective == "l2":  # M(k) = W k + k regresses on v: W k on v − k
+                v = v - k
             eta = as_rate(lr, B, n, m.heads, key)
             if f.rule == "implicit":  # the exact proximal step of one item (Sherman-Morrison)
                 eta = eta / (1 + eta * k.pow(2).sum(-1))
@@ -256,6 +260,8 @@ class Span:
                                   within=f.within, l2=f.objective == "l2", decay_first=first,
                                   per_token=f.per_token)
             f.theta = {"W": S}
+            if e is not None and m.residual:
+                y = y + q
             return None if e is None else merge_heads(y)
         if triton == "mlp_period_update" and use_kernel(ls.kernel, key):
             return self._mlp_periods(f, key, value, self._one_step_rates(f, key, lr, decay), decay, e)
@@ -269,7 +275,7 @@ class Span:
             f.record(*learned, clip=clip)
             if q is not None:
                 theta = f.state_within() if f.within else f.theta
-                outs.append(M.read(m.kind, theta, q, m.heads, m.act, m.residual, headmajor=f.headmajor))
+                outs.append(M.read(m.kind, theta, q, m.heads, m.act, m.residual, headmajor=f.headmajor, norm=f.norm))
             f.end_chunk()
             f.update()
         return torch.cat(outs, 1) if outs else None

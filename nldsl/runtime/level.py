@@ -68,8 +68,10 @@ class Fast:
 
     task_rates = (1.0, None, None)  # (lr, decay, beta) of a memory learning on the task, set by its step
 
-    def __init__(self, mem, theta: dict, learns: bool, headmajor: bool = False, names: tuple | None = None):
+    def __init__(self, mem, theta: dict, learns: bool, headmajor: bool = False, names: tuple | None = None,
+                 norm: tuple | None = None):
         self.mem = mem
+        self.norm = norm  # the memory's layer norm (scale, bias), outer parameters; None without `norm`
         self.names = names or (mem.name,)  # the memories it holds, stacked along the batch in this order
         self.headmajor = headmajor  # the layout of its reads and gradients: the fused path's, or the reference's
         self.objective = mem.objective if learns else None
@@ -100,11 +102,11 @@ class Fast:
         if self.per_token:
             self.chunk = self._steps(theta, key, value, lr, decay, beta, clip)
             return
-        if self.rule == "implicit":
-            terms = implicit_stats(key, value, lr, s.heads, per_item=self.within)
+        if self.rule == "implicit":  # with `residual`, W k + k regresses on v: W k on v − k
+            terms = implicit_stats(key, value - key if s.residual else value, lr, s.heads, per_item=self.within)
         else:
             terms = M.grads(s.kind, self.objective, theta, key, value, lr, s.heads, s.act, s.residual,
-                            per_item=self.within, headmajor=self.headmajor)
+                            per_item=self.within, headmajor=self.headmajor, norm=self.norm)
         cum = None
         if self.within:  # cumulative sums: item t's state includes items up to t
             cum = {k: v.cumsum(1) for k, v in terms.items()}
@@ -136,7 +138,8 @@ class Fast:
             W = D_alpha @ D_beta
             gamma = (D_alpha @ b.transpose(1, 2).unsqueeze(-1)).squeeze(-1).transpose(1, 2)
         if self.within:  # each item's gradient once, mixed into every token's sums
-            each = M.grads(s.kind, self.objective, theta, key, value, lr, s.heads, s.act, s.residual, per_item=True)
+            each = M.grads(s.kind, self.objective, theta, key, value, lr, s.heads, s.act, s.residual, per_item=True,
+                           norm=self.norm)
 
             def sums(weights):  # [B, n, h, ...]: Σ_i weights[t, i] η_i g_i for every t
                 return {k: torch.einsum("bhti,bihx->bthx", weights, v.flatten(3)).reshape(v.shape)
@@ -144,7 +147,7 @@ class Fast:
         else:
             def sums(weights):  # [B, h, ...]: the chunk's last t, the weights folded into the rates
                 return M.grads(s.kind, self.objective, theta, key, value, lr * weights[..., -1, :].transpose(1, 2),
-                               s.heads, s.act, s.residual, headmajor=self.headmajor)
+                               s.heads, s.act, s.residual, headmajor=self.headmajor, norm=self.norm)
             a, b, gamma = (None if r is None else r[:, -1:] for r in (a, b, gamma))
         cum, zcum = sums(W), None if D_beta is None else sums(D_beta)
         terms, zterms = cum, zcum  # the chunk's whole steps
@@ -240,16 +243,21 @@ def _clip(t: torch.Tensor, max_norm: float) -> torch.Tensor:
 
 class Cache:
     """An attention memory's state: the keys and values it has appended, with their
-    positions (design §2). Only as many as a window can still see are kept."""
+    positions (design §2). Only as many as a window can still see are kept; the
+    persistent items (θ₀, outer parameters) are read beside them, never kept or evicted."""
 
-    def __init__(self, mem, period: int):
+    def __init__(self, mem, period: int, persistent: dict | None = None):
         self.mem, self.period = mem, period
+        self.persistent = (persistent["K"], persistent["V"]) if persistent else None
         self.K = self.V = self.pos = None
         self.chunk = None
 
     def record(self, key, value, start: int):
-        pos = torch.arange(start, start + key.shape[1], device=key.device)
-        self.chunk = (key, value, pos)
+        """A chunk's items: with `items: m`, each token's key and value cut in m parts, m
+        items at the token's position, in token order."""
+        m, (B, n) = self.mem.items, key.shape[:2]
+        pos = torch.arange(start, start + n, device=key.device).repeat_interleave(m)
+        self.chunk = (key.reshape(B, n * m, -1), value.reshape(B, n * m, -1), pos)
 
     def read(self, q, start: int):
         K, V, pos = self.chunk if self.chunk is not None else (q[:, :0], q[:, :0], torch.arange(0, device=q.device))
@@ -257,7 +265,7 @@ class Cache:
             K, V, pos = torch.cat([self.K, K], 1), torch.cat([self.V, V], 1), torch.cat([self.pos, pos])
         q_pos = torch.arange(start, start + q.shape[1], device=q.device)
         return attention(q, K, V, q_pos, pos, self.mem.read == "within", self.period, self.mem.window,
-                         self.mem.heads, self.mem.alibi)
+                         self.mem.heads, self.mem.alibi, self.persistent, self.mem.segment)
 
     def end_chunk(self):
         if self.chunk is None:
@@ -267,8 +275,8 @@ class Cache:
         if self.K is not None:
             K, V, pos = torch.cat([self.K, K], 1), torch.cat([self.V, V], 1), torch.cat([self.pos, pos])
         w = self.mem.window
-        if w is not None:  # a later query's window reaches back at most w + P items
-            keep = w + self.period
+        if w is not None or self.mem.segment:  # a later query reaches back at most w + P tokens (P: a segment)
+            keep = ((w or 0) + self.period) * self.mem.items
             K, V, pos = K[:, -keep:], V[:, -keep:], pos[-keep:]
         self.K, self.V, self.pos = K, V, pos
 
@@ -333,7 +341,7 @@ class LevelState(Carry):
         self.initial: dict[str, dict] = {}  # θ₀ of the memories that learn in the sequence (`update_norm`)
         for m in desc.memories:
             if m.kind == "attention":
-                self.fast[m.name] = Cache(m, self.period or 1)
+                self.fast[m.name] = Cache(m, self.period or 1, level.theta0(m.name))
                 continue
             theta = level.theta0(m.name)
             if self.period is not None and m.rule is not None:  # a state that sums steps
@@ -343,7 +351,8 @@ class LevelState(Carry):
                 self.initial[m.name] = theta
             if m.objective == "task" and self.period:
                 theta = differentiable(theta)
-            self.fast[m.name] = Fast(m, theta, learns=self.period is not None, headmajor=self.headmajor)
+            self.fast[m.name] = Fast(m, theta, learns=self.period is not None, headmajor=self.headmajor,
+                                     norm=level.norm(m.name))
 
     def detach(self) -> None:
         """Cut the autograd history (inference): values stay, graphs go."""
@@ -374,7 +383,7 @@ class LevelState(Carry):
         s = f.mem
         within = f.within and not start and f.chunk is not None  # never in a stack: it reads before
         theta = f.state_within() if within else self.theta(memory)
-        return M.read(s.kind, theta, e, s.heads, s.act, s.residual, headmajor=f.headmajor)
+        return M.read(s.kind, theta, e, s.heads, s.act, s.residual, headmajor=f.headmajor, norm=f.norm)
 
     @on_state_dtype
     def learn(self, memory: str, key, value, lr=1.0, decay=None, beta=None):

@@ -128,9 +128,15 @@ class Level(HoldsGraphs):
         self.spec = spec  # the checked LevelSpec, when compiled in this process
         self.links: dict[str, tuple[Level, str]] = {}  # nested CMS: memory -> (source level, memory)
         self.theta_paths: dict[str, dict[str, str]] = {}  # memory -> {W1: path of θ₀'s W1, ...}
+        self.norm_paths: dict[str, tuple[str, str]] = {}  # memory -> paths of its layer norm's scale and bias
         for m in desc.memories:
-            if m.kind == "attention" or m.source is not None:
+            if m.norm:  # outer parameters, whatever θ₀ is: scale 1, bias 0, per head
+                h, o = dict(m.shapes)["W" if m.kind == "linear" else "W1"][:2]
+                self.norm_paths[m.name] = (register(self, f"{m.name}.norm_scale", torch.ones(h, o)),
+                                           register(self, f"{m.name}.norm_bias", torch.zeros(h, o)))
+            if m.source is not None:
                 continue
+            # an attention memory's θ₀ is its persistent items, when it has any
             self.theta_paths[m.name] = {k: register(self, f"{m.name}.{k}", t, buffer=m.constant)
                                         for k, t in M.initial_state(m.kind, dict(m.shapes), m.init).items()}
 
@@ -146,6 +152,16 @@ class Level(HoldsGraphs):
             owner, _, leaf = path.rpartition(".")
             out[k] = getattr(self.get_submodule(owner), leaf)  # a parameter, or a buffer when constant
         return out
+
+    def norm(self, memory: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """A memory's layer norm (scale, bias) [h, o], or None without `norm`."""
+        if memory not in self.norm_paths:
+            return None
+        out = []
+        for path in self.norm_paths[memory]:
+            owner, _, leaf = path.rpartition(".")
+            out.append(getattr(self.get_submodule(owner), leaf))
+        return tuple(out)
 
     def print_readable(self, print_output: bool = True):
         return self.step.print_readable(print_output)
@@ -224,6 +240,7 @@ class Model(HoldsGraphs):
                  kernels: str = "auto", optimizers: tuple = ()):
         super().__init__()
         self.name, self.spec = name, spec  # spec: the checked ModelSpec, when compiled in this process
+        self.draw = None  # view -> its level diagram, given by the compiler with the spec
         self.settings = dict(settings)
         # `training` follows train()/eval(): the states read it from here (`dropout`)
         self.options = {"inner_clip": inner_clip, "fused": fused, "kernels": kernels, "training": True}
@@ -246,6 +263,20 @@ class Model(HoldsGraphs):
 
     def print_readable(self, print_output: bool = True):
         return self.segment.print_readable(print_output)
+
+    def diagram(self, view: str = "levels"):
+        """The level diagram of the spec it was compiled from, as a notebook shows it;
+        None for a model written out as source, which has no spec. The compiler hands
+        the drawing in (`draw`), so that the runtime never imports it."""
+        return self.draw(view) if self.draw is not None else None
+
+    def _repr_svg_(self):
+        d = self.diagram()
+        return d._repr_svg_() if d is not None else None
+
+    def _repr_html_(self):
+        d = self.diagram()
+        return d._repr_html_() if d is not None else None
 
     # -- structure
     def levels(self):

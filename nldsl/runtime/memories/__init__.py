@@ -5,7 +5,8 @@
   chunk-parallel delta rule) and `triton.py` (the gated delta rule as a Triton kernel);
 - `mlp/`: `naive.py`, `headmajor.py`, `period.py` (a period as one autograd node) and
   `triton.py` (a period as one Triton program);
-- `elementwise/` (optimizer memories) and `attention/`: `naive.py` only.
+- `elementwise/` (optimizer memories) and `attention/`: `naive.py` only;
+- `norm.py`: the layer norm a linear or mlp memory may apply to its output (`norm`).
 
 A reference never imports its fast forms; a kernel imports its reference, to fall back
 to it or to differentiate it. Which fast form runs is the fused path's choice
@@ -69,24 +70,25 @@ def _per_sequence(theta: dict) -> bool:
 
 
 def read(kind: str, theta: dict, e: torch.Tensor, heads: int, act: str = DEFAULT_ACTIVATION, residual: bool = False,
-         headmajor: bool = False):
+         headmajor: bool = False, norm: tuple | None = None):
     """M(e) for a token stream e [B, n, d_in] -> [B, n, d_out], at one state per
     sequence or at each item's own state (per-item θ). `headmajor`: on the fused path's
-    layout, for states per sequence (per-item states, a `read within`, keep the reference's)."""
+    layout, for states per sequence (per-item states, a `read within`, keep the reference's).
+    `norm`: the memory's layer norm (scale, bias) [h, o], or None (memories/norm.py)."""
     if headmajor and _per_sequence(theta):
-        return tokens(HEADMAJOR[kind].read(theta, to_heads(e, heads), act, residual))
-    return merge_heads(NAIVE[kind].read(theta, split_heads(e, heads), act, residual))
+        return tokens(HEADMAJOR[kind].read(theta, to_heads(e, heads), act, residual, norm))
+    return merge_heads(NAIVE[kind].read(theta, split_heads(e, heads), act, residual, norm))
 
 
 def grads(kind: str, objective: str, theta: dict, key, value, rate, heads: int, act: str = DEFAULT_ACTIVATION,
-          residual: bool = False, per_item: bool = False, headmajor: bool = False) -> dict:
+          residual: bool = False, per_item: bool = False, headmajor: bool = False, norm: tuple | None = None) -> dict:
     """η-weighted gradients of the inner objective at θ over the items of a chunk:
     Σ_i η_i ∇_θ ℓ(θ; k_i, v_i), or each item's term (per_item). key [B, n, d_in],
     value [B, n, d_out], rate [B, n, h]. The value is a constant of the inner problem
-    (design §4): it enters as given, whatever produced it. `headmajor` as for `read`."""
+    (design §4): it enters as given, whatever produced it. `headmajor`, `norm` as for `read`."""
     if headmajor and not per_item and _per_sequence(theta):
         k, v = to_heads(key, heads), to_heads(value, heads)
         w = rate.transpose(1, 2).unsqueeze(-1).contiguous()  # [B, h, n, 1]
-        return HEADMAJOR[kind].grads(objective, theta, k, v, w, act, residual)
+        return HEADMAJOR[kind].grads(objective, theta, k, v, w, act, residual, norm)
     k, v = split_heads(key, heads), split_heads(value, heads)
-    return NAIVE[kind].grads(objective, theta, k, v, rate.unsqueeze(-1), act, residual, per_item)
+    return NAIVE[kind].grads(objective, theta, k, v, rate.unsqueeze(-1), act, residual, per_item, norm)

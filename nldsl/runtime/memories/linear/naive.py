@@ -6,18 +6,24 @@ from __future__ import annotations
 import torch
 
 from ..layout import mm, outer, split_heads
+from ..norm import output, through
 
 
-def read(theta: dict, e: torch.Tensor, act: str, residual: bool) -> torch.Tensor:
-    """W e per head, e [B, n, h, i]; a linear memory has no activation or residual."""
-    return mm(theta["W"], e)
+def read(theta: dict, e: torch.Tensor, act: str, residual: bool, norm: tuple | None = None) -> torch.Tensor:
+    """W e per head, e [B, n, h, i], through its layer norm with `norm` (memories/norm.py),
+    plus e with `residual`; a linear memory has no activation."""
+    return output(mm(theta["W"], e), e, residual, norm)[0]
 
 
-def grads(objective: str, theta: dict, k, v, w, act: str, residual: bool, per_item: bool) -> dict:
+def grads(objective: str, theta: dict, k, v, w, act: str, residual: bool, per_item: bool,
+          norm: tuple | None = None) -> dict:
     """Σ_i w_i ∇_W ℓ(W; k_i, v_i) per head (or each item's term): k [B, n, h, i],
     v [B, n, h, o], w [B, n, h, 1]."""
-    r = mm(theta["W"], k) - v if objective == "l2" else -v
-    return {"W": outer(w * r, k, per_item)}
+    if objective == "dot" and norm is None:  # ∂ℓ/∂y = −v, whatever W is
+        return {"W": outer(-(w * v), k, per_item)}
+    y, ln = output(mm(theta["W"], k), k, residual, norm)
+    r = through(w * (y - v) if objective == "l2" else -(w * v), ln, norm)
+    return {"W": outer(r, k, per_item)}
 
 
 def implicit_stats(key, value, rate, heads: int, per_item: bool = False) -> dict:

@@ -9,14 +9,16 @@ import torch
 
 from ...ops import ACT, ACT_GRAD
 from ..layout import mm, outer
+from ..norm import output, through
 
 
 def _bias(b: torch.Tensor, n_dims: int) -> torch.Tensor:
     return b.unsqueeze(1) if b.dim() == n_dims - 1 else b
 
 
-def forward(theta: dict, e: torch.Tensor, act: str, residual: bool):
-    """W1 σ(W2 e + b2) + b1 (+ e), per head, e [B, n, h, i]. Returns (y, z, σ(z))."""
+def forward(theta: dict, e: torch.Tensor, act: str, residual: bool, norm: tuple | None = None):
+    """W1 σ(W2 e + b2) + b1, through its layer norm with `norm` (memories/norm.py), plus e
+    with `residual`, per head, e [B, n, h, i]. Returns (y, z, σ(z), the norm's ŷ and 1/σ or None)."""
     z = mm(theta["W2"], e)
     if "b2" in theta:
         z = z + _bias(theta["b2"], 4)
@@ -24,20 +26,20 @@ def forward(theta: dict, e: torch.Tensor, act: str, residual: bool):
     y = mm(theta["W1"], a)
     if "b1" in theta:
         y = y + _bias(theta["b1"], 4)
-    if residual:
-        y = y + e
-    return y, z, a
+    y, ln = output(y, e, residual, norm)
+    return y, z, a, ln
 
 
-def read(theta: dict, e: torch.Tensor, act: str, residual: bool) -> torch.Tensor:
-    return forward(theta, e, act, residual)[0]
+def read(theta: dict, e: torch.Tensor, act: str, residual: bool, norm: tuple | None = None) -> torch.Tensor:
+    return forward(theta, e, act, residual, norm)[0]
 
 
-def grads(objective: str, theta: dict, k, v, w, act: str, residual: bool, per_item: bool) -> dict:
+def grads(objective: str, theta: dict, k, v, w, act: str, residual: bool, per_item: bool,
+          norm: tuple | None = None) -> dict:
     """Σ_i w_i ∇_θ ℓ(θ; k_i, v_i) per head (or each item's term): k [B, n, h, i],
     v [B, n, h, o], w [B, n, h, 1]."""
-    y, z, a = forward(theta, k, act, residual)
-    r = w * (y - v if objective == "l2" else -v)  # ∂ℓ/∂y, weighted
+    y, z, a, ln = forward(theta, k, act, residual, norm)
+    r = through(w * (y - v if objective == "l2" else -v), ln, norm)  # ∂ℓ/∂(W1 a + b1), weighted
     dz = torch.einsum("bhok,bnho->bnhk", theta["W1"], r) * ACT_GRAD[act](z)
     out = {"W2": outer(dz, k, per_item), "W1": outer(r, a, per_item)}
     if "b2" in theta:
