@@ -38,7 +38,7 @@ def check(source: str | Path, report: Report | None = None, /, **overrides) -> P
     program = load(source, report)
     spec = check_program(program, report, overrides)
     report.raise_if_errors()
-    return spec
+    return spec.model_copy(update={"text": report.sources.get(program.root, "")})
 
 
 __all__ = ["NLError", "Report", "check", "load"]

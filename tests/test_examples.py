@@ -1,4 +1,5 @@
 """Every example checks clean, builds a verified level graph, and draws."""
+import re
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,10 @@ EXAMPLES = sorted((ROOT / "examples").rglob("*.nl"))
 CANONICAL = ["hope.nl", "hope_attention.nl", "titans.nl", "transformer.nl", "linear_attention.nl",
              "gated_deltanet.nl", "gated_deltanet_nl88.nl", "retnet.nl", "cms.nl", "optim/sgd_momentum.nl", "optim/adam.nl", "optim/adamw.nl",
              "optim/muon.nl", "optim/dmgd.nl", "optim/delta_momentum.nl", "optim/m3.nl"]
+# The warnings an example is known to draw, each said in its header: two of the paper's
+# CMS variants stack two exact task levels, a step estimated at just over 2× its first
+# order (NL158); they stay exact, as the paper means them.
+WARNS = {"cms.nl": [("NL158", "cms_sequential")] * 2 + [("NL158", "cms_nested")] * 2}
 
 
 def test_every_canonical_example_exists():
@@ -24,7 +29,9 @@ def test_every_canonical_example_exists():
 def test_example_checks_clean_and_draws(path):
     report = Report()
     program = check(path, report)
-    assert not report.diagnostics, report.diagnostics  # not even a warning
+    found = [(d.code, re.search(r"model `(\w+)`", d.message)[1] if d.severity == "warning" else d.message)
+             for d in report.diagnostics]
+    assert found == WARNS.get(path.name, []), report.diagnostics  # no other warning
     specs = list(program.models) + list(program.optimizers)
     assert specs
     for spec in specs:
@@ -34,7 +41,7 @@ def test_example_checks_clean_and_draws(path):
 
 
 def test_cms_file_holds_the_three_variants():
-    names = [m.name for m in check(ROOT / "examples" / "cms.nl").models]
+    names = [m.name for m in check(ROOT / "examples" / "cms.nl", Report()).models]
     assert names == ["cms_sequential", "cms_independent", "cms_nested"]
 
 
