@@ -43,8 +43,10 @@ def read_bytes(data: str) -> bytes:
 
 def data_key(data: str) -> str:
     """How a run records its data: `pydoc`, or the file's (or prepared folder's) absolute
-    path, so that the run's folder can be evaluated from any directory."""
-    return data if data == PYDOC else os.path.abspath(data)
+    path, so that the run's folder can be evaluated from any directory. The name of a
+    task's synthetic data (`mqar`, nldsl/tasks) is kept as it is, like `pydoc`."""
+    from .tasks import made_here
+    return data if data == PYDOC or made_here(data) else os.path.abspath(data)
 
 
 def split(raw: bytes) -> tuple[bytes, bytes]:
@@ -67,7 +69,12 @@ class Corpus:
     def load(cls, data: str, tokenizer: Tokenizer | str | None = None) -> "Corpus":
         """`pydoc`, a text file, or a folder of token shards. `tokenizer` is a tokenizer or
         what `--tokenizer` names (a `bpe:VOCAB` is trained here, on the training part);
-        None is bytes, or a prepared folder's own, which any other given must equal."""
+        None is bytes, or a prepared folder's own, which any other given must equal. A
+        task's synthetic data (`mqar`) is made by its task (nldsl/tasks)."""
+        from .tasks import data_corpus
+        made = data_corpus(data, tokenizer)
+        if made is not None:
+            return made
         if data != PYDOC and os.path.isdir(data):
             from .shards import PreparedCorpus
             if isinstance(tokenizer, str) and bpe_vocab(tokenizer):

@@ -85,8 +85,9 @@ def summary(model, optimizer, corpus, precision: str) -> list[str]:
         lines.append(f"optimizer {label}: {sum(p.numel() for p in g['params']):,} parameters in "
                      f"{len(g['params'])} tensors{lr}")
     lines.append(f"device {model_device(model)}, precision {precision}, world size {world()[1]}")
-    lines.append(f"data {corpus.name}: {len(corpus.train):,} {unit}s to train on, {len(corpus.heldout):,} held out; "
-                 f"tokenizer {tok.name} ({tok.vocab_size:,} tokens)")
+    sizes = getattr(corpus, "about", None) or \
+        f"{len(corpus.train):,} {unit}s to train on, {len(corpus.heldout):,} held out"  # `about`: a task's own data
+    lines.append(f"data {corpus.name}: {sizes}; tokenizer {tok.name} ({tok.vocab_size:,} tokens)")
     return lines
 
 

@@ -198,7 +198,12 @@ def model_device(model) -> torch.device:
     return next(model.parameters()).device
 
 
+IGNORE = -100  # a target no loss counts: the unscored positions of synthetic tasks (nldsl/tasks/mqar.py)
+
+
 def loss(model, x: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    """The next-token loss of a batch of windows, each from fresh fast state, in float32."""
+    """The next-token loss of a batch of windows, each from fresh fast state, in float32;
+    targets that are IGNORE count for nothing (the mean is over the others)."""
     logits, _ = model(x.to(model_device(model)))
-    return F.cross_entropy(logits.flatten(0, 1).float(), y.to(logits.device).flatten(), reduction=reduction)
+    return F.cross_entropy(logits.flatten(0, 1).float(), y.to(logits.device).flatten(), reduction=reduction,
+                           ignore_index=IGNORE)
