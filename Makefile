@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: setup demo test diagrams clean gpu-check
+.PHONY: setup demo test diagrams editors docs clean gpu-check
 
 setup: $(STAMP)
 
@@ -43,8 +43,16 @@ diagrams: setup
 	$(BIN)/nldsl graph examples/hope.nl -o docs/img/hope.svg
 	$(BIN)/nldsl graph examples/hope.nl -o docs/img/hope.png
 
+# Regenerate the TextMate grammar of editors/vscode from grammar/nl.lark and nldsl/vocab.py.
+editors: setup
+	$(BIN)/python -m nldsl.highlight --textmate > editors/vscode/syntaxes/nl.tmLanguage.json
+
+# The documentation site (MkDocs, Material) into site/, offline; a warning is an error.
+docs: setup
+	$(BIN)/mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf $(VENV) build dist *.egg-info
+	rm -rf $(VENV) build dist *.egg-info site
 
 # On a machine with CUDA only: the kernels on the GPU, a bf16 training run with the
 # kernels on, the GPU peer comparison; a summary in out/gpu-check/SUMMARY.md.

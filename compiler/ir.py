@@ -94,6 +94,18 @@ class LevelGraph:
             out += ["    " + line for line in code.splitlines() if line.strip()]
         return "\n".join(out)
 
+    def diagram(self, view: str = "levels", schedule: bool = False):
+        """The level diagram as an object a notebook shows (SVG, or its DOT text
+        without Graphviz's `dot`); `str()` of it is the DOT text. Compact by default."""
+        from .backends.graphviz import Diagram, to_dot  # the drawing needs the graph, not the other way
+        return Diagram(to_dot(self, schedule=schedule, view=view))
+
+    def _repr_svg_(self) -> str | None:
+        return self.diagram()._repr_svg_()
+
+    def _repr_html_(self) -> str | None:
+        return self.diagram()._repr_html_()
+
     def describe_levels(self) -> str:
         """The derived level hierarchy, slowest first (as nested in the diagram)."""
         out = [f"levels of {self.spec.name}, slowest first:"]
@@ -197,6 +209,8 @@ def _add_level(g: nx.DiGraph, lv: LevelSpec, copies: int, stream: str, prefix: s
             g.nodes[mid]["order"] = "decay first"
         if learn is not None and learn.per_token:  # Titans' mini-batch rule: a step at every token
             g.nodes[mid]["steps"] = "per token"
+        if learn is not None and learn.mean:  # the period's mean loss (TTT's mini-batch)
+            g.nodes[mid]["mean"] = True
         g.add_edge(lid, mid, kind="member")
         visible[m.name] = mid
     flows = {f.name: f for f in (*outer_flows, *lv.flows)}

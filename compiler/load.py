@@ -81,8 +81,10 @@ def find_root(path: Path) -> Path | None:
     return _within(library_root() / path, library_root())
 
 
-def load(source: str | Path, report: Report, text: str | None = None) -> Program | None:
-    """Load `source` (a path; or a display name when `text` is given) and its imports."""
+def load(source: str | Path, report: Report, text: str | None = None, folder: Path | None = None) -> Program | None:
+    """Load `source` (a path; or a display name when `text` is given) and its imports.
+    The imports of a spec given as text are looked up in `folder` (default: the current
+    directory), which they must stay inside: an editor's buffer passes its file's folder."""
     root = str(source)
     if text is None:
         path = find_root(Path(source))
@@ -96,7 +98,7 @@ def load(source: str | Path, report: Report, text: str | None = None) -> Program
         key, folder = str(_real(path)), _real(path).parent
         quote = path.suffix == ".nl"  # a file the user named, but not a spec: never show its lines
     else:
-        key, folder, quote = root, _cwd(), True
+        key, folder, quote = root, _real(folder) if folder is not None else _cwd(), True
     program = Program(root)
     _load(root, key, text, _Place(folder, folder), program, report, stack=[], quote=quote)
     if not report.errors:

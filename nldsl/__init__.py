@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import importlib
 
-__all__ = ["check", "compile", "compile_optimizer", "flush_subnormals", "load"]
+__all__ = ["check", "compile", "compile_optimizer", "flush_subnormals", "graph", "load", "stats"]
 __version__ = "0.1.0"
 
 # The API and the compiler load on first use, not here: a model emitted as source
 # imports nldsl.runtime, which must not need the compiler (tests/test_emit.py).
-_WHERE = {"compile": ".api", "compile_optimizer": ".api", "flush_subnormals": ".api",
+_WHERE = {"compile": ".api", "compile_optimizer": ".api", "flush_subnormals": ".api", "graph": ".api", "stats": ".api",
           "check": ".compiler.driver", "load": ".compiler.driver"}
 
 

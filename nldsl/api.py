@@ -18,6 +18,31 @@ def _model_spec(source, name: str | None, overrides: dict):
     return models[0]
 
 
+def _spec(source, name: str | None, overrides: dict):
+    """The model or optimizer called `name`; else, as `nldsl graph` and `nldsl stats`
+    choose, the file's first model, or its first optimizer."""
+    program = check(source, **overrides)
+    specs = [s for s in (*program.models, *program.optimizers) if name is None or s.name == name]
+    if not specs:
+        what = f"nothing named `{name}`" if name else "no model or optimizer"
+        raise ValueError(f"{source if isinstance(source, Path) or str(source).endswith('.nl') else 'the spec'} defines {what}")
+    return specs[0]
+
+
+def graph(source: str | Path, /, *, name: str | None = None, **overrides):
+    """A spec's level graph after every pass (`nldsl ir`); a notebook shows it as its
+    diagram (`.diagram("full")` for every memory and flow)."""
+    from .compiler import passes
+    return passes.run(_spec(source, name, overrides))
+
+
+def stats(source: str | Path, /, *, name: str | None = None, **overrides):
+    """What a spec costs before it runs (`nldsl stats`): prints as the command does,
+    shows as a table in a notebook, and holds the numbers (`.rows`, `.totals`)."""
+    from .compiler.stats import Stats
+    return Stats(graph(source, name=name, **overrides))
+
+
 def compile(source: str | Path, /, *, name: str | None = None, inner_clip: float | None = None,
             fused: bool = True, kernels: str = "auto", **overrides):
     """A `.nl` spec (a path, or the text itself) -> a trainable `nn.Module`.
@@ -119,4 +144,4 @@ def flush_subnormals(on: bool = True) -> bool:
     return torch.set_flush_denormal(on)
 
 
-__all__ = ["compile", "compile_optimizer", "flush_subnormals", "NLError"]
+__all__ = ["compile", "compile_optimizer", "flush_subnormals", "graph", "stats", "NLError"]

@@ -1,4 +1,4 @@
-"""The `nldsl` command: check, fmt, ir, stats, graph, compile, train, eval, generate, bench, data.
+"""The `nldsl` command: check, fmt, ir, stats, graph, compile, train, eval, generate, bench, data, lsp.
 
 A user's mistake prints located diagnostics and exits 1; only a bug in nldsl itself
 prints a traceback (and says so).
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -94,7 +95,7 @@ def cmd_stats(args) -> int:
 def cmd_graph(args) -> int:
     from .compiler.backends.graphviz import DotMissing, render as render_dot, to_dot
     spec = _one(args)
-    dot = to_dot(passes.run(spec), schedule=args.schedule)
+    dot = to_dot(passes.run(spec), schedule=args.schedule, view=args.view)
     out = Path(args.output) if args.output else None
     fmt = out.suffix.lstrip(".").lower() if out else "dot"
     if fmt not in ("dot", "gv", "svg", "png", "pdf"):
@@ -141,6 +142,18 @@ def cmd_fmt(args) -> int:
     return status
 
 
+def cmd_lsp(args) -> int:
+    """A language server for editors, on standard input and output (docs/editors.md)."""
+    try:
+        from .lsp import serve
+    except ModuleNotFoundError as e:
+        if e.name not in ("pygls", "lsprotocol") and not (e.name or "").startswith(("pygls.", "lsprotocol.")):
+            raise
+        return _fail("`nldsl lsp` needs pygls, which is not installed: pip install 'nldsl[lsp]'")
+    serve()
+    return 0
+
+
 def cmd_compile(args) -> int:
     """The model as one standalone Python file (needs torch and nldsl.runtime only)."""
     from .api import compile as compile_model
@@ -185,6 +198,14 @@ def cmd_train(args) -> int:
     from . import distributed
     from .run import device, parse_overrides
     from .train import default_out, train
+    if args.task is not None:  # the task's synthetic data, into a folder of its own
+        from .tasks import get, task_out
+        for flag, value in (("--data", args.data), ("--tokenizer", args.tokenizer)):
+            if value is not None:
+                return _fail(f"--task {args.task} trains on the task's own data: leave out {flag}")
+        args.data, args.out = get(args.task).data, args.out or str(task_out(args.file, args.task))
+    if args.sample is None:
+        args.sample = 0 if args.task is not None else 200  # no text to continue in a synthetic task
     if args.nproc is not None:
         if not distributed.launched():  # start torchrun, whose ranks run this same command
             out = Path(args.out) if args.out else default_out(args.file.partition(":")[0])
@@ -211,6 +232,13 @@ def _ckpt_dir(args) -> Path:
 @_run_errors
 def cmd_eval(args) -> int:
     from .train import TrainError, describe, evaluate, load_run, run_corpus, run_tokenizer
+    if args.task is not None:
+        return _eval_task(args)
+    from .tasks import all_options
+    for flag, value in [("--seed", args.seed), ("--out", args.out), ("--steps", args.steps), ("--set", args.set)] + \
+            [(f"--{n.replace('_', '-')}", getattr(args, f"task_{n}")) for n in all_options()]:
+        if value is not None:
+            return _fail(f"{flag} is an option of the tasks: give --task NAME too (docs/evaluation.md)")
     ckpt_dir = _ckpt_dir(args)
     model, ckpt = load_run(ckpt_dir, args.file, args.device)
     corpus = run_corpus(ckpt, args.data, run_tokenizer(ckpt, ckpt_dir))
@@ -220,6 +248,39 @@ def cmd_eval(args) -> int:
         raise TrainError(f"the held-out loss of {ckpt_dir} (step {ckpt.step}) on {corpus.name} is {loss}: "
                          f"the model's outputs are not finite")
     print(f"{ckpt_dir} (step {ckpt.step}), held-out {corpus.name}: {describe(loss, corpus.tokenizer.unit)}")
+    return 0
+
+
+def _eval_task(args) -> int:
+    """`eval --task NAME`: the task's evaluation of a run (trained first with --steps),
+    written as eval-NAME.json and eval-NAME.png (nldsl/tasks)."""
+    from . import tasks
+    from .run import RunError, parse_overrides
+    from .train import CHECKPOINT, TrainError, load_checkpoint, load_run, run_tokenizer, train
+    task = tasks.get(args.task)
+    options = tasks.given_options(task, args)
+    if not task.heldout:
+        for flag, value in (("--data", args.data), ("--eval-batches", args.eval_batches)):
+            if value is not None:
+                raise RunError(f"{flag} is an option of the lm task, not of {task.name}")
+    if args.ckpt is None and args.file is None:
+        raise TrainError("give the run's folder with --ckpt DIR (or the FILE it was trained from)")
+    ckpt_dir = Path(args.ckpt) if args.ckpt is not None else tasks.task_out(args.file, task.name)
+    if args.steps is not None:  # train what the task needs first: fresh, or on to --steps
+        if args.file is None:
+            raise TrainError(f"--steps trains the spec FILE for the {task.name} task: give FILE")
+        trained = load_checkpoint(ckpt_dir).step if os.path.lexists(ckpt_dir / CHECKPOINT) else None
+        if trained is None or trained < args.steps:
+            train(args.file, data=None if trained is not None else args.data or task.data, steps=args.steps,
+                  out_dir=ckpt_dir, resume=trained is not None, overrides=parse_overrides(args.set), seed=args.seed,
+                  sample=0, device=args.device, precision=args.precision)
+    elif args.set is not None:
+        raise RunError("--set is a setting of the model to train: give --steps N too (a checkpoint keeps its own)")
+    model, ckpt = load_run(ckpt_dir, args.file, args.device)
+    ctx = tasks.Context(model, run_tokenizer(ckpt, ckpt_dir), seed=args.seed or 0, options=options,
+                        precision=args.precision, ckpt=ckpt, data=args.data, eval_batches=args.eval_batches)
+    tasks.run(task, ctx, Path(args.out) if args.out is not None else ckpt_dir,
+              about={"run": str(ckpt_dir), "step": ckpt.step, "trained_on": ckpt.data})
     return 0
 
 
@@ -318,7 +379,10 @@ def _add_run_commands(sub) -> None:
     t.add_argument("--accumulate", type=int, metavar="N",
                    help="run each step's batch as N micro-batches: the same step in less memory (default: the "
                         "spec's `accumulate`, else 1)")
-    t.add_argument("--sample", type=int, default=200, metavar="N", help="tokens (bytes) to sample at the end (default 200; 0: none)")
+    t.add_argument("--sample", type=int, metavar="N", help="tokens (bytes) to sample at the end (default 200, with "
+                                                           "--task 0; 0: none)")
+    t.add_argument("--task", choices=_training_tasks(), help="train on a task's synthetic data (mqar: multi-query "
+                   "associative recall) into runs/<FILE's name>-TASK (docs/evaluation.md)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.add_argument("--wandb", action="store_true", help="log to Weights & Biases too (needs the wandb package; "
                                                         "WANDB_MODE=offline keeps it on this machine)")
@@ -339,6 +403,16 @@ def _add_run_commands(sub) -> None:
         s.add_argument("--ckpt", metavar="DIR", help="the run's folder (default: runs/<FILE's name>)")
     e.add_argument("--data", help="`pydoc`, a file of at most 1 GiB or a prepared folder (default: the run's data)")
     e.add_argument("--eval-batches", type=int, metavar="N", help="held-out batches (default: as many as the run used)")
+    from .tasks import TASKS, add_arguments
+    e.add_argument("--task", choices=list(TASKS), help="an evaluation of the paper's kind, written as eval-TASK.json "
+                   "and eval-TASK.png into the run's folder: " + "; ".join(f"{n}: {t.summary}" for n, t in TASKS.items()))
+    e.add_argument("--out", metavar="DIR", help="where a task writes its files (default: the run's folder)")
+    e.add_argument("--seed", type=int, metavar="N", help="a task's examples, and its training (default 0)")
+    e.add_argument("--steps", type=int, metavar="N", help="with FILE: first train the task's run (runs/<FILE's name>"
+                   "[-TASK]) up to step N on the task's data, as `nldsl train` does")
+    e.add_argument("--set", action="append", metavar="KEY=VALUE", help="with --steps: override a model setting of "
+                   "the run to train, e.g. --set dim=64")
+    add_arguments(e)
     e.set_defaults(run=cmd_eval)
     for s in (t, e, g):
         s.add_argument("--device", default="auto", help="auto (CUDA when there is one; the default), cpu, cuda or cuda:N")
@@ -351,6 +425,12 @@ def _add_run_commands(sub) -> None:
     g.add_argument("--top-k", type=int, metavar="K", help="sample among the K likeliest tokens only")
     g.add_argument("--seed", type=int, default=0, metavar="N", help="the same seed draws the same text (default 0)")
     g.set_defaults(run=cmd_generate)
+
+
+def _training_tasks() -> list[str]:
+    """The tasks that make their own data to train on (`nldsl train --task`)."""
+    from .tasks import TASKS
+    return [name for name, task in TASKS.items() if task.data != "pydoc"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -381,6 +461,9 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("-o", "--output", help="out.dot (or .gv), out.svg, out.png or out.pdf (default: DOT on stdout)")
             s.add_argument("--schedule", action="store_true",
                            help="also say how each level runs: whole periods at once, stacked memories, tile, kernel")
+            s.add_argument("--view", choices=("full", "levels"), default="full",
+                           help="full: each level's memories and their flows (default); levels: one box per level, "
+                                "only the flows between levels")
         s.set_defaults(run=fn)
     k = sub.add_parser("compile", help="write the model as a standalone Python file")
     k.add_argument("file", metavar="FILE")
@@ -409,6 +492,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--matmul-size", type=int, default=2048, metavar="N", help="n of the n×n matmuls that measure the peak")
     b.add_argument("--json", metavar="FILE", help="also write every measurement to FILE")
     b.set_defaults(run=cmd_bench)
+    ls = sub.add_parser("lsp", help="a language server for editors, on stdin and stdout")
+    ls.add_argument("--stdio", action="store_true", help="talk over stdin and stdout (the only way; accepted "
+                                                         "because editors' clients pass it)")
+    ls.set_defaults(run=cmd_lsp)
     return p
 
 

@@ -1,6 +1,7 @@
-"""Diagrams: golden DOT for HOPE, determinism, nesting by frequency, no `dot` needed.
+"""Diagrams: golden DOT for HOPE in both views, determinism, nesting by frequency,
+bundled edges, no `dot` needed.
 
-Regenerate the golden file after an intended change with
+Regenerate the golden files after an intended change with
     NLDSL_UPDATE_GOLDEN=1 .venv/bin/pytest tests/test_graph.py
 and review the diff.
 """
@@ -21,17 +22,91 @@ from nldsl.compiler.stats import level_rows
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "golden" / "hope.dot"
+GOLDEN_LEVELS = ROOT / "tests" / "golden" / "hope_levels.dot"
 
 
-def hope_dot() -> str:
-    return graphviz.to_dot(passes.run(check(ROOT / "examples" / "hope.nl").models[0]))
+def hope_dot(view: str = "full") -> str:
+    return graphviz.to_dot(passes.run(check(ROOT / "examples" / "hope.nl").models[0]), view=view)
 
 
-def test_hope_dot_matches_golden():
-    dot = hope_dot()
+@pytest.mark.parametrize("view, golden", [("full", GOLDEN), ("levels", GOLDEN_LEVELS)])
+def test_hope_dot_matches_golden(view, golden):
+    dot = hope_dot(view)
     if os.environ.get("NLDSL_UPDATE_GOLDEN"):
-        GOLDEN.write_text(dot)
-    assert dot == GOLDEN.read_text()
+        golden.write_text(dot)
+    assert dot == golden.read_text()
+
+
+EDGE = re.compile(r'\s*"([^"]*)" -> "([^"]*)" \[label="((?:[^"\\]|\\.)*)"(.*)\];')
+
+
+def edges(dot: str) -> list[tuple[str, str, str, str]]:
+    """Each drawn edge: tail, head, label, the rest of its attributes."""
+    return [m.groups() for m in map(EDGE.match, dot.splitlines()) if m]
+
+
+def test_full_view_draws_the_flows_between_two_memories_as_one_edge_saying_each_way():
+    """Read back from the drawing, the flows among HOPE's self-modifying memories are
+    exactly the level graph's, each with its labels, though no two edges join the same
+    two memories."""
+    ir = passes.run(check(ROOT / "examples" / "hope.nl").models[0])
+    titans = [n for n in ir.graph if n.startswith("memory:titans.")]
+    want = {(u, v): set(d["label"].split(", ")) for u, v, d in ir.graph.edges(data=True)
+            if d["kind"] == "flow" and u in titans and v in titans}
+    assert len(want) == 21  # k, v, eta and alpha feed all five, mem itself
+    drawn, pairs = {}, []
+    for a, b, label, rest in edges(graphviz.to_dot(ir)):
+        if a not in titans or b not in titans:
+            continue
+        pairs.append(frozenset((a, b)))
+        if "dir=both" in rest:
+            for way in label.split("\\n"):
+                ends, carried = way.split(": ")
+                x, y = ends.split(" → ")
+                drawn[f"memory:titans.{x}", f"memory:titans.{y}"] = set(carried.split(", "))
+        else:
+            drawn[a, b] = set(label.split(", "))
+    assert drawn == want
+    assert len(pairs) == len(set(pairs)) == 15  # 6 both ways, 4 into mem, 5 loops
+
+
+def test_levels_view_is_one_box_per_level_and_the_flows_between_levels():
+    ir = passes.run(check(ROOT / "examples" / "hope.nl").models[0])
+    dot = graphviz.to_dot(ir, view="levels")
+    assert "memory:" not in dot and "subgraph \"cluster_level:" not in dot
+    levels = {n for n, d in ir.graph.nodes(data=True) if d["kind"] == "level"}
+    assert {n for n in levels if f'  "{n}" [label=' in dot} == levels  # each a box of its own
+    assert 'label="titans  × 2\\nevery 16 tokens\\nl2 · gd, per token\\nmemories alpha, eta, k, mem, v\\n' \
+           '101,896 params"' in dot
+    # HOPE: the stream enters titans, then the continuum memory runs fast to slow; the
+    # optimizer's moments read g and update W
+    assert {(a, b, label) for a, b, label, _ in edges(dot)} == {
+        ("input:x", "level:titans", "x"), ("level:titans", "level:cms1", "x"), ("level:cms1", "level:cms2", "x"),
+        ("level:cms2", "level:cms3", "x"), ("input:g", "level:adamw/moments", "g"),
+        ("level:adamw/moments", "weights", "update"), ("weights", "input:g", "∇L")}
+    # the same tiers, nested alike, as in the full view
+    full = {cid: c["parent"] for cid, c in clusters(hope_dot()).items() if not cid.startswith("level:")}
+    assert {cid: c["parent"] for cid, c in clusters(dot).items()} == full
+
+
+def test_levels_view_of_parameter_groups_keeps_each_optimizers_part_of_w():
+    dot = graphviz.to_dot(passes.run(check(TWO_GROUPS).models[0]), view="levels")
+    got = {(a, b, label) for a, b, label, _ in edges(dot)}
+    assert ("level:muon/buffer", "weights@optimizer:muon", "update") in got
+    assert ("level:adamw/moments", "weights@optimizer:adamw", "update") in got
+    assert not any(a == b for a, b, _ in got)
+
+
+def test_graph_command_view(capsys):
+    hope = str(ROOT / "examples" / "hope.nl")
+    assert cli.main(["graph", hope]) == 0
+    assert capsys.readouterr().out == hope_dot("full")
+    assert cli.main(["graph", hope, "--view", "levels"]) == 0
+    assert capsys.readouterr().out == hope_dot("levels")
+    with pytest.raises(SystemExit):
+        cli.main(["graph", hope, "--view", "memories"])
+    with pytest.raises(ValueError, match="no view `memories`"):
+        hope_dot("memories")
 
 
 def test_same_input_gives_byte_identical_dot_across_processes():
@@ -215,3 +290,28 @@ def test_dot_to_stdout_and_unknown_format(capsys, tmp_path):
     assert cli.main(["graph", str(ROOT / "examples" / "transformer.nl")]) == 0
     assert capsys.readouterr().out == graphviz.to_dot(passes.run(check(ROOT / "examples/transformer.nl").models[0]))
     assert cli.main(["graph", str(ROOT / "examples" / "transformer.nl"), "-o", str(tmp_path / "x.jpg")]) == 1
+
+
+EXAMPLES = sorted((ROOT / "examples").rglob("*.nl"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: str(p.relative_to(ROOT / "examples")))
+def test_every_example_draws_in_both_views(path):
+    """Both views of every model and optimizer of the examples: the compact one holds no
+    memory and no edge from a thing to itself; `dot` reads both, bundled edges and all."""
+    program = check(path)
+    for spec in (*program.models, *program.optimizers):
+        ir = passes.run(spec)
+        levels = graphviz.to_dot(ir, view="levels")
+        assert "memory:" not in levels and not any(a == b for a, b, _, _ in edges(levels))
+        pairs = [frozenset((a, b)) for a, b, _, _ in edges(graphviz.to_dot(ir))]
+        assert len(pairs) == len(set(pairs))  # one edge between any two drawn things
+        if shutil.which("dot"):
+            for dot in (levels, graphviz.to_dot(ir)):
+                assert b"<svg" in graphviz.render(dot, "svg")
+
+
+@pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz's `dot` is not installed here")
+def test_what_dot_rejects_is_said_in_one_line():
+    with pytest.raises(RuntimeError, match=r"^dot failed: .*syntax error"):
+        graphviz.render("digraph { a -> }", "svg")

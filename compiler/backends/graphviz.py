@@ -1,11 +1,16 @@
 """The level diagram: nested clusters, slowest level outermost, as in the paper's
-figures. DOT text needs nothing installed; SVG and PNG go through Graphviz's `dot`."""
+figures. DOT text needs nothing installed; SVG and PNG go through Graphviz's `dot`.
+
+Two views of one drawing: `full` (each level a box of its memories and the flows
+between them) and `levels` (each level one box, its memories collapsed, only the flows
+between levels). In both, the flows between the same two drawn things are one edge."""
 from __future__ import annotations
 
+import html
 import math
 import shutil
-import subprocess
 
+import graphviz as _graphviz
 import networkx as nx
 
 from ..ir import LevelGraph, build, level_name, schedule_of
@@ -21,6 +26,9 @@ PALETTE = ["#fde0c5", "#fcefc7", "#e6f2d9", "#d5efe9", "#d7ebf5", "#dcdff5", "#e
 FROZEN = "#dddddd"
 WHITE = "#ffffff"
 DASHED = 'style="rounded,dashed"; color="#333333"'
+
+
+VIEWS = ("full", "levels")
 
 
 class DotMissing(RuntimeError):
@@ -41,10 +49,13 @@ def _memory_label(m: MemorySpec, d: dict) -> str:
         shape = "like W"
     elif m.kind == "attention":
         shape = (f"window {m.window}" if m.window else "causal") + (", alibi" if m.alibi else "")
+        shape += (f", {m.persistent} persistent" if m.persistent else "") + (", segment" if m.segment else "")
+        shape += f", {m.items} items a token" if m.items > 1 else ""
     else:
         shape = f"{m.d_in}→{m.d_out}" if m.d_in != m.d_out else f"{m.d_in}"
         if m.kind == "mlp":
-            shape += f", hidden {m.hidden}" + (", residual" if m.residual else "")
+            shape += f", hidden {m.hidden}"
+        shape += (", residual" if m.residual else "") + (", norm" if m.norm else "")
     heads = f" ×{m.heads} heads" if m.heads > 1 else ""
     learn = ""
     if d.get("objective"):
@@ -52,21 +63,25 @@ def _memory_label(m: MemorySpec, d: dict) -> str:
         rule += f", {d['order']}" if d.get("order") else ""
         rule += f", {d['steps']}" if d.get("steps") else ""
         read = " · read within" if d.get("read") == "within" else ""
-        learn = f"\n{d['objective']}{rule}{read}"
+        learn = f"\n{d['objective']}{', mean' if d.get('mean') else ''}{rule}{read}"
     return f"{m.name}\n{m.kind}({shape}){heads}{learn}"
 
 
-def _level_label(node: str, d: dict, schedule: bool = False) -> str:
+def _level_label(node: str, d: dict, schedule: bool = False, memories: list[str] | None = None) -> str:
+    """A level's box: name, period, objective and rule, parameters; `memories` names
+    its memories where they are collapsed into it."""
     name = level_name(node) + (f"  × {d['copies']}" if d.get("copies", 1) > 1 else "")
     lv = d["spec"]
     parts = [name, d["period"] if lv.scope != "outer" else "outer (every 1 step)"]
-    learned = sorted({f"{l.objective}" + (f" · {l.rule}" if l.rule else "") + (", decay first" if l.decay_first else "")
+    learned = sorted({f"{l.objective}" + (", mean" if l.mean else "") + (f" · {l.rule}" if l.rule else "") + (", decay first" if l.decay_first else "")
                       + (", per token" if l.per_token else "") for l in lv.learns})
     if lv.scope == "cross":
         learned = ["task · multi-rate outer steps"]
     if lv.scope == "frozen":
         learned = []  # the period line already says it
     parts += learned
+    if memories:
+        parts.append(("memories " if len(memories) > 1 else "memory ") + ", ".join(memories))
     if d.get("params"):
         parts.append(f"{d['params']:,} params")
     if schedule:
@@ -74,9 +89,13 @@ def _level_label(node: str, d: dict, schedule: bool = False) -> str:
     return "\n".join(parts)
 
 
-def to_dot(ir: LevelGraph, schedule: bool = False) -> str:
+def to_dot(ir: LevelGraph, schedule: bool = False, view: str = "full") -> str:
     """The diagram; with `schedule`, each level also says how the fused path runs it
-    (whole periods at once, the memories held stacked, the tile, the kernel hint)."""
+    (whole periods at once, the memories held stacked, the tile, the kernel hint).
+    `view="levels"` draws each level as one box and only the flows between levels."""
+    if view not in VIEWS:
+        raise ValueError(f"no view `{view}`: choose {' or '.join(VIEWS)}")
+    compact = view == "levels"
     g = ir.graph
     out = [f"digraph {_q(ir.spec.name)} {{",
            f"  graph [compound=true, rankdir=TB, fontname={_q(FONT)}, fontsize=11, labeljust=l, "
@@ -151,6 +170,11 @@ def to_dot(ir: LevelGraph, schedule: bool = False) -> str:
             color = FROZEN if d["tokens"] == float("inf") else PALETTE[min(depth, len(PALETTE) - 1)]
             cluster(_part(node, only), d["period"], f'style="rounded,filled"; fillcolor={_q(color)}; color="#999999"',
                     indent, fill=lambda ind: tier_children(node, depth + 1, ind, only))
+        elif kind == "level" and compact:
+            names = [g.nodes[m]["name"] for m in sorted(members.successors(node))] if node in members else []
+            drawn.add(node)
+            out.append(f"{indent}{_id(node)} [label={_q(_level_label(node, d, schedule, names))}, "
+                       f"fillcolor={_q(WHITE)}, color=\"#666666\"];")
         elif kind == "level":
             mems = []
             for m in sorted(members.successors(node)) if node in members else ():
@@ -184,25 +208,54 @@ def to_dot(ir: LevelGraph, schedule: bool = False) -> str:
                          and g.nodes[u]["kind"] in ("level", "input")])
     indirect = set(stream.edges) - set(nx.transitive_reduction(stream).edges) if stream else set()
     reads_g = {o: build(uses[0].optimizer).graph.has_edge("input:g", "weights") for o, uses in parts.items()}
+    # where a flow's end is drawn: a memory collapsed into its level in the compact view
+    owner = {m: lv for lv, m in members.edges} if compact else {}
+    # the flows between the same two drawn ends, either way round, as one edge: its ends
+    # (with the clusters they clip at), the labels each way, whether it is the block stream
+    bundles: dict[frozenset, dict] = {}
     for u, v, d in sorted(g.edges(data=True)):
         if d["kind"] != "flow" or (u, v) in indirect:
             continue
         if u == "input:x" and v.startswith("memory:"):
             continue  # the block's stream enters the level once; its memories all read it
         for u2, v2 in _split_weights(u, v, parts, reads_g):
+            u2, v2 = owner.get(u2, u2), owner.get(v2, v2)
+            if compact and u2 == v2 and u2.startswith("level:"):
+                continue  # a level's flows among its own memories: inside its box
             a, b = anchor.get(u2, u2), anchor.get(v2, v2)
             if a not in drawn or b not in drawn:
                 continue
-            attrs = [f"label={_q(d.get('label', ''))}"]
-            if u2 != a:
-                attrs.append(f"ltail={_q('cluster_' + u2)}")
-            if v2 != b:
-                attrs.append(f"lhead={_q('cluster_' + v2)}")
-            if u.startswith("level:") and v.startswith("level:"):
-                attrs.append("penwidth=2, color=\"#222222\"")
-            out.append(f"  {_id(a)} -> {_id(b)} [{', '.join(attrs)}];")
+            ends = ((a, u2), (b, v2))
+            e = bundles.setdefault(frozenset(ends), {"ends": ends, "labels": {}, "stream": False})
+            e["labels"].setdefault(ends, set()).update(filter(None, d.get("label", "").split(", ")))
+            e["stream"] |= u.startswith("level:") and v.startswith("level:")
+    for e in bundles.values():
+        (a, u2), (b, v2) = e["ends"]
+        ways = e["labels"]
+        if len(ways) == 1:
+            label = ", ".join(sorted(ways[e["ends"]]))
+        else:  # both ways: say what each way carries
+            label = "\n".join(f"{_short(g, x)} → {_short(g, y)}: {', '.join(sorted(ways[(p, x), (q, y)]))}"
+                              for (p, x), (q, y) in (e["ends"], e["ends"][::-1]))
+        attrs = [f"label={_q(label)}"]
+        if u2 != a:
+            attrs.append(f"ltail={_q('cluster_' + u2)}")
+        if v2 != b:
+            attrs.append(f"lhead={_q('cluster_' + v2)}")
+        if len(ways) == 2:
+            attrs.append("dir=both")
+        if e["stream"]:
+            attrs.append("penwidth=2, color=\"#222222\"")
+        out.append(f"  {_id(a)} -> {_id(b)} [{', '.join(attrs)}];")
     out.append("}")
     return "\n".join(out) + "\n"
+
+
+def _short(g: nx.DiGraph, node: str) -> str:
+    """What a bundled edge's label calls one of its ends: a memory or level by its name."""
+    base = node.split("@", 1)[0]  # a part of W is still W
+    d = g.nodes[base]
+    return d["name"] if d["kind"] == "memory" else level_name(base) if d["kind"] in ("level", "weights") else d["label"]
 
 
 def _parts(ir: LevelGraph) -> dict[str, list]:
@@ -258,14 +311,47 @@ def _title(ir: LevelGraph) -> str:
     return f"optimizer {s.name} · levels nested slowest outermost"
 
 
+def has_dot() -> bool:
+    return shutil.which("dot") is not None
+
+
 def render(dot: str, fmt: str) -> bytes:
-    """SVG or PNG bytes from DOT text, through Graphviz's `dot` program."""
-    exe = shutil.which("dot")
-    if exe is None:
+    """SVG or PNG bytes from DOT text, through Graphviz's `dot` program (by way of the
+    `graphviz` package)."""
+    if not has_dot():
         raise DotMissing("Graphviz's `dot` program is not installed, so only DOT text can be written. "
                          "Install it (Debian/Ubuntu: `apt-get install graphviz`; macOS: `brew install graphviz`) "
                          "or write `-o diagram.dot`.")
-    proc = subprocess.run([exe, f"-T{fmt}"], input=dot.encode(), capture_output=True, timeout=120)
-    if proc.returncode != 0:
-        raise RuntimeError(f"dot failed: {proc.stderr.decode(errors='replace').strip()}")
-    return proc.stdout
+    try:
+        return _graphviz.Source(dot).pipe(format=fmt, quiet=True)
+    except _graphviz.ExecutableNotFound as e:
+        raise DotMissing(str(e)) from None
+    except _graphviz.CalledProcessError as e:
+        stderr = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else str(e.stderr or "")
+        raise RuntimeError(f"dot failed: {stderr.strip()}") from None
+
+
+class Diagram:
+    """A diagram as a notebook shows it: SVG where Graphviz's `dot` is installed, else
+    its DOT text. `str()` is the DOT text."""
+
+    def __init__(self, dot: str):
+        self.dot = dot
+
+    def __str__(self) -> str:
+        return self.dot
+
+    def __repr__(self) -> str:
+        return f"<Diagram {self.dot.split(' {', 1)[0].removeprefix('digraph ')}>"
+
+    def _repr_svg_(self) -> str | None:
+        if not has_dot():
+            return None
+        return render(self.dot, "svg").decode()
+
+    def _repr_html_(self) -> str | None:
+        if has_dot():
+            return None  # the SVG shows
+        return ("<p><i>Graphviz's <code>dot</code> is not installed, so here is the diagram's DOT text "
+                "(Debian/Ubuntu: <code>apt-get install graphviz</code>).</i></p>"
+                f"<pre>{html.escape(self.dot)}</pre>")
