@@ -6,11 +6,19 @@ torch's FlopCounterMode (matrix products only); and exact / detach three ways,
 estimated, counted and timed. One thread, so that the times compare.
 
     .venv/bin/python benchmarks/task_levels.py [--rounds 3] [--dim 64] [--context 128] [--batch 2]
+
+With --contexts, the slope instead: a training step of hope.nl with its Continuum
+Memory System made four in-sequence task levels (every 8, 16, 32 and 64 tokens, exact)
+at each context, batch 1, shipped dim and depth, contexts taken in turn each round;
+seconds a step and milliseconds a token, which stay level if the cost is linear.
+
+    .venv/bin/python benchmarks/task_levels.py --contexts 128,512,2048 --rounds 2
 """
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -19,6 +27,8 @@ import nldsl
 from nldsl.compiler import passes
 from nldsl.compiler.costs import step_costs
 from nldsl.compiler.driver import check
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def spec(k: int, detach: bool, dim: int, context: int, batch: int) -> str:
@@ -45,14 +55,54 @@ def spec(k: int, detach: bool, dim: int, context: int, batch: int) -> str:
 """
 
 
+def hope_four(context: int) -> str:
+    """hope.nl with its three CMS levels replaced by four that learn on the task inside the
+    sequence, every 8, 16, 32 and 64 tokens, at `context`."""
+    text = (ROOT / "examples" / "hope.nl").read_text()
+    start, end = text.index("  level cms1"), text.index("  block repeat")
+    levels = "".join(f"""  level cms{i} every {p} tokens {{
+    memory ffn : mlp(dim, hidden: 4 * dim)
+    learn ffn : task by gd(lr: 1e-2)
+  }}
+""" for i, p in enumerate((8, 16, 32, 64), 1))
+    text = text[:start] + levels + "\n" + text[end:]
+    reads = "    x = x + cms3(rmsnorm(x))\n"
+    assert reads in text and "context 256" in text
+    return text.replace(reads, reads + "    x = x + cms4(rmsnorm(x))\n").replace("context 256", f"context {context}")
+
+
+def slope(contexts: list[int], rounds: int) -> None:
+    models = {}
+    for c in contexts:
+        torch.manual_seed(0)
+        tokens = torch.randint(0, 256, (1, c + 1), generator=torch.Generator().manual_seed(0))
+        models[c] = (nldsl.compile(hope_four(c)), tokens)
+        models[c][0].loss(tokens).backward()  # warm-up
+    times = {c: [] for c in contexts}
+    for _ in range(rounds):
+        for c, (model, tokens) in models.items():
+            model.zero_grad(set_to_none=True)
+            t = time.perf_counter()
+            model.loss(tokens).backward()
+            times[c].append(time.perf_counter() - t)
+    print(f"hope.nl with four in-sequence task levels (every 8, 16, 32, 64 tokens), batch 1, 1 thread, "
+          f"best of {rounds} rounds")
+    print(f"{'context':>8} {'step s':>8} {'ms/token':>9}")
+    for c in contexts:
+        print(f"{c:>8} {min(times[c]):8.2f} {1e3 * min(times[c]) / c:9.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--context", type=int, default=128)
     ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--contexts", help="N,N,...: the slope in the context instead (see above)")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if args.contexts:
+        return slope([int(c) for c in args.contexts.split(",")], args.rounds)
     cases = [(k, d) for k in range(1, 5) for d in (False, True)]
     models, estimate, counted = {}, {}, {}
     for case in cases:

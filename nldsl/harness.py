@@ -32,7 +32,9 @@ from tqdm import tqdm
 
 from . import run as runs
 from .run import RunError, model_device
-from .train import _pick, load_run, run_tokenizer
+from .runtime.errors import NonFiniteLogits
+from .runtime.model import continuation
+from .train import load_run, run_tokenizer
 
 DOCUMENT_END = b"\n"  # what ends each document in nldsl's data, so what a document follows
 SAMPLED = {"temperature", "top_k"}  # what sampling takes; greedy decoding needs neither
@@ -148,7 +150,7 @@ class NLDSLModel(TemplateLM):
                 yw, sw = y[:, cut].to(logits.device), scored[:, cut].to(logits.device)
                 lp = F.log_softmax(_wide(logits), -1).gather(-1, yw[..., None])[..., 0]
                 logprob += (lp * sw).sum(1, dtype=torch.float64).cpu()
-                # the likeliest of the tokenizer's ids, as generation picks (`train._pick`)
+                # the likeliest of the tokenizer's ids, as generation picks (`runtime.model.pick`)
                 best = logits[..., :self.tok.vocab_size].argmax(-1)
                 greedy &= ((best == yw) | ~sw).all(1).cpu()
             for r, i in enumerate(rows):
@@ -204,22 +206,24 @@ class NLDSLModel(TemplateLM):
                   until: tuple[str, ...]) -> list[str]:
         """Up to `n` tokens after each prompt (all of one length), each fed back with the state
         carried as `nldsl generate` does, cut before the first stop sequence."""
-        g = torch.Generator().manual_seed(self.seed)
-        for logits, _, state in self._stream(torch.tensor(prompts)):  # the prompt: only its last logits count
-            last = logits[:, -1]
         made: list[list[int]] = [[] for _ in prompts]
-        done = [n == 0] * len(prompts)
-        for step in range(n):
-            for r in range(len(prompts)):
-                if not done[r]:
-                    made[r].append(_pick(last[r], temperature, top_k, g, len(prompts[r]) + step, self.tok))
-                    done[r] = step + 1 == n or any(s in self.tok_decode(made[r]) for s in until)
-            if all(done):
-                break
-            fed = torch.tensor([m[-1] if m else self.newline for m in made], device=self._device)[:, None]
+        if n == 0:
+            return ["" for _ in prompts]
+        tokens = continuation(self.model, torch.tensor(prompts, device=self._device), temperature=temperature,
+                              top_k=top_k, generator=torch.Generator().manual_seed(self.seed),
+                              vocab=self.tok.vocab_size, chunk=self.window)
+        done = [False] * len(prompts)
+        try:
             with runs.autocast(self._device, self.precision):
-                logits, state = self.model(fed, state)
-            last = logits[:, -1]
+                for step, column in enumerate(tokens):
+                    for r in range(len(prompts)):
+                        if not done[r]:
+                            made[r].append(int(column[r]))
+                            done[r] = step + 1 == n or any(s in self.tok_decode(made[r]) for s in until)
+                    if all(done):
+                        break
+        except NonFiniteLogits:
+            raise RunError("the model's predictions are NaN or Inf: its outputs are not finite") from None
         return [_cut(self.tok_decode(m), until) for m in made]
 
     def get_model_info(self) -> dict:

@@ -169,35 +169,19 @@ def generate(model, prompt: bytes, n: int, temperature: float = TEMPERATURE, top
         raise TrainError(f"--temperature {temperature}: give 0 (the likeliest {unit}) or a positive number")
     if top_k is not None and top_k < 1:
         raise TrainError(f"--top-k {top_k}: sample among at least 1 {unit}")
-    from .runtime.errors import PositionError
-    g = torch.Generator().manual_seed(seed)
+    from .runtime.errors import NonFiniteLogits, PositionError
+    from .runtime.model import generate as tokens_after
     device = model_device(model)
     try:
         with runs.autocast(device, precision):
-            logits, state = model(torch.tensor([ids], device=device))
-            out: list[int] = []
-            while len(out) < n:
-                out.append(_pick(logits[0, -1], temperature, top_k, g, len(ids) + len(out), tokenizer))
-                if len(out) < n:
-                    logits, state = model(torch.tensor([[out[-1]]], device=device), state=state)
+            out = tokens_after(model, torch.tensor([ids], device=device), n, temperature=temperature, top_k=top_k,
+                                 generator=torch.Generator().manual_seed(seed), vocab=tokenizer.vocab_size)
     except PositionError as e:  # a model of learned positions goes no further than its context
         raise TrainError(f"cannot generate {n} {unit}s after a prompt of {len(ids)}: {e}") from None
-    return tokenizer.decode(out)
-
-
-def _pick(logits: torch.Tensor, temperature: float, top_k: int | None, g: torch.Generator, seen: int,
-          tokenizer: Tokenizer) -> int:
-    logits = logits[:tokenizer.vocab_size].float().cpu()  # only the tokenizer's ids, whatever the vocab
-    if not torch.isfinite(logits.max()):  # a NaN anywhere, an Inf, or no possible token
-        raise TrainError(f"the model's prediction after {seen} {tokenizer.unit}s is NaN or Inf: its outputs are "
-                         f"not finite")
-    if temperature == 0:
-        return int(logits.argmax())
-    if top_k:
-        kth = torch.topk(logits, min(top_k, len(logits))).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    scaled = (logits - logits.max()) / temperature  # at most 0: a tiny temperature cannot overflow
-    return int(torch.multinomial(torch.softmax(scaled, -1), 1, generator=g))
+    except NonFiniteLogits as e:
+        raise TrainError(f"the model's prediction after {e.seen} {unit}s is NaN or Inf: its outputs are "
+                         f"not finite") from None
+    return tokenizer.decode(out[0].tolist())
 
 
 # --- checkpoints -------------------------------------------------------------------

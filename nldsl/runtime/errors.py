@@ -21,3 +21,11 @@ class NonFiniteError(FloatingPointError):
         self.level, self.memory, self.token, self.sequence = level, memory, token, sequence
         super().__init__(f"level `{level}`, memory `{memory}`: NaN or Inf in the fast state after the update at "
                          f"token {token} (sequence {sequence} of the batch); {hint or CLIP_HINT}")
+
+
+class NonFiniteLogits(FloatingPointError):
+    """A prediction with a NaN or Inf (or no possible token) while generating."""
+
+    def __init__(self, seen: int):
+        self.seen = seen
+        super().__init__(f"the model's prediction after {seen} tokens is NaN or Inf: its outputs are not finite")

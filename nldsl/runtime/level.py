@@ -295,6 +295,27 @@ class Carry:
         self.pos = 0
         self.options: dict = {}
 
+    def nbytes(self) -> int:
+        """The bytes this state holds on to between calls: the storage of every tensor it
+        carries, each storage once (a view keeps its whole storage alive)."""
+        seen: dict[int, int] = {}
+
+        def walk(x):
+            if isinstance(x, torch.Tensor):
+                seen[x.untyped_storage().data_ptr()] = x.untyped_storage().nbytes()
+            elif isinstance(x, dict):
+                for v in x.values():
+                    walk(v)
+            elif isinstance(x, (list, tuple)):
+                for v in x:
+                    walk(v)
+            elif isinstance(x, (Carry, Fast, Cache)):  # not the modules: their parameters are the model's
+                for v in vars(x).values():
+                    walk(v)
+
+        walk(self)
+        return sum(seen.values())
+
     def rope(self, x, heads: int, base: float):
         positions = torch.arange(self.pos, self.pos + x.shape[1], device=x.device)
         return rope(x, positions, heads, base)

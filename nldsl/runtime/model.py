@@ -26,7 +26,7 @@ from torch import fx, nn
 
 from . import memories as M
 from .desc import LevelDesc
-from .errors import NonFiniteError
+from .errors import NonFiniteError, NonFiniteLogits
 from .fused import FusedLevelState
 from .graphs import HoldsGraphs, graph_module
 from .level import Carry, LevelState, differentiable, pieces
@@ -433,6 +433,15 @@ class Model(HoldsGraphs):
                     if f.z is not None:
                         f.z = {k: torch.zeros_like(v) for k, v in f.z.items()}
 
+    # -- generating
+    def tokens(self, prompt: torch.Tensor, **options):
+        """The tokens that follow each prompt, a column at a time (`continuation`)."""
+        return continuation(self, prompt, **options)
+
+    def generate(self, prompt: torch.Tensor, n: int, **options) -> torch.Tensor:
+        """`n` tokens after each prompt of `prompt` [B, T]: [B, n] (options: `continuation`)."""
+        return generate(self, prompt, n, **options)
+
     def loss(self, tokens: torch.Tensor) -> torch.Tensor:
         """Mean next-token cross-entropy of a batch of fresh sequences."""
         logits, _ = self(tokens[:, :-1])
@@ -446,3 +455,56 @@ class Model(HoldsGraphs):
         from the model's `optimizers`. See `nldsl.runtime.optim.outer_optimizer`."""
         from .optim import outer_optimizer
         return outer_optimizer(self)
+
+
+@torch.no_grad()
+def continuation(model, prompt: torch.Tensor, *, temperature: float = 0.0, top_k: int | None = None,
+                 generator: torch.Generator | None = None, vocab: int | None = None, chunk: int | None = None,
+                 state=None):
+    """The tokens that follow each prompt of `prompt` [B, T], a column [B] at a time, for
+    as long as the caller takes them, from any model called `model(tokens, state) ->
+    (logits, state)`. The prompt is fed `chunk` tokens a call (the model's `context` by
+    default), then each picked token alone, the state carried: the context is never fed
+    again, so a token costs what the state costs (the same at every length for recurrent
+    levels; an attention memory's keys grow). `vocab` limits the picks to the first ids
+    (a tokenizer's); temperature 0 takes the likeliest, else a sample from the top `top_k`.
+    With `state`, the sequences it holds go on: the prompt is what follows them."""
+    if prompt.shape[1] == 0:
+        raise ValueError("give each sequence at least one token of prompt to continue")
+    chunk = chunk or int(getattr(model, "settings", {}).get("context") or prompt.shape[1])
+    for start in range(0, prompt.shape[1], chunk):
+        logits, state = model(prompt[:, start:start + chunk], state)
+    seen = state.pos if hasattr(state, "pos") else prompt.shape[1]
+    while True:
+        token = pick(logits[:, -1], temperature, top_k, generator, vocab, seen)
+        yield token
+        logits, state = model(token[:, None].to(prompt.device), state)
+        seen += 1
+
+
+def generate(model, prompt: torch.Tensor, n: int, **options) -> torch.Tensor:
+    """`n` tokens after each prompt of `prompt` [B, T], [B, n]: `continuation`'s first n."""
+    if n <= 0:
+        return prompt.new_zeros(prompt.shape[0], 0)
+    made = []
+    for token in continuation(model, prompt, **options):
+        made.append(token)
+        if len(made) == n:
+            return torch.stack(made, 1)
+
+
+def pick(logits: torch.Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None,
+         vocab: int | None, seen: int) -> torch.Tensor:
+    """The next token of each row of `logits` [B, V] (on the CPU, as float32, so a seed
+    picks the same tokens on any device): the likeliest at temperature 0, else a sample
+    at that temperature from the `top_k` likeliest; only ids below `vocab`."""
+    logits = logits[:, :vocab].float().cpu()
+    if not torch.isfinite(logits.amax(-1)).all():  # a NaN anywhere, an Inf, or no possible token
+        raise NonFiniteLogits(seen)
+    if temperature == 0:
+        return logits.argmax(-1)
+    if top_k:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    scaled = (logits - logits.amax(-1, keepdim=True)) / temperature  # at most 0: a tiny temperature cannot overflow
+    return torch.multinomial(torch.softmax(scaled, -1), 1, generator=generator)[:, 0]
