@@ -13,6 +13,7 @@ each step α − η kkᵀ is a contraction and nothing amplifies the rounding.
 """
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from pathlib import Path
 
@@ -25,6 +26,8 @@ import nldsl  # noqa: E402
 from nldsl.runtime import kernels  # noqa: E402
 from nldsl.runtime.memories.linear.chunk import delta_rule  # noqa: E402
 from nldsl.runtime.kernels import gated_delta_rule, mlp_period_update, mlp_period_update_reference  # noqa: E402
+from nldsl.runtime.memories.mlp import triton as mlp_triton  # noqa: E402
+from nldsl.vocab import ACTIVATIONS  # noqa: E402
 
 TOL = 1e-4
 
@@ -168,7 +171,7 @@ def test_mlp_period_update_blocks():
 
 
 def test_mlp_period_update_biases_and_gradients():
-    """With b1, b2 and a decay; gradients (the reference's, recomputed) reach every input."""
+    """With b1, b2 and a decay; gradients reach every input."""
     args, biases = mlp_inputs(2, 8, 2, 16, 32, 16, decay=True, bias=True)
     args = [x.requires_grad_() for x in args]
     biases = {name: x.requires_grad_() for name, x in biases.items()}
@@ -183,6 +186,70 @@ def test_mlp_period_update_biases_and_gradients():
     g_want = torch.autograd.grad(sum((x * w).sum() for x, w in zip(want, weights)), given)
     for a, b in zip(g_got, g_want):
         close(a, b, "gradient")
+
+
+MLP_NAMES = ("W1", "W2", "q", "k", "v", "eta", "decay", "b1", "b2")
+
+
+def mlp_gradients(fn, inputs, weights, act: str, residual: bool, **options):
+    """The gradients of Σ ⟨weight, output⟩ over fn's outputs, for the inputs given (not None)."""
+    W1, W2, q, k, v, eta, decay, b1, b2 = inputs
+    outs = fn(W1, W2, q, k, v, eta, decay, act=act, residual=residual, b1=b1, b2=b2)
+    loss = sum((x * w.to(x.dtype)).sum() for x, w in zip(outs, weights))
+    return torch.autograd.grad(loss, [x for x in inputs if x is not None], **options)
+
+
+def mlp_grad_inputs(P: int, dims: tuple, extras: bool):
+    """Inputs wanting gradients (biases and decay with `extras`), and a weight per output."""
+    args, biases = mlp_inputs(2, P, 2, *dims, decay=extras, bias=extras)
+    inputs = [x if x is None else x.requires_grad_() for x in (*args, *biases.values())]
+    with torch.no_grad():
+        outs = mlp_period_update_reference(*inputs[:7], act="silu", residual=False, b1=inputs[7], b2=inputs[8])
+    return inputs, [torch.randn_like(x) for x in outs]
+
+
+def _no_reference(*args):
+    raise AssertionError("the first-order backward differentiated the reference")
+
+
+@pytest.mark.parametrize("act", ACTIVATIONS)
+@pytest.mark.parametrize("extras", [True, False], ids=["bias_residual_decay", "plain"])
+def test_mlp_period_update_backward(act, extras, monkeypatch):
+    """The Triton backward (the reference's switched off) against autograd through
+    mlp_period_update_reference, run in float32 and in float64: the gradient of every
+    input, for every activation. With biases, a residual and a decay, 40 items in
+    blocks of 16 (the last partial); without, 9 items in one partial block."""
+    monkeypatch.setattr(mlp_triton, "differentiate", _no_reference)
+    P, dims = (40, (16, 32, 16)) if extras else (9, (16, 16, 32))  # (i, k, o); a residual needs i == o
+    inputs, weights = mlp_grad_inputs(P, dims, extras)
+    kernel = functools.partial(mlp_period_update, block=16)
+    got = mlp_gradients(kernel, inputs, weights, act, extras)
+    want = mlp_gradients(mlp_period_update_reference, inputs, weights, act, extras)
+    inputs64 = [x if x is None else x.detach().double().requires_grad_() for x in inputs]
+    want64 = mlp_gradients(mlp_period_update_reference, inputs64, weights, act, extras)
+    names = [name for name, x in zip(MLP_NAMES, inputs) if x is not None]
+    assert len(got) == (9 if extras else 6)
+    for name, a, b, b64 in zip(names, got, want, want64):
+        assert a.dtype == b.dtype and a.shape == b.shape, name
+        close(a, b, f"d{name}")
+        close(a.double(), b64, f"d{name} vs float64")
+
+
+def test_mlp_period_update_double_backward():
+    """Under create_graph the backward differentiates the reference (the Triton backward
+    has no derivative of its own): the first gradients, and the gradients of a
+    function of them with respect to every input, equal the reference's."""
+    inputs, weights = mlp_grad_inputs(20, (16, 32, 16), extras=True)
+    given = [x for x in inputs if x is not None]
+    fns = {"kernel": functools.partial(mlp_period_update, block=16), "reference": mlp_period_update_reference}
+    firsts = {name: mlp_gradients(fn, inputs, weights, "silu", True, create_graph=True) for name, fn in fns.items()}
+    probes = [torch.randn_like(g) for g in firsts["reference"]]
+    seconds = {name: torch.autograd.grad(sum((g * p).sum() for g, p in zip(gs, probes)), given)
+               for name, gs in firsts.items()}
+    for name, a, b, a2, b2 in zip(MLP_NAMES, firsts["kernel"], firsts["reference"],
+                                  seconds["kernel"], seconds["reference"]):
+        close(a, b, f"d{name}")
+        close(a2, b2, f"d{name} of the gradients")
 
 
 # ---------------------------------------------------------------- dispatch from the fused path

@@ -4,7 +4,8 @@ memories' PyTorch references:
 - `gated_delta_rule` (memories/linear/triton.py): a linear memory on l2 with gd and
   period 1, chunk parallel, forward and backward in Triton;
 - `mlp_period_update` (memories/mlp/triton.py): one period of a 2-layer mlp memory
-  (read, gradient and gd step) fused into one program per sequence and head.
+  (read, gradient and gd step) fused into one program per sequence and head,
+  forward and backward in Triton.
 
 Both are reached through this module, which the fused path (runtime/fused.py) calls.
 Triton is imported only when a kernel is first used, so importing this module never
