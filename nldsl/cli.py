@@ -1,4 +1,4 @@
-"""The `nldsl` command: check, fmt, ir, stats, graph, compile, train, eval, generate, bench, data, lsp.
+"""The `nldsl` command: check, fmt, ir, stats, graph, compile, train, eval, generate, compare, bench, data, lsp.
 
 A user's mistake prints located diagnostics and exits 1; only a bug in nldsl itself
 prints a traceback (and says so).
@@ -256,7 +256,7 @@ def _eval_task(args) -> int:
     written as eval-NAME.json and eval-NAME.png (nldsl/tasks)."""
     from . import tasks
     from .run import RunError, parse_overrides
-    from .train import CHECKPOINT, TrainError, load_checkpoint, load_run, run_tokenizer, train
+    from .train import CHECKPOINT, TrainError, load_checkpoint, train
     task = tasks.get(args.task)
     options = tasks.given_options(task, args)
     if not task.heldout:
@@ -276,11 +276,9 @@ def _eval_task(args) -> int:
                   sample=0, device=args.device, precision=args.precision)
     elif args.set is not None:
         raise RunError("--set is a setting of the model to train: give --steps N too (a checkpoint keeps its own)")
-    model, ckpt = load_run(ckpt_dir, args.file, args.device)
-    ctx = tasks.Context(model, run_tokenizer(ckpt, ckpt_dir), seed=args.seed or 0, options=options,
-                        precision=args.precision, ckpt=ckpt, data=args.data, eval_batches=args.eval_batches)
-    tasks.run(task, ctx, Path(args.out) if args.out is not None else ckpt_dir,
-              about={"run": str(ckpt_dir), "step": ckpt.step, "trained_on": ckpt.data})
+    tasks.evaluate_run(task, ckpt_dir, Path(args.out) if args.out is not None else ckpt_dir, file=args.file,
+                       seed=args.seed or 0, options=options, device=args.device, precision=args.precision,
+                       data=args.data, eval_batches=args.eval_batches)
     return 0
 
 
@@ -414,7 +412,8 @@ def _add_run_commands(sub) -> None:
                    "the run to train, e.g. --set dim=64")
     add_arguments(e)
     e.set_defaults(run=cmd_eval)
-    for s in (t, e, g):
+    c = _add_compare_command(sub)
+    for s in (t, e, g, c):
         s.add_argument("--device", default="auto", help="auto (CUDA when there is one; the default), cpu, cuda or cuda:N")
         s.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
                        help="the forward's precision: fp32 (the default), bf16 or fp16 (torch.autocast; fp16 with a "
@@ -425,6 +424,53 @@ def _add_run_commands(sub) -> None:
     g.add_argument("--top-k", type=int, metavar="K", help="sample among the K likeliest tokens only")
     g.add_argument("--seed", type=int, default=0, metavar="N", help="the same seed draws the same text (default 0)")
     g.set_defaults(run=cmd_generate)
+
+
+def _add_compare_command(sub):
+    from .compare import EVALS, SEEDS, TOLERANCE
+    from .tasks import TASKS, add_arguments
+    c = sub.add_parser("compare", help="train specs on the same tokens at matched parameters and evaluate them "
+                                       "on the same tasks")
+    c.add_argument("variants", nargs="+", metavar="VARIANT", help="[NAME=]SPEC[,KEY=VALUE...]: a .nl file or an "
+                   "example's name, optionally FILE:MODEL, with settings of its own (an ablation: "
+                   "slow=mine.nl,cms_period=256); NAME defaults to the model's or the file's name")
+    c.add_argument("--budget", required=True, metavar="TOKENS", help="tokens each run trains on, e.g. 2M (rounded "
+                   "down to a whole number of every variant's steps of batch × context)")
+    c.add_argument("--seeds", type=int, default=SEEDS, metavar="N", help=f"runs of each variant, seeds 0 to N-1: "
+                   f"initialisation, batches and the tasks' examples (default {SEEDS})")
+    c.add_argument("--tasks", default="lm", metavar="A,B", help=f"the evaluations, of {', '.join(TASKS)} "
+                   f"(default lm; docs/evaluation.md)")
+    c.add_argument("--params", metavar="N", help="the parameter count to match (default: the first variant's)")
+    c.add_argument("--tolerance", type=float, default=TOLERANCE, metavar="F", help=f"how far a variant's "
+                   f"parameters may be from it, as a fraction (default {TOLERANCE}: ±{TOLERANCE * 100:g}%%)")
+    c.add_argument("--set", action="append", metavar="KEY=VALUE", help="a setting of every variant, e.g. "
+                   "--set context=128 (a variant's own settings win; matching may change dim and depth)")
+    c.add_argument("--data", help="the text to train on: `pydoc` (the default), a file of at most 1 GiB, or a "
+                                  "folder made by `nldsl data prepare`")
+    c.add_argument("--out", metavar="DIR", help="the report's folder, with every run's under runs/ (default: "
+                                                "runs/compare-NAME-NAME...)")
+    c.add_argument("--evals", type=int, default=EVALS, metavar="N", help=f"held-out evaluations during each "
+                   f"run, at the same token counts in every run (default {EVALS})")
+    c.add_argument("--eval-batches", type=int, default=8, metavar="N", help="held-out batches per evaluation "
+                                                                            "(default 8)")
+    c.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_arguments(c)
+    c.set_defaults(run=cmd_compare)
+    return c
+
+
+@_run_errors
+def cmd_compare(args) -> int:
+    """Variants trained at a matched budget and evaluated on the same tasks (nldsl/compare.py)."""
+    from .compare import compare
+    from .run import parse_overrides
+    from .tasks import all_options
+    compare(args.variants, args.budget, seeds=args.seeds, tasks=args.tasks, out=args.out,
+            overrides=parse_overrides(args.set), params=args.params, tolerance=args.tolerance,
+            options={n: getattr(args, f"task_{n}") for n in all_options()}, data=args.data, evals=args.evals,
+            eval_batches=args.eval_batches, device=args.device, precision=args.precision, quiet=args.quiet,
+            command=["nldsl", *args.argv])
+    return 0
 
 
 def _training_tasks() -> list[str]:

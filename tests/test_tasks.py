@@ -14,7 +14,7 @@ from nldsl import tasks
 from nldsl.cli import main
 from nldsl.data import Corpus
 from nldsl.run import IGNORE
-from nldsl.tasks import mqar, niah
+from nldsl.tasks import continual, mqar, niah
 from nldsl.tokenizer import BYTE_TOKENIZER
 from nldsl.train import evaluate, load_run, run_corpus
 
@@ -212,6 +212,212 @@ def test_mqar_scores_a_perfect_predictor_1_and_a_wrong_one_0(tmp_path, shift, wa
     assert all(c["queries"] == 3 * c["pairs"] for c in record["cells"])
 
 
+class ContextFree(torch.nn.Module):
+    """Predicts at each position a token of `candidates` looked up from that position's own
+    token and the position alone (a fixed random table): nothing earlier in the sequence
+    reaches its prediction, so it can score above chance only where a task leaks."""
+
+    def __init__(self, context: int, candidates, seed: int = 0, period: int = 7):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+        self.settings = {"vocab": 256, "context": context, "batch": 4, "dim": 1}
+        cands = torch.tensor(list(candidates))
+        g = torch.Generator().manual_seed(seed)
+        self.table = cands[torch.randint(len(cands), (256, period), generator=g)]
+        self.name = "context-free"
+
+    def forward(self, x, state=None):
+        picked = self.table[x, torch.arange(x.shape[1]) % self.table.shape[1]]
+        return torch.nn.functional.one_hot(picked, 256).float(), None
+
+
+def log_binomial(n: int, p: float) -> list[float]:
+    """log P(k successes) of k = 0 … n trials of chance p."""
+    if p == 0:
+        return [0.0] + [-math.inf] * n
+    return [math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1) + k * math.log(p)
+            + (n - k) * math.log1p(-p) for k in range(n + 1)]
+
+
+def plausible(pmf: list[float], alpha: float = 1e-6) -> tuple[int, int]:
+    """The counts from lo to hi outside which lies at most `alpha` of the distribution
+    `pmf` (alpha/2 on each side): a count outside fails the test by chance one time in 10⁶."""
+    below, lo = 0.0, 0
+    while below + pmf[lo] <= alpha / 2:
+        below += pmf[lo]
+        lo += 1
+    above, hi = 0.0, len(pmf) - 1
+    while above + pmf[hi] <= alpha / 2:
+        above += pmf[hi]
+        hi -= 1
+    return lo, hi
+
+
+def binomial(n: int, p: float) -> list[float]:
+    return [math.exp(v) for v in log_binomial(n, p)]
+
+
+def test_mqar_scores_a_context_free_predictor_at_chance(tmp_path):
+    """The value of a queried key is drawn uniformly from the 128 values, apart from the key
+    and its place: a predictor that names a value from the key token and the position alone
+    is right with chance exactly 1/128 at each query, independently, so the queries right
+    are Binomial(queries, 1/128). A task that let the answer reach the queried position
+    (or scored the wrong positions) would fall outside."""
+    ctx = tasks.Context(ContextFree(64, mqar.VALUES), seed=5, options={"lengths": "64,128", "samples": 48})
+    record = tasks.run(tasks.get("mqar"), ctx, tmp_path)
+    queries = sum(c["queries"] for c in record["cells"])
+    right = sum(c["correct"] for c in record["cells"])
+    assert queries == 48 * (2 * (2 + 4 + 8 + 16) + 32) and record["chance"] == 1 / 128
+    lo, hi = plausible(binomial(queries, 1 / 128))
+    assert lo > 0 and lo <= right <= hi, (right, lo, hi, queries / 128)
+
+
+def test_niah_scores_a_context_free_predictor_at_chance(tmp_path):
+    """VALUE is uniform over the 7-digit numbers, so its digits are independent: the first
+    uniform over 1-9, the others over 0-9. A predictor that names a digit 1-9 from the token
+    before (the query's last space, then the answer's previous digit) and the position
+    alone gets the first digit with chance 1/9 and each other with chance 1/10,
+    independently: the answer tokens right over N examples are Binomial(N, 1/9) plus
+    Binomial(6N, 1/10), and a whole answer is right with chance 1/9 · 10⁻⁶, so chance
+    for exact match is (nearly) 0."""
+    ctx = tasks.Context(ContextFree(128, b"123456789"), seed=7,
+                        options={"lengths": "120,160", "depths": "0,0.5,1", "samples": 32})
+    record = tasks.run(tasks.get("niah"), ctx, tmp_path)
+    n = sum(c["examples"] for c in record["cells"])
+    assert n == 2 * 3 * 32 and not record["skipped"]
+    exact = round(sum(c["accuracy"] * c["examples"] for c in record["cells"]))
+    tokens = round(sum(c["tokens"] * c["examples"] * niah.DIGITS for c in record["cells"]))
+    assert exact <= plausible(binomial(n, 1 / 9 * 10 ** -(niah.DIGITS - 1)))[1]
+    first, rest = binomial(n, 1 / 9), binomial((niah.DIGITS - 1) * n, 1 / 10)
+    total = [sum(first[k] * rest[t - k] for k in range(max(0, t - len(rest) + 1), min(t, n) + 1))
+             for t in range(len(first) + len(rest) - 1)]
+    lo, hi = plausible(total)
+    assert lo <= tokens <= hi, (tokens, lo, hi, n * (1 / 9 + (niah.DIGITS - 1) / 10))
+
+
+def test_the_chance_bounds_reject_a_predictor_that_knows_the_answer(tmp_path):
+    """The bounds above are tight enough to fail: the copier that finds the answers is far
+    outside them."""
+    ctx = tasks.Context(Copier(64, span=1), seed=5, options={"lengths": "64", "samples": 8})
+    record = tasks.run(tasks.get("mqar"), ctx, tmp_path)
+    queries = sum(c["queries"] for c in record["cells"])
+    assert sum(c["correct"] for c in record["cells"]) > plausible(binomial(queries, 1 / 128))[1]
+
+
+# --- continual -----------------------------------------------------------------------------
+
+START = ["--set", "dim=16", "--set", "depth=1", "--set", "context=32", "--set", "batch=2"]
+
+
+@pytest.fixture(scope="module")
+def fresh_run(tmp_path_factory):
+    """A run at step 0: the spec's initial weights, as `nldsl train --seed 0` starts from."""
+    out = tmp_path_factory.mktemp("continual") / "run"
+    assert main(["train", "transformer", "--steps", "0", "--out", str(out), "--sample", "0", *START, *QUIET]) == 0
+    return out
+
+
+def test_transfer_of_a_hand_made_matrix():
+    loss = [[1.0, 5.0, 6.0],   # after stage 0
+            [1.5, 2.0, 6.0],   # after stage 1
+            [1.2, 2.5, 3.0]]   # after stage 2: the last
+    t = continual.transfer(loss)
+    # task 0: best of rows 0-1 is 1.0, final 1.2; task 1: best of row 1 is 2.0, final 2.5
+    assert t["forgetting_by_task"] == pytest.approx([0.2, 0.5])
+    assert t["backward_transfer_by_task"] == pytest.approx([0.2, 0.5])
+    assert t["forgetting"] == pytest.approx(0.35) and t["backward_transfer"] == pytest.approx(0.35)
+    assert t["average"] == pytest.approx((1.2 + 2.5 + 3.0) / 3)
+    # a task learnt later than its best: forgetting from the best, transfer from right after
+    loss[2][0] = 1.4
+    loss[1][0] = 0.8
+    t = continual.transfer(loss)
+    assert t["forgetting_by_task"][0] == pytest.approx(0.6) and t["backward_transfer_by_task"][0] == pytest.approx(0.4)
+    accuracy = [[0.9, 0.0, None], [0.6, 0.8, None], [0.7, 0.5, None]]
+    t = continual.transfer(accuracy, higher_is_better=True)
+    assert t["forgetting_by_task"] == pytest.approx([0.2, 0.3])  # best − final, > 0 when forgotten
+    assert t["backward_transfer_by_task"] == pytest.approx([-0.2, -0.3])  # GEM's sign: < 0 when forgotten
+    assert t["average"] == pytest.approx(0.6)  # the final row, leaving out what was not measured
+    assert continual.transfer([[1.0, None], [None, 2.0]])["forgetting"] is None
+    assert continual.transfer([[3.0]]) == {"average": 3.0, "forgetting": None, "backward_transfer": None,
+                                           "forgetting_by_task": [], "backward_transfer_by_task": []}
+    with pytest.raises(ValueError):
+        continual.transfer([[1.0, 2.0]])
+
+
+def test_continual_is_nldsl_train_stage_after_stage_and_deterministic(fresh_run, tmp_path, capsys, monkeypatch):
+    """Its first row is what `nldsl train --data STAGE.txt --steps N` makes of the same start
+    on that stage's text (the same weights, batches and optimizer); the start row is the
+    held-out loss of `nldsl eval`'s kind; the same seed writes the same file; the run is left
+    as it was."""
+    weights = (fresh_run / "model.safetensors").read_bytes()
+    argv = ["eval", "--ckpt", fresh_run, "--task", "continual", "--stages", "python,prose", "--stage-steps", "2",
+            "--stage-bytes", "4000", "--device", "cpu"]
+    rc, out, err = run_main(capsys, *argv, "--out", tmp_path / "a")
+    assert rc == 0, err
+    assert "continual: 2 stages of 2 steps" in out and "average forgetting" in out
+    record = read(tmp_path / "a", "continual")
+    assert [s["name"] for s in record["stages"]] == ["python", "prose"]
+    assert [(s["train"], s["heldout"]) for s in record["stages"]] == [(3600, 400)] * 2
+    assert run_main(capsys, *argv, "--out", tmp_path / "b")[0] == 0
+    first = (tmp_path / "a" / "eval-continual.json").read_bytes()
+    assert (tmp_path / "b" / "eval-continual.json").read_bytes() == first  # the same seed, the same file
+    assert run_main(capsys, *argv, "--out", tmp_path / "c", "--seed", "1")[0] == 0
+    assert read(tmp_path / "c", "continual")["loss"] != record["loss"]  # other batches
+    assert (fresh_run / "model.safetensors").read_bytes() == weights
+
+    text = tmp_path / "python.txt"
+    text.write_bytes(continual.tail(continual.python_parts(), 4000))
+    corpus = Corpus.load(str(text))
+    assert corpus.sha256 == record["stages"][0]["sha256"]
+    start, _ = load_run(fresh_run, device="cpu")
+    assert record["start_loss"][0] == pytest.approx(evaluate(start, corpus, 1), rel=1e-5)
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "transformer", "--data", str(text), "--steps", "2", "--out", "trained", "--sample", "0",
+                 *START, *QUIET]) == 0
+    trained, _ = load_run(tmp_path / "trained", device="cpu")
+    assert record["loss"][0][0] == pytest.approx(evaluate(trained, corpus, 1), rel=1e-5)
+    (first, _), (final, _) = record["loss"]  # two stages: the first task's loss after each
+    assert record["transfer"]["loss"] == continual.transfer(record["loss"])  # JSON keeps floats exactly
+    assert record["transfer"]["loss"]["forgetting"] == record["transfer"]["loss"]["backward_transfer"] == final - first
+    assert tasks.get("continual").scores(record) == {"final loss": sum(record["loss"][-1]) / 2,
+                                                     "forgetting": final - first, "backward transfer": final - first}
+
+
+def test_continual_digits_and_a_domain_this_machine_lacks(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("sklearn")
+    digits = continual.Digits([0, 1], BYTE_TOKENIZER)
+    x, y = digits.heldout_windows(1, 64)
+    assert x.shape == (len(digits.heldout), 64) and int(x.max()) <= 16
+    assert (y[:, :-1] == IGNORE).all() and set(y[:, -1].tolist()) == {ord("0"), ord("1")}
+    assert not set(digits.train.tolist()) & set(digits.heldout.tolist())
+    assert torch.equal(digits.batch(0, 3, 4, 64)[0], digits.batch(0, 3, 4, 64)[0])
+    monkeypatch.setattr(continual, "MAN", tmp_path / "nothing")
+    from nldsl.run import build_model
+    model = build_model(ROOT / "examples" / "transformer.nl", {"dim": 16, "depth": 1, "context": 64, "batch": 2}, 0)
+    ctx = tasks.Context(model, seed=0, options={"stages": "man,digits:01,digits:23", "stage_steps": 1})
+    record = tasks.run(tasks.get("continual"), ctx, tmp_path)
+    assert [s["name"] for s in record["stages"]] == ["digits:01", "digits:23"]
+    assert record["skipped"] == [{"stage": "man", "reason": f"no text: manual pages, roff source "
+                                                            f"({continual.MAN}/*.gz) holds none on this machine"}]
+    assert "note: skipped stage man: no text" in capsys.readouterr().err
+    assert len(record["loss"]) == 2 and all(0 <= v <= 1 for row in record["accuracy"] for v in row)
+
+
+def test_continual_on_a_run_of_another_tokenizer():
+    """Text stages are tokenized as the run is; the digits, made of byte tokens, are refused."""
+    from nldsl import tokenizer as tk
+    from nldsl.run import RunError, build_model
+    bpe = tk.train_bpe(tk.pieces(tk.chunks_of(continual.tail(continual.pydoc_parts(), 20000))), 300)
+    model = build_model(ROOT / "examples" / "transformer.nl",
+                        {"dim": 16, "depth": 1, "context": 32, "batch": 2, "vocab": 300}, 0, tokenizer=bpe)
+    ctx = tasks.Context(model, bpe, options={"stages": "prose", "stage_steps": 1, "stage_bytes": 4000})
+    result = tasks.get("continual").evaluate(ctx)
+    assert result["stages"][0]["unit"] == "token" and result["stages"][0]["train"] < 3600  # merged bytes
+    ctx = tasks.Context(model, bpe, options={"stages": "digits:01"})
+    with pytest.raises(RunError, match="the digits stages are made of byte tokens: they need a byte-level run"):
+        tasks.get("continual").evaluate(ctx)
+
+
 # --- end to end on checkpoints ---------------------------------------------------------------
 
 def test_mqar_trains_on_its_data_and_scores_the_answers_only(mqar_run, capsys):
@@ -263,6 +469,12 @@ def test_eval_steps_trains_what_the_task_needs(tmp_path, capsys, monkeypatch):
     (["--task", "lm", "--buckets", "0"], "--buckets 0: give 1 to 32"),
     (["--task", "lm", "--set", "dim=8"], "--set is a setting of the model to train: give --steps N too"),
     (["--task", "mqar", "--pairs", "x"], "`x`: give whole numbers separated by commas"),
+    (["--task", "continual", "--stages", "prose,poetry"], "--stages: no stage `poetry` (the stages: prose, python, "
+                                                          "man, and digits:CLASSES such as digits:01)"),
+    (["--task", "continual", "--stages", "prose,prose"], "--stages prose,prose: each stage once"),
+    (["--task", "continual", "--stages", "digits:11"], "--stages: no stage `digits:11`"),
+    (["--task", "continual", "--stage-steps", "-1"], "--stage-steps -1: the number of steps cannot be negative"),
+    (["--task", "niah", "--stage-steps", "3"], "--stage-steps is an option of the continual task, not of niah"),
 ])
 def test_mistakes_are_one_line(lm_run, capsys, argv, message):
     rc, out, err = run_main(capsys, "eval", "--ckpt", lm_run, *argv, "--device", "cpu")

@@ -101,6 +101,19 @@ class Context:
             for start in range(0, x.shape[0], self.batch):
                 yield start, self.model(x[start:start + self.batch].to(where))[0].float().cpu()
 
+    def within(self, length: int, measure, *args):
+        """`measure(*args)` on inputs of `length` tokens, or None when the model cannot take
+        that many (a position past a learned table's rows, `reaches`): the length is then
+        noted as skipped, and the caller leaves the rest of that length out."""
+        try:
+            return measure(*args)
+        except IndexError as e:
+            why = reaches(e)
+            if why is None:
+                raise
+            self.skip({"length": length}, f"the model cannot be evaluated past its context {self.context}: {why}")
+            return None
+
     def generator(self, *cell: int) -> torch.Generator:
         """A generator for one cell of a grid: a function of the seed and the cell alone, so
         that adding a length or a depth leaves the other cells' examples as they were."""
@@ -124,6 +137,7 @@ class Task:
     options: tuple[Option, ...] = ()
     data = "pydoc"  # what a model is trained on for it (`nldsl train --task NAME`, `eval --steps`)
     heldout = False  # whether it reads a run's held-out data (`--data`, `--eval-batches`)
+    comparison_plot: str | None = None  # NAME.png of `plot_comparison` in an `nldsl compare` report; None: none
 
     def corpus(self, tokenizer: Tokenizer | None = None):
         """The synthetic data `data` names, for a task that makes its own (mqar)."""
@@ -138,7 +152,19 @@ class Task:
     def lines(self, result: dict) -> list[str]:
         raise NotImplementedError
 
+    def scores(self, record: dict) -> dict[str, float | None]:
+        """The few numbers of a result that `nldsl compare` puts in its table, by name (None
+        where a result has none): unless a task says otherwise, its top-level floats."""
+        return {k: v for k, v in record.items() if isinstance(v, float) and k not in RECORD}
 
+    def plot_comparison(self, records: dict[str, list[dict]], fig) -> None:
+        """Several models' results on one figure (`comparison_plot`): each model's name with
+        the records of its seeds."""
+        raise NotImplementedError
+
+
+# the fields `run` writes into every record besides the task's own results
+RECORD = ("format", "task", "run", "step", "trained_on", "model", "settings", "seed", "options", "skipped")
 TASKS: dict[str, Task] = {}
 
 
@@ -229,6 +255,19 @@ def run(task: Task, ctx: Context, out: Path, about: dict | None = None) -> dict:
     return record
 
 
+def evaluate_run(task: Task, ckpt_dir: Path, out: Path, *, file=None, seed: int = 0, options: dict | None = None,
+                 device: str = "auto", precision: str = "fp32", data: str | None = None,
+                 eval_batches: int | None = None) -> dict:
+    """`run` on the model of the run folder `ckpt_dir` (built from `file` if given, else from
+    the spec its checkpoint holds), with the run's tokenizer: `nldsl eval --task`'s and
+    `nldsl compare`'s evaluation of a run."""
+    from ..train import load_run, run_tokenizer
+    model, ckpt = load_run(ckpt_dir, file, device)
+    ctx = Context(model, run_tokenizer(ckpt, ckpt_dir), seed=seed, options=options or {}, precision=precision,
+                  ckpt=ckpt, data=data, eval_batches=eval_batches)
+    return run(task, ctx, out, about={"run": str(ckpt_dir), "step": ckpt.step, "trained_on": ckpt.data})
+
+
 def check_finite(obj, where: str = "") -> None:
     """A result holding NaN or Inf is the model's outputs not being finite: one line."""
     if isinstance(obj, float) and not math.isfinite(obj):
@@ -254,21 +293,24 @@ def figure(task: Task, record: dict) -> bytes:
 
 
 def heatmap(fig, grid: list[list[float | None]], rows: list, cols: list, row_label: str, col_label: str,
-            title: str) -> None:
-    """Accuracy per cell, 0 to 1, each cell written in; a cell left out is grey."""
+            title: str, label: str = "accuracy", limits: tuple[float, float] = (0, 1), ax=None) -> None:
+    """A value per cell (accuracy, 0 to 1, unless `label` and `limits` say otherwise), each
+    cell written in; a cell left out is grey. Drawn on `ax`, else on the whole figure."""
     import numpy as np
-    ax = fig.add_subplot()
+    ax = ax or fig.add_subplot()
+    lo, hi = limits
     values = np.array([[np.nan if v is None else v for v in row] for row in grid], dtype=float)
     cmap = __import__("matplotlib").colormaps["viridis"].with_extremes(bad="0.85")
-    im = ax.imshow(values, vmin=0, vmax=1, cmap=cmap, aspect="auto", origin="upper")
+    im = ax.imshow(values, vmin=lo, vmax=hi, cmap=cmap, aspect="auto", origin="upper")
     ax.set_xticks(range(len(cols)), [str(c) for c in cols])
     ax.set_yticks(range(len(rows)), [str(r) for r in rows])
     ax.set(xlabel=col_label, ylabel=row_label, title=title)
     for i, row in enumerate(grid):
         for j, v in enumerate(row):
+            bright = v is not None and (v - lo) > 0.6 * (hi - lo)  # viridis is light at its top
             ax.text(j, i, "–" if v is None else f"{v:.2f}", ha="center", va="center",
-                    color="black" if v is not None and v > 0.6 else "white" if v is not None else "0.4")
-    fig.colorbar(im, ax=ax, label="accuracy")
+                    color="black" if bright else "white" if v is not None else "0.4")
+    fig.colorbar(im, ax=ax, label=label)
 
 
-from . import lm, mqar, niah  # noqa: E402,F401  (each registers its task)
+from . import lm, mqar, niah, continual  # noqa: E402,F401  (each registers its task)

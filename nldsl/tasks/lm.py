@@ -18,7 +18,7 @@ import torch
 from ..data import Corpus, DataError
 from ..run import IGNORE, RunError
 from ..train import bits
-from . import LENGTHS, Context, Option, Task, int_list, reaches, register
+from . import LENGTHS, Context, Option, Task, int_list, register
 
 BUCKETS = 8
 
@@ -28,6 +28,7 @@ class LanguageModelling(Task):
     name = "lm"
     summary = "held-out loss, perplexity, bits per byte (token), and loss by position in and past the context"
     heldout = True
+    comparison_plot = "position"  # the loss by position of every model of an `nldsl compare`
     options = (LENGTHS, Option("buckets", f"buckets of the context for the loss by position (default {BUCKETS})"))
 
     def evaluate(self, ctx: Context) -> dict:
@@ -44,19 +45,14 @@ class LanguageModelling(Task):
         results = []
         for length in sorted(set(lengths)):
             try:
-                sums, counts, windows = by_position(ctx, corpus, length, batches)
+                measured = ctx.within(length, by_position, ctx, corpus, length, batches)
             except DataError as e:
                 if length <= context:
                     raise
                 ctx.skip({"length": length}, str(e))
                 continue
-            except IndexError as e:  # a position past a learned table's rows is the model's limit
-                why = reaches(e)
-                if why is None:
-                    raise
-                ctx.skip({"length": length}, f"the model cannot be evaluated past its context {context}: {why}")
-                continue
-            results.append(summarise(sums, counts, windows, width, context))
+            if measured is not None:
+                results.append(summarise(*measured, width, context))
         return {"data": corpus.name, "unit": corpus.tokenizer.unit, "context": context, "bucket_width": width,
                 "eval_batches": batches, "lengths": results}
 
@@ -79,6 +75,36 @@ class LanguageModelling(Task):
         unit = record["unit"]
         ax.set(xlabel=f"position ({unit}s)", ylabel=f"loss (nats per {unit})",
                title=f"{record.get('model') or 'model'}: held-out loss by position on {record['data']}")
+        ax.secondary_yaxis("right", functions=(bits, lambda b: b * math.log(2))).set_ylabel(f"bits per {unit}")
+        ax.grid(alpha=0.3)
+        ax.legend()
+
+    def scores(self, record: dict) -> dict[str, float]:
+        """The loss and bits at the model's own context (none where --lengths left it out)."""
+        at = [r for r in record["lengths"] if r["length"] == record["context"]]
+        return {"loss": at[0]["loss"], f"bits/{record['unit']}": at[0]["bits"]} if at else {}
+
+    def plot_comparison(self, records: dict[str, list[dict]], fig) -> None:
+        """Each model's loss by position at its longest length, the mean over its seeds with
+        their lowest and highest as a band, and a dashed line at each trained context."""
+        ax = fig.add_subplot()
+        contexts = set()
+        for i, (name, seeds) in enumerate(records.items()):
+            seeds = [r for r in seeds if r["lengths"]]
+            if not seeds:
+                continue
+            longest = [max(r["lengths"], key=lambda x: x["length"]) for r in seeds]  # the same in every seed
+            centres = [(b["start"] + b["end"] - 1) / 2 for b in longest[0]["buckets"]]
+            losses = [[r["buckets"][j]["loss"] for r in longest] for j in range(len(centres))]
+            ax.plot(centres, [sum(v) / len(v) for v in losses], "o-", color=f"C{i % 10}", ms=3, label=name)
+            ax.fill_between(centres, [min(v) for v in losses], [max(v) for v in losses], color=f"C{i % 10}",
+                            alpha=0.2, lw=0)
+            contexts.add(seeds[0]["context"])
+        for context in sorted(contexts):
+            ax.axvline(context - 0.5, color="0.5", ls="--", lw=1)
+        unit = next((r["unit"] for seeds in records.values() for r in seeds), "token")
+        ax.set(xlabel=f"position ({unit}s; dashed: trained context)", ylabel=f"loss (nats per {unit})",
+               title="held-out loss by position (mean over seeds, band: lowest to highest)")
         ax.secondary_yaxis("right", functions=(bits, lambda b: b * math.log(2))).set_ylabel(f"bits per {unit}")
         ax.grid(alpha=0.3)
         ax.legend()

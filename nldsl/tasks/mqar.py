@@ -24,7 +24,7 @@ import torch
 from ..data import DataError
 from ..run import IGNORE, RunError
 from ..tokenizer import BYTE_TOKENIZER, BYTES, Tokenizer
-from . import LENGTHS, SAMPLES, Context, Option, Task, heatmap, int_list, reaches, register
+from . import LENGTHS, SAMPLES, Context, Option, Task, heatmap, int_list, register
 
 KEYS = range(1, 128)
 VALUES = range(128, 256)
@@ -131,13 +131,8 @@ class MultiQueryRecall(Task):
                     ctx.skip({"pairs": n, "length": length}, f"{n} pairs and {n} queries need {4 * n - 1} tokens")
                     continue
                 x, y = examples(ctx.generator(length, n), samples, length, n)
-                try:
-                    right = correct(ctx, x, y)
-                except IndexError as e:
-                    why = reaches(e)
-                    if why is None:
-                        raise
-                    ctx.skip({"length": length}, f"the model cannot be evaluated past its context {context}: {why}")
+                right = ctx.within(length, correct, ctx, x, y)
+                if right is None:
                     break
                 queries = int((y != IGNORE).sum())
                 grid[i][j] = right / queries
@@ -155,6 +150,11 @@ class MultiQueryRecall(Task):
     def plot(self, record: dict, fig) -> None:
         heatmap(fig, record["accuracy"], record["pairs"], record["lengths"], "key-value pairs", "length (tokens)",
                 f"{record.get('model') or 'model'}: MQAR accuracy (chance {record['chance']:.3f})")
+
+    def scores(self, record: dict) -> dict[str, float | None]:
+        """The share of every cell's queries answered right."""
+        queries = sum(c["queries"] for c in record["cells"])
+        return {"accuracy": sum(c["correct"] for c in record["cells"]) / queries if queries else None}
 
 
 def correct(ctx: Context, x: torch.Tensor, y: torch.Tensor) -> int:

@@ -23,7 +23,7 @@ import torch
 from ..data import Corpus
 from ..run import RunError
 from ..tokenizer import Tokenizer
-from . import LENGTHS, SAMPLES, Context, Option, Task, float_list, heatmap, int_list, reaches, register
+from . import LENGTHS, SAMPLES, Context, Option, Task, float_list, heatmap, int_list, register
 
 DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 # the filler of passkey retrieval (Mohtashami & Jaggi 2023), which RULER calls noise
@@ -160,14 +160,10 @@ class NeedleInAHaystack(Task):
                 if not batch:
                     ctx.skip({"length": length, "depth": depth}, "no example fits")
                     continue
-                try:
-                    exact, share = score(ctx, batch)
-                except IndexError as e:
-                    why = reaches(e)
-                    if why is None:
-                        raise
-                    ctx.skip({"length": length}, f"the model cannot be evaluated past its context {context}: {why}")
+                scored = ctx.within(length, score, ctx, batch)
+                if scored is None:
                     break
+                exact, share = scored
                 grid[i][j] = sum(exact) / len(exact)
                 cells.append({"length": length, "depth": depth, "examples": len(exact),
                               "accuracy": sum(exact) / len(exact), "tokens": sum(share) / len(share)})
@@ -185,3 +181,9 @@ class NeedleInAHaystack(Task):
     def plot(self, record: dict, fig) -> None:
         heatmap(fig, record["accuracy"], record["depths"], record["lengths"], "needle depth", "length (tokens)",
                 f"{record.get('model') or 'model'}: needle in a haystack ({record['haystack']})")
+
+    def scores(self, record: dict) -> dict[str, float | None]:
+        """Over every cell, weighted by its examples: the share answered exactly, and of answer tokens right."""
+        n = sum(c["examples"] for c in record["cells"])
+        return {k: sum(c[k] * c["examples"] for c in record["cells"]) / n if n else None
+                for k in ("accuracy", "tokens")}
