@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: setup demo test diagrams editors docs clean gpu-check
+.PHONY: setup demo test test-slow diagrams editors docs clean gpu-check
 
 setup: $(STAMP)
 
@@ -37,6 +37,11 @@ demo: setup
 # one thread (tests/conftest.py), a test taken by whichever worker is free.
 test: setup
 	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q -n auto --dist worksteal
+
+# The slow tests alone (pyproject.toml's `slow` marker): every model example trains 20
+# steps at dim 96.
+test-slow: setup
+	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q -n auto --dist worksteal -m slow
 
 # Regenerate the diagrams the docs show.
 diagrams: setup

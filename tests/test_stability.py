@@ -23,6 +23,7 @@ import stability  # noqa: E402  (the sweep's own list of models and its way to t
 RUNS = [(name, 0) for _, name in stability.models()] + [("titans", 1)]
 
 
+@pytest.mark.slow  # about 5 minutes of one core: `make test-slow`
 @pytest.mark.parametrize("name, seed", RUNS)
 def test_every_model_example_trains_at_dim_96(name, seed, tmp_path):
     file = dict((n, f) for f, n in stability.models())[name]
