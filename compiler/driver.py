@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from . import edit
 from .check import check_program
 from .diagnostics import NLError, Report
 from .load import Program
@@ -32,11 +33,13 @@ def load(source: str | Path, report: Report | None = None, /) -> Program:
 
 
 def check(source: str | Path, report: Report | None = None, /, **overrides) -> ProgramSpec:
-    """Load and check a spec; `overrides` replace model settings (e.g. `dim=64`).
-    The first two parameters are positional only, so every keyword is a setting."""
+    """Load and check a spec; `overrides` replace model settings (e.g. `dim=64`) or edit
+    its levels (`cms1="outer"`, `**{"titans.rule": "gd(lr: 0.01)"}`: compiler/edit.py).
+    The first two parameters are positional only, so every keyword is an override."""
     report = report or Report()
-    program = load(source, report)
-    spec = check_program(program, report, overrides)
+    program, settings = edit.apply(load(source, report), overrides, report)
+    report.raise_if_errors()
+    spec = check_program(program, report, settings)
     report.raise_if_errors()
     return spec.model_copy(update={"text": report.sources.get(program.root, "")})
 

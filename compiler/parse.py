@@ -36,7 +36,9 @@ _WORDS = {
 @functools.cache
 def parser() -> Lark:
     grammar = resources.files("nldsl.grammar").joinpath("nl.lark").read_text()
-    return Lark(grammar, parser="lalr", strict=True, propagate_positions=True, maybe_placeholders=True)
+    # `expr` and `period` also start a parse: an edit's value is one of them (compiler/edit.py)
+    return Lark(grammar, parser="lalr", strict=True, propagate_positions=True, maybe_placeholders=True,
+                start=["start", "expr", "period"])
 
 
 def _describe(terminal: str) -> str:
@@ -282,21 +284,31 @@ def parse(text: str, file: str, report: Report, quote: bool = True) -> ast.Modul
     """Parse one file's text. On error, records diagnostics and returns None.
     `quote=False` keeps the text out of the diagnostics (a file that is not a spec)."""
     text = text.removeprefix(BOM)  # not part of the text: columns count from what follows it
+    items = _build(text, file, report, "start", quote)
+    return None if items is None else ast.Module(file, items, _comments(text))
+
+
+def fragment(text: str, start: str, file: str, report: Report):
+    """One expression (`start="expr"`) or period (`"period"`) written outside a spec, as
+    its AST node, or None after a diagnostic. `file` names where it came from (an
+    edit's key, `--set titans.rule`): its diagnostics point into it like into a file."""
+    return _build(text, file, report, start, True)
+
+
+def _build(text: str, file: str, report: Report, start: str, quote: bool):
     if quote:
         report.sources[file] = text
     if not _guard(text, file, report):
         return None
     try:
-        tree = parser().parse(text)
+        tree = parser().parse(text, start=start)
     except UnexpectedInput as e:
         code, message, span, hint = _syntax_error(e, text, file)
         if not quote:  # say where, never what is written there
             message, hint = "syntax error: this file is not a spec", "a spec's name ends in `.nl`; its text is not shown"
         report.error(code, message, span, hint)
         return None
-    builder = _Builder(file, report)
-    items = builder.transform(tree)
-    return ast.Module(file, items, _comments(text))
+    return _Builder(file, report).transform(tree)
 
 
 def _comments(text: str) -> tuple[ast.Comment, ...]:

@@ -18,6 +18,19 @@ from .files import FileError, atomic_write
 from .training import SCHEDULES
 
 
+SET_HELP = ("override a setting (--set dim=64) or edit a level (--set cms1=outer, --set 'titans.rule=gd(lr: 0.01)'; "
+            "docs/language.md §3, Edits); repeatable")
+
+
+def _overrides(args) -> dict:
+    """`--set` items as overrides; a mistake in one ends the command with one line."""
+    from .run import RunError, parse_overrides
+    try:
+        return parse_overrides(getattr(args, "set", None)) or {}
+    except RunError as e:
+        raise SystemExit(_fail(str(e))) from None
+
+
 def _report_errors(e: NLError, fmt: str) -> int:
     print(render(e.diagnostics, e.sources, fmt), file=sys.stderr if fmt == "text" else sys.stdout)
     return 1
@@ -37,10 +50,11 @@ def _specs(program, name: str | None):
 
 def cmd_check(args) -> int:
     status, all_diags = 0, []
+    overrides = _overrides(args)
     for f in args.files:
         report = Report()
         try:
-            program = check_source(Path(f), report)
+            program = check_source(Path(f), report, **overrides)
         except NLError as e:
             status = 1
             all_diags.extend(e.diagnostics)
@@ -60,7 +74,7 @@ def cmd_check(args) -> int:
 
 def _one(args):
     report = Report()
-    program = check_source(Path(args.file), report)
+    program = check_source(Path(args.file), report, **_overrides(args))
     _warnings(report, "text")
     specs = _specs(program, args.name)
     if not specs:
@@ -158,13 +172,8 @@ def cmd_compile(args) -> int:
     """The model as one standalone Python file (needs torch and nldsl.runtime only)."""
     from .api import compile as compile_model
     from .compiler.backends.python import emit
-    from .run import RunError, parse_overrides
     try:
-        overrides = parse_overrides(args.set) or {}
-    except RunError as e:
-        return _fail(str(e))
-    try:
-        model = compile_model(Path(args.file), name=args.name, **overrides)
+        model = compile_model(Path(args.file), name=args.name, **_overrides(args))
     except ValueError as e:  # no such model
         return _fail(str(e))
     source = emit(model)
@@ -362,7 +371,7 @@ def _add_run_commands(sub) -> None:
     t.add_argument("--eval-every", type=int, default=100, metavar="N", help="held-out loss every N steps (default 100; 0: at the start and end only)")
     t.add_argument("--eval-batches", type=int, default=8, metavar="N", help="held-out batches per evaluation (default 8)")
     t.add_argument("--ckpt-every", type=int, default=100, metavar="N", help="checkpoint every N steps (default 100; 0: at the end only)")
-    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a model setting, e.g. --set dim=64 (repeatable)")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help=SET_HELP)
     t.add_argument("--inner-clip", type=float, metavar="X",
                    help="clip every inner update to norm X instead of stopping at a NaN or Inf (kept by the run)")
     t.add_argument("--lr", type=float, metavar="X",
@@ -486,6 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="check specs and report every mistake")
     c.add_argument("files", nargs="+", metavar="FILE")
     c.add_argument("--error-format", choices=("text", "json"), default="text")
+    c.add_argument("--set", action="append", metavar="KEY=VALUE", help=SET_HELP)
     c.set_defaults(run=cmd_check)
 
     f = sub.add_parser("fmt", help="format specs canonically (keeps comments)")
@@ -499,6 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=text)
         s.add_argument("file", metavar="FILE")
         s.add_argument("--name", help="which model or optimizer of the file (default: the first model, else the first optimizer)")
+        s.add_argument("--set", action="append", metavar="KEY=VALUE", help=SET_HELP)
         if name == "ir":
             s.add_argument("--levels", action="store_true", help="only the derived level hierarchy")
             s.add_argument("--print-after", choices=passes.PASS_NAMES, metavar="PASS",
@@ -515,7 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("file", metavar="FILE")
     k.add_argument("-o", "--output", metavar="model.py", help="where to write it (default: stdout)")
     k.add_argument("--name", help="which model of the file (default: the first)")
-    k.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a model setting, e.g. --set dim=64")
+    k.add_argument("--set", action="append", metavar="KEY=VALUE", help=SET_HELP)
     k.set_defaults(run=cmd_compile)
     _add_run_commands(sub)
     _add_data_command(sub)
@@ -524,7 +535,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "optionally FILE:MODEL (default: every example)")
     b.add_argument("--batch", type=int, default=4, metavar="N", help="sequences per call (default 4)")
     b.add_argument("--context", type=int, metavar="N", help="tokens per sequence (default: each spec's own context)")
-    b.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a model setting, e.g. --set dim=64")
+    b.add_argument("--set", action="append", metavar="KEY=VALUE", help=SET_HELP)
     b.add_argument("--paths", choices=("both", "fused", "reference"), default="both", help="which paths (default both)")
     b.add_argument("--repeats", type=int, default=5, metavar="N", help="timed calls per path and mode (default 5)")
     b.add_argument("--warmup", type=int, default=1, metavar="N", help="untimed calls first (default 1)")
@@ -550,6 +561,8 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)  # `train --nproc` gives them to the ranks it starts
     try:
         return args.run(args)
+    except SystemExit as e:  # a command's own one-line refusal (`_fail` said why)
+        return e.code
     except NLError as e:
         return _report_errors(e, getattr(args, "error_format", "text"))
     except FileError as e:  # an output that cannot be written

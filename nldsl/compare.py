@@ -97,11 +97,22 @@ class Variant:
         return self.batch * self.context
 
 
+def _items(text: str) -> list[str]:
+    """`text` split at the commas outside brackets."""
+    out, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        depth += (ch in "([") - (ch in ")]")
+        if ch == "," and depth <= 0:
+            out.append(text[start:i])
+            start = i + 1
+    return out + [text[start:]]
+
+
 def parse_variant(text: str) -> Variant:
     """`[NAME=]SPEC[,KEY=VALUE...]`: a spec (a file or an example's name, optionally
     FILE:MODEL), named NAME (default: the model's name if given, else the file's), with
-    settings of its own."""
-    head, *items = text.split(",")
+    settings or edits of its own (a comma inside brackets is part of an edit's value)."""
+    head, *items = _items(text)
     name, eq, spec = head.partition("=")
     if not eq:
         name, spec = None, head

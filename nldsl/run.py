@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from .compiler.load import library_root
 from .tokenizer import BYTE_TOKENIZER, Tokenizer
+from .vocab import SETTINGS
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -28,6 +29,8 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 class RunError(Exception):
     """A mistake in what was asked of a run: one line, no traceback."""
 
+
+MAX_EDIT = 1000  # characters of an edit's value: an expression, not a file
 
 # `--set` keys that are not model settings, and what to use instead
 NOT_SETTINGS = {
@@ -58,14 +61,16 @@ def resolve_spec(spec: str | Path) -> tuple[Path, str | None]:
 
 
 def parse_overrides(items: list[str] | None) -> dict | None:
-    """`--set dim=64` items as settings; None when none were given."""
+    """`--set dim=64` items as overrides: a number is a setting, text an edit of a level
+    (`--set cms1=outer`, `--set "titans.rule=gd(lr: 0.01)"`, compiler/edit.py); None
+    when none were given."""
     if items is None:
         return None
     out = {}
     for item in items:
         key, eq, value = item.partition("=")
-        key = key.strip()
-        if not eq or not key:
+        key, value = key.strip(), value.strip()
+        if not eq or not key or not value:
             raise RunError(f"--set `{item}`: write a setting as key=value, e.g. --set dim=64")
         try:
             out[key] = int(value)
@@ -73,7 +78,9 @@ def parse_overrides(items: list[str] | None) -> dict | None:
             try:
                 out[key] = float(value)
             except ValueError:
-                raise RunError(f"--set `{item}`: `{value}` is not a number") from None
+                if key in SETTINGS:
+                    raise RunError(f"--set `{item}`: `{value}` is not a number") from None
+                out[key] = value
         try:
             check_overrides({key: out[key]})
         except RunError as e:
@@ -82,15 +89,18 @@ def parse_overrides(items: list[str] | None) -> dict | None:
 
 
 def check_overrides(overrides) -> dict:
-    """Overrides that can only be model settings: finite numbers, under names that are not
-    options of how a model runs. (Whether the model has such a setting is the checker's
-    to say.)"""
+    """Overrides that can only be model settings or edits: finite numbers or one line of
+    text, under names that are not options of how a model runs. (Whether the model has
+    such a setting or level is the checker's to say.)"""
     if not isinstance(overrides, dict):
         raise RunError(f"overrides map settings to numbers, not {type(overrides).__name__}")
     for key, value in overrides.items():
         if key in NOT_SETTINGS:
             raise RunError(f"`{key}` is not a model setting: {NOT_SETTINGS[key]}")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if isinstance(value, str):
+            if not value.isprintable() or len(value) > MAX_EDIT:
+                raise RunError(f"the edit `{key}` must be one line of at most {MAX_EDIT} printable characters")
+        elif isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise RunError(f"the setting `{key}` must be a finite number, not {value!r}")
     return overrides
 

@@ -15,11 +15,14 @@ def unknown_overrides(ck: Context, models: list[ast.Model]) -> None:
     """NL124 for an override that names no setting: misspelt, it would otherwise
     become a new constant that nothing reads."""
     known = set(SETTINGS) | {s.name for m in models for s in m.body if isinstance(s, ast.Setting)}
+    levels = {s.name for m in models for s in m.body if isinstance(s, ast.Level)}
     for key, value in ck.overrides.items():
         if key not in known:
-            ck.err("NL124", f"override `{key}={value!r}` names no setting of this spec",
+            edit = isinstance(value, str)  # text edits a level (compiler/edit.py)
+            ck.err("NL124", f"override `{key}={value!r}` names no {'level' if edit else 'setting'} of this spec",
                    models[0].span if models else None,
-                   did_you_mean(key, known) or f"settings: {', '.join(sorted(known))}")
+                   did_you_mean(key, levels if edit else known)
+                   or (f"levels: {', '.join(sorted(levels))}" if edit else f"settings: {', '.join(sorted(known))}"))
 
 
 def settings(ck: Context, m: ast.Model) -> dict[str, float]:
