@@ -696,6 +696,18 @@ def _where_allowed(model: bool, optimizer: bool) -> str:
     return "in models and optimizers" if model and optimizer else "in models only" if model else "in optimizers only"
 
 
+# the words whose hover text is a line or two, by what they are
+_SHORT = {
+    "objective": lambda t: f"{_code(signature(t.node))}\ninner objective, {_where_allowed(True, t.node.optimizer)}",
+    "rule": lambda t: f"{_code(signature(t.node))}\nupdate rule of a learn statement",
+    "init": lambda t: f"`{t.name}`: an initial state θ₀ a memory may start from (`init: {t.name}`)",
+    "input": lambda t: f"`{t.name}`: {INPUTS[t.name]}",
+    "word": lambda t: f"`{t.name}`: {WORDS[t.name]}",
+    "outer_objective": lambda t: f"`{t.name}`: the outer objective (flags: {', '.join(OUTER_OBJECTIVE_FLAGS)})",
+    "selector": lambda t: f"`{t.name}`: the parameter group this optimizer trains (one of {', '.join(SELECTORS)})",
+}
+
+
 def describe_word(t: Target) -> str | None:
     """Hover text for a word of the language, from nldsl/vocab.py's rows."""
     row, what = t.node, t.what
@@ -713,20 +725,8 @@ def describe_word(t: Target) -> str | None:
         if "act" in row.options:
             text.append(f"- `act:` one of {', '.join(ACTIVATIONS)}")
         return "\n".join(text)
-    if what == "objective":
-        return f"{_code(signature(row))}\ninner objective, {_where_allowed(True, row.optimizer)}"
-    if what == "rule":
-        return f"{_code(signature(row))}\nupdate rule of a learn statement"
-    if what == "init":
-        return f"`{t.name}`: an initial state θ₀ a memory may start from (`init: {t.name}`)"
-    if what == "input":
-        return f"`{t.name}`: {INPUTS[t.name]}"
-    if what == "word":
-        return f"`{t.name}`: {WORDS[t.name]}"
-    if what == "outer_objective":
-        return f"`{t.name}`: the outer objective (flags: {', '.join(OUTER_OBJECTIVE_FLAGS)})"
-    if what == "selector":
-        return f"`{t.name}`: the parameter group this optimizer trains (one of {', '.join(SELECTORS)})"
+    if what in _SHORT:
+        return _SHORT[what](t)
     if what == "hint":
         kind = row if isinstance(row, tuple) else "a whole number"
         values = ", ".join(kind) if isinstance(kind, tuple) else kind

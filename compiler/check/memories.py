@@ -68,11 +68,14 @@ def memory(ck: Context, m: ast.Memory, name: str, level: str, env: Env, optimize
     if optimizer and not row.optimizer:
         ck.err("NL110", "`attention` memories belong to model levels", span)
         return None
-    heads = 1
-    if "heads" in opts:
-        heads = count(ck, opts["heads"], env, "`heads`")
-        if heads is None:
+    # the options that count something, with their defaults and least values (persistent:
+    # 0 is none, as in the paper's ablation)
+    counts = {}
+    for key, default, lo in (("heads", 1, 1), ("window", None, 1), ("persistent", 0, 0), ("items", 1, 1)):
+        counts[key] = count(ck, opts[key], env, f"`{key}`", lo=lo) if key in opts else default
+        if key in opts and counts[key] is None:
             return None
+    heads = counts["heads"]
     hidden = None
     if kind == "mlp":
         hidden = count(ck, opts["hidden"], env, "`hidden`") if "hidden" in opts else d_in
@@ -98,29 +101,14 @@ def memory(ck: Context, m: ast.Memory, name: str, level: str, env: Env, optimize
             ck.err("NL115", f"unknown activation `{act or '?'}`", opts["act"].span,
                    did_you_mean(act or "", ACTIVATIONS) or f"activations: {', '.join(ACTIVATIONS)}")
             return None
-    window = None
-    if "window" in opts:
-        window = count(ck, opts["window"], env, "`window`")
-        if window is None:
-            return None
-    persistent = 0
-    if "persistent" in opts:
-        persistent = count(ck, opts["persistent"], env, "`persistent`", lo=0)  # 0: none, as the paper's ablation
-        if persistent is None:
-            return None
-    items = 1
-    if "items" in opts:
-        items = count(ck, opts["items"], env, "`items`")
-        if items is None:
-            return None
     init = initial_state(ck, opts.get("init"), row.init, row.inits, (d_in, d_out), optimizer)
     if init is None:
         return None
     return MemorySpec(name=name, level=level, kind=kind, d_in=d_in, d_out=d_out, heads=heads, hidden=hidden,
                       act=act, residual=opts.get("residual", False), bias=opts.get("bias", False),
                       norm=opts.get("norm", False), init=init,
-                      fixed=opts.get("fixed", False), detach=opts.get("detach", False), window=window,
-                      alibi=opts.get("alibi", False), persistent=persistent, items=items,
+                      fixed=opts.get("fixed", False), detach=opts.get("detach", False), window=counts["window"],
+                      alibi=opts.get("alibi", False), persistent=counts["persistent"], items=counts["items"],
                       segment=opts.get("segment", False), span=m.span)
 
 
