@@ -17,6 +17,7 @@ seconds a step and milliseconds a token, which stay level if the cost is linear.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 from pathlib import Path
 
@@ -79,17 +80,44 @@ def slope(contexts: list[int], rounds: int) -> None:
         models[c] = (nldsl.compile(hope_four(c)), tokens)
         models[c][0].loss(tokens).backward()  # warm-up
     times = {c: [] for c in contexts}
+    inner = {c: [] for c in contexts}  # per round: the seconds of each inner gradient, in order
     for _ in range(rounds):
         for c, (model, tokens) in models.items():
             model.zero_grad(set_to_none=True)
-            t = time.perf_counter()
-            model.loss(tokens).backward()
-            times[c].append(time.perf_counter() - t)
+            with timed_inner_gradients() as calls:
+                t = time.perf_counter()
+                model.loss(tokens).backward()
+                times[c].append(time.perf_counter() - t)
+            inner[c].append(calls)
     print(f"hope.nl with four in-sequence task levels (every 8, 16, 32, 64 tokens), batch 1, 1 thread, "
-          f"best of {rounds} rounds")
-    print(f"{'context':>8} {'step s':>8} {'ms/token':>9}")
+          f"best of {rounds} rounds; the inner gradients (torch.autograd.grad in the forward) of that round: "
+          f"their share of the step, and ms a call in the first and the last quarter of the sequence")
+    print(f"{'context':>8} {'step s':>8} {'ms/token':>9} {'inner s':>8} {'share':>6} {'first ms':>9} {'last ms':>8}")
     for c in contexts:
-        print(f"{c:>8} {min(times[c]):8.2f} {1e3 * min(times[c]) / c:9.2f}")
+        best = min(range(rounds), key=lambda r: times[c][r])
+        calls = inner[c][best]
+        q = max(1, len(calls) // 4)
+        first, last = sum(calls[:q]) / q, sum(calls[-q:]) / q
+        print(f"{c:>8} {times[c][best]:8.2f} {1e3 * times[c][best] / c:9.2f} {sum(calls):8.2f} "
+              f"{sum(calls) / times[c][best]:6.0%} {1e3 * first:9.2f} {1e3 * last:8.2f}")
+
+
+@contextlib.contextmanager
+def timed_inner_gradients():
+    """Every torch.autograd.grad call made inside, timed, in the order made: the task levels'
+    inner gradients (the outer backward is `.backward()`, not counted)."""
+    calls, grad = [], torch.autograd.grad
+
+    def timed(*args, **kwargs):
+        t = time.perf_counter()
+        out = grad(*args, **kwargs)
+        calls.append(time.perf_counter() - t)
+        return out
+    torch.autograd.grad = timed
+    try:
+        yield calls
+    finally:
+        torch.autograd.grad = grad
 
 
 def main() -> None:
