@@ -110,6 +110,21 @@ def _act_curvature(z, a, da, ACT: tl.constexpr):
 
 
 @triton.jit
+def _program(H, BH: tl.constexpr, BO: tl.constexpr):
+    """This program's (b, h) (one program per pair, `pid` = b·H + h) and the hidden and
+    output columns."""
+    pid = tl.program_id(0).to(tl.int64)
+    return pid, pid // H, pid % H, tl.arange(0, BH), tl.arange(0, BO)
+
+
+@triton.jit
+def _zero_state(BI: tl.constexpr, BH: tl.constexpr, BO: tl.constexpr):
+    """Zeros shaped as W1, W2, b1, b2: the sums a kernel accumulates over a period."""
+    return (tl.zeros([BO, BH], dtype=tl.float32), tl.zeros([BH, BI], dtype=tl.float32),
+            tl.zeros([BO], dtype=tl.float32), tl.zeros([BH], dtype=tl.float32))
+
+
+@triton.jit
 def _load_state(W1, W2, B1, B2, pid, DI, DH, DO, HAS_BIAS: tl.constexpr,
                 BI: tl.constexpr, BH: tl.constexpr, BO: tl.constexpr):
     """(b, h)'s W1 [BO, BH], W2 [BH, BI], b1 [BO], b2 [BH] (or their gradients) as
@@ -168,15 +183,10 @@ def _period_kernel(W1, W2, B1, B2, Q, K, V, ETA, DECAY, Y, W1_NEW, W2_NEW, B1_NE
                    P, H, DI, DH, DO,
                    ACT: tl.constexpr, RESIDUAL: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DECAY: tl.constexpr,
                    BP: tl.constexpr, BI: tl.constexpr, BH: tl.constexpr, BO: tl.constexpr):
-    pid = tl.program_id(0).to(tl.int64)  # one program per (b, h)
-    b, h = pid // H, pid % H
-    ch, co = tl.arange(0, BH), tl.arange(0, BO)
+    pid, b, h, ch, co = _program(H, BH, BO)
     w1, w2, b1, b2, at_w1, mask_w1, at_w2, mask_w2 = _load_state(W1, W2, B1, B2, pid, DI, DH, DO, HAS_BIAS,
                                                                  BI, BH, BO)
-    g1 = tl.zeros([BO, BH], dtype=tl.float32)
-    g2 = tl.zeros([BH, BI], dtype=tl.float32)
-    g_b1 = tl.zeros([BO], dtype=tl.float32)
-    g_b2 = tl.zeros([BH], dtype=tl.float32)
+    g1, g2, g_b1, g_b2 = _zero_state(BI, BH, BO)
     for start in range(0, P, BP):
         q, k, v, eta, item, real, at_i, mask_i, at_o, mask_o = _load_items(Q, K, V, ETA, b, h, start, P, H, DI, DO,
                                                                            BP, BI, BO)
@@ -211,18 +221,13 @@ def _backward_kernel(W1, W2, B1, B2, Q, K, V, ETA, DECAY, DY, D_W1_NEW, D_W2_NEW
                      P, H, DI, DH, DO,
                      ACT: tl.constexpr, RESIDUAL: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DECAY: tl.constexpr,
                      BP: tl.constexpr, BI: tl.constexpr, BH: tl.constexpr, BO: tl.constexpr):
-    pid = tl.program_id(0).to(tl.int64)  # one program per (b, h)
-    b, h = pid // H, pid % H
-    ch, co = tl.arange(0, BH), tl.arange(0, BO)
+    pid, b, h, ch, co = _program(H, BH, BO)
     w1, w2, b1, b2, at_w1, mask_w1, at_w2, mask_w2 = _load_state(W1, W2, B1, B2, pid, DI, DH, DO, HAS_BIAS,
                                                                  BI, BH, BO)
     # D: the gradients of S'; −D is what reaches G
     D1, D2, d1, d2, _, _, _, _ = _load_state(D_W1_NEW, D_W2_NEW, D_B1_NEW, D_B2_NEW, pid, DI, DH, DO, HAS_BIAS,
                                              BI, BH, BO)
-    dw1 = tl.zeros([BO, BH], dtype=tl.float32)
-    dw2 = tl.zeros([BH, BI], dtype=tl.float32)
-    db1 = tl.zeros([BO], dtype=tl.float32)
-    db2 = tl.zeros([BH], dtype=tl.float32)
+    dw1, dw2, db1, db2 = _zero_state(BI, BH, BO)
     for start in range(0, P, BP):
         q, k, v, eta, item, real, at_i, mask_i, at_o, mask_o = _load_items(Q, K, V, ETA, b, h, start, P, H, DI, DO,
                                                                            BP, BI, BO)
