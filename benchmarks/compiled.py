@@ -2,22 +2,33 @@
 on the fused path, and against the eager reference path (`fused=False`, the same
 weights), alternated A B C A B C in one process after compiling (medians), at
 `nldsl bench`'s defaults (batch 4, the spec's context); the compile time is the first
-compiled step's. Sizes matter: dynamo unrolls the loop over periods, so compile time
-grows with the periods a call spans (docs/performance.md).
+compiled step's. The whole model by default: dynamo unrolls the loop over periods, so
+compile time grows with the periods a call spans. With `--regional`, the period steps
+alone (nldsl.runtime.regions, what `nldsl train --compile` does): compiled once for
+every length. `--contexts` measures each length in a fresh process with an empty
+inductor cache (a new `TORCHINDUCTOR_CACHE_DIR`), so each compile time is a cold one
+(docs/performance.md).
 
     .venv/bin/python benchmarks/compiled.py [SPEC] [--repeats 5] [--set KEY=VALUE ...]
+    .venv/bin/python benchmarks/compiled.py hope --regional --contexts 256,1024,4096 --threads 1
 """
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 
 import torch
 import torch.nn.functional as F
+from torch._dynamo.utils import counters
 
 import nldsl
 from nldsl.run import parse_overrides, resolve_spec
+from nldsl.runtime.regions import regional
 
 
 def main() -> None:
@@ -26,7 +37,20 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--set", action="append", metavar="KEY=VALUE")
-    args = ap.parse_args()
+    ap.add_argument("--regional", action="store_true", help="compile the period steps, not the whole model")
+    ap.add_argument("--contexts", help="lengths, comma-separated, each in a fresh process with a cold cache")
+    ap.add_argument("--threads", type=int, help="torch's threads (default: its own)")
+    args, argv = ap.parse_args(), sys.argv[1:]
+    if args.contexts:
+        at = argv.index("--contexts")
+        rest = argv[:at] + argv[at + 2:]
+        for context in args.contexts.split(","):
+            with tempfile.TemporaryDirectory() as cache:
+                subprocess.run([sys.executable, __file__, *rest, "--set", f"context={context}"], check=True,
+                               env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache})
+        return
+    if args.threads:
+        torch.set_num_threads(args.threads)
     nldsl.flush_subnormals()  # as `nldsl bench` does
     path, name = resolve_spec(args.spec)
     torch.manual_seed(0)
@@ -36,7 +60,12 @@ def main() -> None:
     reference.load_state_dict(model.state_dict())
     context = int(model.settings["context"])
     tokens = torch.randint(0, int(model.settings["vocab"]), (args.batch, context + 1))
-    compiled = torch.compile(model)
+    if args.regional:  # a second model with the same weights, its period steps compiled
+        compiled = regional(nldsl.compile(path, name=name, **overrides))
+        compiled.load_state_dict(model.state_dict())
+        owner, label = compiled, "regional compile"
+    else:
+        compiled, owner, label = torch.compile(model), model, "torch.compile"
 
     def step(run, owner=model):
         owner.zero_grad(set_to_none=True)
@@ -45,28 +74,31 @@ def main() -> None:
         loss.backward()
         return loss.item(), [p.grad.clone() for p in owner.parameters() if p.grad is not None]
 
+    want = step(model)  # first: the memory a step of this length touches is then the process's
     start = time.perf_counter()
-    got = step(compiled)
+    got = step(compiled, owner)
     compile_s = time.perf_counter() - start
-    want = step(model)
     # the compiled step computes what eager computes: the loss, and every gradient relative to its size
     grad_err = max((g - w).abs().max().item() / max(w.abs().max().item(), 1e-12) for g, w in zip(got[1], want[1]))
     step(reference, reference)
-    runs = {"eager": (model, model), "torch.compile": (compiled, model), "eager, reference path": (reference, reference)}
+    runs = {"eager": (model, model), label: (compiled, owner), "eager, reference path": (reference, reference)}
     times = {label: [] for label in runs}
     for _ in range(args.repeats):
-        for label, (run, owner) in runs.items():
+        for what, (run, by) in runs.items():
             start = time.perf_counter()
-            step(run, owner)
-            times[label].append(time.perf_counter() - start)
+            step(run, by)
+            times[what].append(time.perf_counter() - start)
     med = {k: statistics.median(v) for k, v in times.items()}
     n = args.batch * context
     print(f"{model.name}, batch {args.batch} × {context} tokens, training step (forward and backward), "
-          f"fused path; compiling took {compile_s:.0f} s")
+          f"fused path, {torch.get_num_threads()} thread(s); {label}: the first step (compiling) took "
+          f"{compile_s:.1f} s", flush=True)
+    print(f"  compiling alone: about {compile_s - med[label]:.1f} s (the first step less a compiled one's median); "
+          f"{counters['stats']['unique_graphs']} graph(s) compiled")
     print(f"  compiled against eager: loss {got[0]:.6f} against {want[0]:.6f}, every parameter's gradient "
           f"within {grad_err:.1e} of its largest entry")
-    for label, s in med.items():
-        print(f"  {label:22s} {n / s:10,.0f} tok/s  {med['eager'] / s:5.2f}x eager  "
+    for what, s in med.items():
+        print(f"  {what:22s} {n / s:10,.0f} tok/s  {med['eager'] / s:5.2f}x eager  "
               f"{med['eager, reference path'] / s:5.2f}x the reference")
 
 

@@ -364,9 +364,10 @@ def _add_run_commands(sub) -> None:
     t.add_argument("--steps", type=int, default=1000, metavar="N", help="train up to step N (default 1000)")
     t.add_argument("--out", metavar="DIR", help="the run's folder (default: runs/<FILE's name>)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    t.add_argument("--compile", action="store_true",
-                   help="run the training steps through torch.compile (the first step compiles: seconds for small "
-                        "models, minutes for long contexts)")
+    t.add_argument("--compile", nargs="?", const=True, default=False, choices=("regional", "whole"), metavar="HOW",
+                   help="compile the training steps with torch.compile: `regional`, each level's period step, once "
+                        "for every context length; `whole`, the whole step as one graph; without HOW, regional "
+                        "for a model with task levels, else whole; the first step compiles")
     t.add_argument("--seed", type=int, metavar="N", help="initialisation and batches (default 0; a resumed run keeps its own)")
     t.add_argument("--eval-every", type=int, default=100, metavar="N", help="held-out loss every N steps (default 100; 0: at the start and end only)")
     t.add_argument("--eval-batches", type=int, default=8, metavar="N", help="held-out batches per evaluation (default 8)")

@@ -38,6 +38,7 @@ from .data import PYDOC, Corpus, DataError, data_key
 from .files import FileError, atomic_write, read_limited, reason
 from .logs import RunLogs, require_wandb
 from .run import RunError, build_model, check_inner_clip, check_overrides, model_device
+from .runtime.regions import regional
 from .tokenizer import (BYTE_TOKENIZER, BYTES, JSON_FILE, MAX_TOKENIZER_BYTES, SENTENCEPIECE_FILE, Tokenizer,
                         TokenizerError, bpe_vocab, from_bytes)
 from . import training
@@ -562,7 +563,7 @@ def _resumed(ckpt: Checkpoint, seed, data, overrides, inner_clip, tokenizer, mod
 def train(spec_path: str | Path, data: str | None = None, steps: int = 1000, out_dir: str | Path | None = None,
           resume: bool = False, overrides: dict | None = None, seed: int | None = None,
           eval_every: int = 100, eval_batches: int = 8, ckpt_every: int = 100, sample: int = 200,
-          quiet: bool = False, on_step=None, compile: bool = False, inner_clip: float | None = None,
+          quiet: bool = False, on_step=None, compile: bool | str = False, inner_clip: float | None = None,
           tokenizer: str | None = None, device: str | None = "auto", precision: str = "fp32",
           lr: float | None = None, lr_schedule: str | None = None, warmup: int | None = None,
           grad_clip: float | None = None, accumulate: int | None = None,
@@ -576,8 +577,12 @@ def train(spec_path: str | Path, data: str | None = None, steps: int = 1000, out
 
     `resume` continues the run in `out_dir` from its checkpoint. `on_step(step, loss)` is
     called after every step, once that step's checkpoint (if any) is written. `compile`
-    runs the training steps through `torch.compile` (the first step compiles;
-    docs/performance.md); evaluation, checkpoints and the sample use the model as is.
+    compiles the training steps with `torch.compile` (the first step compiles;
+    docs/performance.md): for a model with task levels, whose whole step as one graph
+    unrolls every period and every task gradient, the levels' period steps alone, once
+    for every length (nldsl.runtime.regions); for any other model the whole step as
+    one graph. `compile="regional"` or `"whole"` picks either for any model. Evaluation,
+    checkpoints and the sample use the model as is.
     `inner_clip` clips every inner update to that norm (nldsl.compile's option); it is
     stored in the checkpoint, for eval, generate and resume. `tokenizer` is what
     `--tokenizer` names: `bytes` (the default), `bpe:VOCAB` (trained on the data's training
@@ -593,6 +598,8 @@ def train(spec_path: str | Path, data: str | None = None, steps: int = 1000, out
     """
     if steps < 0:
         raise TrainError(f"--steps {steps}: the number of steps cannot be negative")
+    if compile not in (False, True, "regional", "whole"):
+        raise TrainError(f"compile={compile!r}: give True, False, 'regional' or 'whole'")
     inner_clip = check_inner_clip(inner_clip)
     if wandb:
         require_wandb()  # before anything is written
@@ -663,7 +670,7 @@ def _read_spec(spec_path: Path) -> str:
 
 
 def _run(model, optimizer, corpus: Corpus, run: Checkpoint, out: Path, steps: int, eval_every: int,
-         ckpt_every: int, sample: int, quiet: bool, on_step, compile: bool, precision: str,
+         ckpt_every: int, sample: int, quiet: bool, on_step, compile: bool | str, precision: str,
          scheduler=None, world: distributed.World | None = None, *, logs: RunLogs) -> History:
     """The training loop of `train`, with its run folder held. In a job of several ranks
     (`world`) every rank trains, evaluates and samples alike; rank 0 alone writes."""
@@ -709,7 +716,10 @@ def _run(model, optimizer, corpus: Corpus, run: Checkpoint, out: Path, steps: in
     print(f"held-out at step {start}: {describe(history.heldout[start], unit)}")
 
     stepper = world.wrap(model)  # DDP when ranks hold replicas; the same parameters either way
-    stepper = torch.compile(stepper) if compile else stepper
+    if compile == "regional" or (compile is True and model.task_levels()):
+        regional(model)  # the period steps, compiled once for every length (runtime/regions.py)
+    elif compile:  # one graph of the whole step
+        stepper = torch.compile(stepper)
     scaler = runs.grad_scaler(model_device(model), precision)
     began = time.perf_counter()
     with tqdm(total=steps, initial=start, disable=quiet, unit="step", dynamic_ncols=True) as bar:

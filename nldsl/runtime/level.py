@@ -21,6 +21,7 @@ import functools
 import torch
 
 from . import memories as M
+from . import regions
 from .errors import NonFiniteError, PositionError
 from .memories.attention.naive import attention
 from .memories.layout import as_rate
@@ -508,12 +509,13 @@ def scan(level, x: torch.Tensor, state) -> torch.Tensor:
     its fast state in the model state: one call of the step per period, or, on the
     fused path, one call for each run of whole periods."""
     ls = state.level(level, x.shape[0])
+    regions.enter(level, state)
     outs = []
     for (_, n, whole), xs in cut(x, pieces(ls.pos, x.shape[1], ls.period, ls.fused)):
         y = ls.run_span(level, xs) if whole else None
         if y is None:  # the reference: one period at a time
             for (_, m, _), xp in cut(xs, pieces(ls.pos, n, ls.period)):
-                outs.append(level.step(xp, ls))
+                outs.append(regions.period_step(level, xp, ls, state))  # level.step, compiled when regional
                 ls.end_chunk(m)
         else:
             outs.append(y)

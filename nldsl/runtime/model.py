@@ -193,6 +193,9 @@ class ModelState(Carry):
         self.levels: dict[str, LevelState] = {}
         self.last_logits = None
         self.pending: list = []  # finiteness checks deferred under torch.compile, in the order made
+        # whether the outer gradient is wanted, and whether the segment's levels run from here
+        # on under a task level's exact inner gradient (regions.enter)
+        self.outer_grad, self.under_task = False, False
 
     def verify(self) -> None:
         """Make the deferred checks: stop at the first non-finite state."""
@@ -342,10 +345,11 @@ class Model(HoldsGraphs):
         if state is None:
             state = ModelState(self, tokens.shape[0])
         span = self.task_span() if tasks else 1
-        outer_grad = torch.is_grad_enabled()
+        outer_grad = state.outer_grad = torch.is_grad_enabled()
         outs = []
         for i, n, _ in pieces(state.pos, tokens.shape[1], self.cut()):
             seg = tokens[:, i:i + n]
+            state.under_task = False
             with torch.enable_grad() if tasks else contextlib.nullcontext():
                 logits = self.segment(seg, state)
                 if tasks:

@@ -28,6 +28,7 @@ import math
 import torch
 
 from ...ops import ACT, ACT_GRAD
+from ...regions import compiled
 from ....vocab import DEFAULT_ACTIVATION
 
 
@@ -108,9 +109,10 @@ def _forward(W1, W2, Z1, Z2, k, v, q, w, alpha, beta, act, residual):
 
 class _MLPPeriod(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, W1, W2, Z1, Z2, k, v, q, w, alpha, beta, act: str, residual: bool):
-        yq, ((W1n, Z1n), (W2n, Z2n)), parts = _forward(W1, W2, Z1, Z2, k, v, q, w, alpha, beta, act, residual)
-        ctx.act, ctx.residual = act, residual
+    def forward(ctx, W1, W2, Z1, Z2, k, v, q, w, alpha, beta, act: str, residual: bool, backend: str | None):
+        run = _forward if backend is None else compiled(_forward, backend)  # regions.py
+        yq, ((W1n, Z1n), (W2n, Z2n)), parts = run(W1, W2, Z1, Z2, k, v, q, w, alpha, beta, act, residual)
+        ctx.act, ctx.residual, ctx.backend = act, residual, backend
         ctx.save_for_backward(W1, W2, Z1, Z2, k, v, q, w, alpha, beta, *(parts[p] for p in _SAVED))
         outs = (W1n, W2n) + ((Z1n, Z2n) if Z1 is not None else ()) + ((yq,) if q is not None else ())
         return outs
@@ -118,21 +120,22 @@ class _MLPPeriod(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grads):
         W1, W2, Z1, Z2, k, v, q, w, alpha, beta, *saved = ctx.saved_tensors
-        if torch.is_grad_enabled():  # create_graph: the intermediates as functions of the inputs
-            parts = _forward(W1, W2, Z1, Z2, k, v, q, w, alpha, beta, ctx.act, ctx.residual)[2]
-        else:
+        if torch.is_grad_enabled():  # create_graph: the intermediates as functions of the inputs, eagerly
+            parts, run = _forward(W1, W2, Z1, Z2, k, v, q, w, alpha, beta, ctx.act, ctx.residual)[2], _backward
+        else:  # a compiled region's backward is never differentiated: this one may be compiled
             parts = dict(zip(_SAVED, saved))
+            run = _backward if ctx.backend is None else compiled(_backward, ctx.backend)
         gW1n, gW2n, *grads = grads
         gZ1n, gZ2n = (grads.pop(0), grads.pop(0)) if Z1 is not None else (None, None)
         gyq = grads.pop(0) if q is not None else None
-        return _backward(ctx, W1, W2, Z1, Z2, k, q, w, alpha, beta, parts, gW1n, gW2n, gZ1n, gZ2n, gyq)
+        return run(ctx.act, ctx.residual, W1, W2, Z1, Z2, k, q, w, alpha, beta, parts, gW1n, gW2n, gZ1n, gZ2n,
+                   gyq) + (None,)
 
 
 _SAVED = ("z", "a", "ds", "e", "r", "h", "dz", "zq", "aq")
 
 
-def _backward(ctx, W1, W2, Z1, Z2, k, q, w, alpha, beta, p, gW1n, gW2n, gZ1n, gZ2n, gyq):
-    act = ctx.act
+def _backward(act: str, residual: bool, W1, W2, Z1, Z2, k, q, w, alpha, beta, p, gW1n, gW2n, gZ1n, gZ2n, gyq):
     z, a, ds, e, r, h, dz, zq, aq = (p[name] for name in _SAVED)
     # the rule: N = ∂/∂(−∇W), what reaches the period's gradient
     N1, N2 = (gW1n, gW2n) if Z1 is None else (gZ1n + gW1n, gZ2n + gW2n)
@@ -156,13 +159,13 @@ def _backward(ctx, W1, W2, Z1, Z2, k, q, w, alpha, beta, p, gW1n, gW2n, gZ1n, gZ
     gw = (gr * e).sum(-1, keepdim=True)
     gz = gz + (ge @ W1 + ga) * ds
     gk = gk + gz @ W2
-    if ctx.residual:
+    if residual:
         gk = gk + ge
     products1, products2 = [ge.mT, a, r.mT, gh], [gz.mT, k]
     gq = None
     if q is not None:  # the read yq = W1 σ(W2 q) (+ q)
         gzq = (gyq @ W1) * _act(act, zq, slope=True)[1]
-        gq = gzq @ W2 + gyq if ctx.residual else gzq @ W2
+        gq = gzq @ W2 + gyq if residual else gzq @ W2
         products1 += [gyq.mT, aq]
         products2 += [gzq.mT, q]
     fresh = alpha is not None  # dW = α gW' was made here; without α it is the incoming gradient
@@ -171,11 +174,13 @@ def _backward(ctx, W1, W2, Z1, Z2, k, q, w, alpha, beta, p, gW1n, gW2n, gZ1n, gZ
 
 
 def mlp_period(theta: dict, z: dict | None, k, v, q, w, alpha=None, beta=None, *, act: str = DEFAULT_ACTIVATION,
-               residual: bool = False):
+               residual: bool = False, backend: str | None = None):
     """One period. theta {W1, W2}, z its momentum ({W1, W2}) or None for gd; q None when
-    the memory is not read. Returns (y [B, h, m, o] or None, theta', z')."""
+    the memory is not read. Returns (y [B, h, m, o] or None, theta', z'). With `backend`,
+    the period's algebra runs compiled by torch.compile on it (runtime/regions.py)."""
     Z1, Z2 = (None, None) if z is None else (z["W1"], z["W2"])
-    outs = list(_MLPPeriod.apply(theta["W1"], theta["W2"], Z1, Z2, k, v, q, w, alpha, beta, act, bool(residual)))
+    outs = list(_MLPPeriod.apply(theta["W1"], theta["W2"], Z1, Z2, k, v, q, w, alpha, beta, act, bool(residual),
+                                 backend))
     y = outs.pop() if q is not None else None
 
     def keyed(W1, W2, order):  # in the order of the state given (the loop's order, kept by every path)
