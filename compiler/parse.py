@@ -291,7 +291,7 @@ def parse(text: str, file: str, report: Report, quote: bool = True) -> ast.Modul
 def fragment(text: str, start: str, file: str, report: Report):
     """One expression (`start="expr"`) or period (`"period"`) written outside a spec, as
     its AST node, or None after a diagnostic. `file` names where it came from (an
-    edit's key, `--set titans.rule`): its diagnostics point into it like into a file."""
+    edit's key, `<titans.rule>`): its diagnostics point into it as into a file."""
     return _build(text, file, report, start, True)
 
 
