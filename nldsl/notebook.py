@@ -10,12 +10,13 @@ adds the cell magic
 which checks the spec written in the cell, prints its diagnostics as `nldsl check`
 does (lines counted from the first line below `%%nl`), and compiles it: a model, or
 the first optimizer's level graph when the cell defines no model. NAME binds the
-result in the notebook; KEY=VALUE override settings, as `--set` does. The cell shows
-the compact diagram.
+result in the notebook; KEY=VALUE override settings or edit levels, as `--set` does
+(in quotes when the value has spaces). The cell shows the compact diagram.
 """
 from __future__ import annotations
 
 import keyword
+import shlex
 import sys
 from html import escape
 
@@ -49,14 +50,18 @@ def parse_line(line: str) -> tuple[str | None, dict]:
     """`%%nl`'s line: an optional name to bind the result to, then KEY=VALUE settings."""
     from .run import RunError, parse_overrides
 
-    names = [w for w in line.split() if "=" not in w]
+    try:  # quotes keep an edit's spaces: %%nl m "titans.rule=gd(lr: 0.01)"
+        words = shlex.split(line)
+    except ValueError as e:
+        raise MagicError(f"`%%nl {line.strip()}`: {e}") from None
+    names = [w for w in words if "=" not in w]
     if len(names) > 1:
         raise MagicError(f"`%%nl {line.strip()}`: one name to bind the result to, then KEY=VALUE settings")
     name = names[0] if names else None
     if name is not None and (not name.isidentifier() or keyword.iskeyword(name)):
         raise MagicError(f"`%%nl {line.strip()}`: `{name}` is not a Python name to bind the result to")
     try:
-        settings = parse_overrides([w for w in line.split() if "=" in w]) or {}
+        settings = parse_overrides([w for w in words if "=" in w]) or {}
     except RunError as e:
         raise MagicError(str(e).replace("--set", "%%nl")) from None
     return name, settings

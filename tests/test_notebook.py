@@ -172,7 +172,8 @@ def test_magic_prints_located_diagnostics_and_binds_nothing():
 
 
 @pytest.mark.parametrize("line, says", [("a b", "one name"), ("class", "not a Python name"),
-                                        ("m dim=big", "`big` is not a number")])
+                                        ("m dim=big", "`big` is not a number"),
+                                        ('m "titans.rule=gd(lr: 1)', "No closing quotation")])
 def test_magic_line_mistakes_are_one_line(line, says):
     err = io.StringIO()
     assert notebook.run_cell(line, TINY, {}, err) is None
@@ -229,3 +230,8 @@ def test_tour_notebook_runs(tmp_path):
     printed = "".join(o.get("text", "") for o in outputs["torch.manual_seed(0)"])
     assert "(4, 32, 64)" in printed
     assert diagram in data("tiny  # a compiled model shows its diagram")
+
+
+def test_magic_line_takes_quoted_edits():
+    name, settings = notebook.parse_line('m dim=32 "cms1=every 16 tokens" titans.rule=gd(lr:0.01)')
+    assert (name, settings) == ("m", {"dim": 32, "cms1": "every 16 tokens", "titans.rule": "gd(lr:0.01)"})
