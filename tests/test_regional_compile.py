@@ -104,3 +104,43 @@ def test_steps_that_read_positions_stay_eager():
     attention = next(nldsl.compile(EXAMPLES / "transformer.nl", dim=16, depth=1).levels())
     titans = next(nldsl.compile(EXAMPLES / "hope.nl", dim=32, heads=2, depth=1, context=64).levels())
     assert _reads_position(attention) and not _reads_position(titans)
+
+
+
+# titans.nl with a task level before its Titans level: the Titans level's MLP periods run
+# under the task level's inner gradient, which evaluation takes with autograd on
+_UNDER_TASK = (EXAMPLES / "titans.nl").read_text().replace(
+    "  level ffn outer { memory f : mlp(dim, hidden: 4 * dim, act: gelu) }",
+    "  level ffn every 64 tokens {\n    memory f : mlp(dim, hidden: 2 * dim)\n    learn f : task by gd(lr: 0.01)\n  }"
+).replace("    x = x + titans(rmsnorm(x))\n    x = x + ffn(rmsnorm(x))",
+          "    x = x + ffn(rmsnorm(x))\n    x = x + titans(rmsnorm(x))")
+
+
+@pytest.mark.parametrize("source", [EXAMPLES / "titans.nl", _UNDER_TASK], ids=["titans", "task_then_titans"])
+def test_evaluation_after_regional_training_runs_eagerly(source, fresh_dynamo):
+    """A regional model evaluates as the eager one, to the last bit, under no_grad and
+    inference_mode alike: no compiled region runs, though a task level's inner gradient
+    turns autograd on inside the evaluation."""
+    assert "learn f : task" in _UNDER_TASK and "ffn(rmsnorm(x))\n    x = x + titans" in _UNDER_TASK
+    runs = []
+
+    def counting(gm, inputs):  # a backend that runs the traced graph as it is, counting its calls
+        def run(*args):
+            runs.append(1)
+            return gm.forward(*args)
+        return run
+
+    torch.manual_seed(0)
+    eager = nldsl.compile(source, dim=16, heads=2, depth=1, context=64)
+    model = nldsl.compile(source, dim=16, heads=2, depth=1, context=64)
+    model.load_state_dict(eager.state_dict())
+    regional(model, backend=counting)
+    tokens = torch.randint(0, 256, (2, 129))
+    _step(model, tokens)
+    assert runs, "no region ran compiled in training"
+    runs.clear()
+    for mode in (torch.no_grad, torch.inference_mode):
+        with mode():
+            want, got = eager(tokens)[0], model(tokens)[0]
+        assert torch.equal(got, want), mode.__name__
+    assert not runs, f"{len(runs)} compiled region calls in evaluation"

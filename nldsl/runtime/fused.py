@@ -328,8 +328,7 @@ class Span:
         q = None if e is None else heads(e, m.heads)
         w = as_rate(lr, B, n, m.heads, key).transpose(1, 2).unsqueeze(-1)  # [B, h, n, 1]
         cut = [t.split(P, 2) if t is not None else [None] * count for t in (k, v, q, w)]
-        eager = torch.compiler.is_compiling() or not torch.is_grad_enabled()  # in a whole-model graph, or not training
-        backend = None if eager else self.ls.options.get("regional")  # regions.py
+        backend = None if torch.compiler.is_compiling() else self.ls.compile  # regions.enter: compiled while training
         outs = []
         for kj, vj, qj, wj, alpha, beta_j in zip(*cut, per_period(decay), per_period(beta)):
             y, f.theta, f.z = mlp_period(f.theta, f.z, kj, vj, qj, wj, alpha, beta_j, act=m.act,

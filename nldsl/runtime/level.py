@@ -359,6 +359,7 @@ class LevelState(Carry):
         self.name, self.batch, self.options = level.key, batch, options
         self.pos = 0
         self.period = desc.period if desc.scope == "sequence" else None
+        self.compile = None  # the backend this segment's regions compile with (regions.enter); None: eager
         self.fast: dict[str, Fast | Cache] = {}
         self.initial: dict[str, dict] = {}  # θ₀ of the memories that learn in the sequence (`update_norm`)
         for m in desc.memories:
@@ -509,7 +510,7 @@ def scan(level, x: torch.Tensor, state) -> torch.Tensor:
     its fast state in the model state: one call of the step per period, or, on the
     fused path, one call for each run of whole periods."""
     ls = state.level(level, x.shape[0])
-    regions.enter(level, state)
+    regions.enter(level, ls, state)
     outs = []
     for (_, n, whole), xs in cut(x, pieces(ls.pos, x.shape[1], ls.period, ls.fused)):
         y = ls.run_span(level, xs) if whole else None

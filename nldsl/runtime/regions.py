@@ -21,6 +21,9 @@ reads and through every level that runs after it in the segment, and the outer b
 differentiates that gradient again: those levels' period steps run eagerly while the
 outer gradient is wanted (`ModelState.under_task`), and the MLP period's backward runs
 its eager form whenever autograd records it (`torch.is_grad_enabled()` inside backward).
+Both regions run compiled only while the model trains (`enter` decides it once a
+segment): a task level's inner gradient turns autograd on in evaluation too, and
+evaluation runs eagerly, as it would without regions, to the last bit.
 Models whose task levels have several periods (`Model.holds_given`) keep the state a
 traced graph cannot follow, so `regional` leaves them eager, as `torch.compile` of the
 whole model does.
@@ -50,13 +53,12 @@ def period_step(level, x: torch.Tensor, ls, state) -> torch.Tensor:
     eager otherwise (evaluation and generation run as they would without). A sequence's
     first period runs eagerly too: it starts the conv tails, so compiled it would be a
     graph of its own (as long to compile as the rest) for one period in many."""
-    backend = ls.options.get("regional")
-    if (not backend or torch.compiler.is_compiling() or ls.period is None or x.shape[1] != ls.period
-            or ls.pos == 0 or not getattr(state, "outer_grad", False) or getattr(state, "under_task", False)):
+    if (not ls.compile or torch.compiler.is_compiling() or ls.period is None or x.shape[1] != ls.period
+            or ls.pos == 0 or getattr(state, "under_task", False)):
         return level.step(x, ls)
     step = _steps.get(level)
     if step is None:
-        step = _steps[level] = False if _reads_position(level) else torch.compile(level.step, backend=backend,
+        step = _steps[level] = False if _reads_position(level) else torch.compile(level.step, backend=ls.compile,
                                                                                    dynamic=False)
     if step is False:
         return level.step(x, ls)
@@ -73,11 +75,14 @@ def _reads_position(level) -> bool:
     return graph is None or any(n.op == "call_method" and n.target in ("rope", "positional") for n in graph.nodes)
 
 
-def enter(level, state) -> None:
-    """Called as a level copy starts its part of a segment: from a task level on whose
-    inner gradient is exact (differentiated again by the outer backward), every level
-    run in the segment lies under that gradient."""
-    if not getattr(state, "outer_grad", False):  # no outer gradient: the inner ones are first order
+def enter(level, ls, state) -> None:
+    """Called as a level copy starts its part of a segment: sets the backend its regions
+    may compile with in it (`ls.compile`; None: eager), the model's while it trains. From a
+    task level on whose inner gradient is exact (differentiated again by the outer
+    backward), every level run in the segment lies under that gradient."""
+    training = getattr(state, "outer_grad", False)
+    ls.compile = ls.options.get("regional") if training else None
+    if not training:  # no outer gradient: the inner ones are first order
         return
     if any(m.objective == "task" and not m.detach for m in level.desc.memories) and level.desc.scope == "sequence":
         state.under_task = True
