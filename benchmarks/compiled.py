@@ -7,10 +7,11 @@ compile time grows with the periods a call spans. With `--regional`, the period 
 alone (nldsl.runtime.regions, what `nldsl train --compile` does): compiled once for
 every length. `--contexts` measures each length in a fresh process with an empty
 inductor cache (a new `TORCHINDUCTOR_CACHE_DIR`), so each compile time is a cold one
-(docs/performance.md).
+(docs/performance.md). Regions compile with `regions.INDUCTOR_OPTIONS` (scalar C++
+loops); `--vectorize` with inductor's defaults, to compare.
 
     .venv/bin/python benchmarks/compiled.py [SPEC] [--repeats 5] [--set KEY=VALUE ...]
-    .venv/bin/python benchmarks/compiled.py hope --regional --contexts 256,1024,4096 --threads 1
+    .venv/bin/python benchmarks/compiled.py hope --regional --contexts 256,1024,4096 --threads 1 [--vectorize]
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from torch._dynamo.utils import counters
 
 import nldsl
 from nldsl.run import parse_overrides, resolve_spec
+from nldsl.runtime import regions
 from nldsl.runtime.regions import regional
 
 
@@ -40,6 +42,8 @@ def main() -> None:
     ap.add_argument("--regional", action="store_true", help="compile the period steps, not the whole model")
     ap.add_argument("--contexts", help="lengths, comma-separated, each in a fresh process with a cold cache")
     ap.add_argument("--threads", type=int, help="torch's threads (default: its own)")
+    ap.add_argument("--vectorize", action="store_true",
+                    help="regional: inductor's vectorized C++ (its default), not regions.INDUCTOR_OPTIONS")
     args, argv = ap.parse_args(), sys.argv[1:]
     if args.contexts:
         at = argv.index("--contexts")
@@ -51,6 +55,8 @@ def main() -> None:
         return
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.vectorize:
+        regions.INDUCTOR_OPTIONS = {}
     nldsl.flush_subnormals()  # as `nldsl bench` does
     path, name = resolve_spec(args.spec)
     torch.manual_seed(0)
@@ -63,7 +69,7 @@ def main() -> None:
     if args.regional:  # a second model with the same weights, its period steps compiled
         compiled = regional(nldsl.compile(path, name=name, **overrides))
         compiled.load_state_dict(model.state_dict())
-        owner, label = compiled, "regional compile"
+        owner, label = compiled, "regional compile" + (" (vectorized)" if args.vectorize else "")
     else:
         compiled, owner, label = torch.compile(model), model, "torch.compile"
 

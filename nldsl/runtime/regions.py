@@ -37,6 +37,19 @@ import torch.utils._pytree as pytree
 
 _steps: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # level copy -> its compiled chunk step
 
+# Inductor's options for a region. A region's tensors are one period's (16 tokens × a
+# head's 32 features in hope.nl): its products are library calls, and its elementwise
+# loops are too short for SIMD to pay. Scalar C++ loops compile in two thirds of the
+# time of vectorized ones (hope.nl: 41 s cold against 59 s) and run as fast
+# (docs/benchmarks.md, "Regional compilation"). The options name C++ code only; on a GPU
+# inductor writes Triton and ignores them.
+INDUCTOR_OPTIONS = {"cpp.simdlen": 1}
+
+
+def _compile(fn, backend):
+    options = dict(INDUCTOR_OPTIONS) if backend == "inductor" and INDUCTOR_OPTIONS else None
+    return torch.compile(fn, backend=backend, dynamic=False, options=options)
+
 
 def regional(model, enabled: bool = True, backend: str = "inductor"):
     """Run `model` (a compiled nldsl model) with its period steps compiled, from its
@@ -58,8 +71,7 @@ def period_step(level, x: torch.Tensor, ls, state) -> torch.Tensor:
         return level.step(x, ls)
     step = _steps.get(level)
     if step is None:
-        step = _steps[level] = False if _reads_position(level) else torch.compile(level.step, backend=ls.compile,
-                                                                                   dynamic=False)
+        step = _steps[level] = False if _reads_position(level) else _compile(level.step, ls.compile)
     if step is False:
         return level.step(x, ls)
     return step(x.contiguous(), ls)  # a period cut from a segment has its segment's strides
@@ -98,7 +110,7 @@ def compiled(fn, backend: str):
     compile the region again."""
     got = _compiled.get((fn, backend))
     if got is None:
-        run = torch.compile(fn, backend=backend, dynamic=False)
+        run = _compile(fn, backend)
 
         def got(*args):
             return run(*pytree.tree_map_only(torch.Tensor, torch.Tensor.contiguous, args))
