@@ -32,7 +32,7 @@ import torch.fx as fx
 from ..runtime import ops
 from ..runtime.desc import LevelDesc, MemoryDesc, OptimizerDesc
 from ..runtime.level import scan
-from ..vocab import FUNCTIONS, RATES
+from ..vocab import FUNCTIONS, OPTION_TYPES, RATES
 from . import ast, fold
 from .spec import FlowSpec, LevelSpec, ModelSpec, OptimizerSpec, OuterParam, unique_name
 
@@ -158,34 +158,18 @@ class Exprs:
             return fold.VECTORS[f](*args)
         if f in fold.FUNCS and all(_folded(a) for a in args):
             return fold.apply(f, *args)
+        fn = FUNCTIONS.get(f)
+        if fn is None:
+            raise BackendError(f"unknown function `{f}` ({_where(span)})")
         args = [self.held(a, owner, span) for a in args]
-        if f == "proj":
-            return self.call(ops.proj, (args[0], self.param(owner, "proj", span)), span=span)
+        if fn.params:  # the op takes the first argument and the call's parameters; the rest size them
+            args = [args[0], *(self.param(owner, f, span) for _ in fn.params)]
+        options = {k: OPTION_TYPES[k](self(kw[k], owner)) for k in fn.options if k in kw}
+        if not fn.state:
+            return self.call(getattr(ops, fn.op), args, options, span=span)
         if f == "conv":  # its weight's path also names the inputs it carries over (`st.conv`)
-            weight = self.param(owner, "conv", span)
-            return self.call("conv", (self.st, weight.target, args[0], weight), span=span, method=True)
-        if f == "rmsnorm":
-            eps = self(kw["eps"], owner) if "eps" in kw else 1e-6
-            heads = (int(self(kw["heads"], owner)),) if "heads" in kw else ()
-            return self.call(ops.rmsnorm, (args[0], self.param(owner, "rmsnorm", span), eps, *heads), span=span)
-        if f == "l2norm":
-            heads = int(self(kw["heads"], owner)) if "heads" in kw else 1
-            return self.call(ops.l2norm, (args[0], heads), span=span)
-        if f == "positional":  # the table is read at the state's positions (`st.positional`)
-            table = self.param(owner, "positional", span)
-            return self.call("positional", (self.st, args[0], table), span=span, method=True)
-        if f == "dropout":  # on while the model trains: the state knows (`st.dropout`)
-            return self.call("dropout", (self.st, args[0], float(args[1])), span=span, method=True)
-        if f == "rope":  # the positions of the tokens are the state's (`st.rope`): a stream goes on counting
-            heads = int(self(kw["heads"], owner)) if "heads" in kw else 1
-            base = float(self(kw["base"], owner)) if "base" in kw else ops.ROPE_BASE
-            return self.call("rope", (self.st, args[0], heads, base), span=span, method=True)
-        if f == "newton_schulz":
-            return self.call(ops.newton_schulz, (args[0], *(int(args[1]) if i == 1 else args[i] for i in range(1, len(args)))),
-                             span=span)
-        if f in FUNCTIONS:  # the rest call their runtime op on their arguments
-            return self.call(getattr(ops, FUNCTIONS[f].op), args, span=span)
-        raise BackendError(f"unknown function `{f}` ({_where(span)})")
+            args.insert(0, args[1].target)
+        return self.call(fn.op, (self.st, *args), options, span=span, method=True)
 
     def _maybe(self, e, owner, this, keep: bool):
         """A branch of `select`: built, or (not taken) walked only for the

@@ -47,10 +47,15 @@ class Function:
     op: str  # the function of nldsl.runtime.ops that computes it
     size: str  # how its result's size follows from its arguments: a key of SIZES
     arity: tuple[int, int] = (1, 1)  # positional arguments: at least, at most
-    options: tuple[str, ...] = ()  # its keyword options
+    options: tuple[str, ...] = ()  # its keyword options, constants (OPTION_TYPES), passed to its op by name
     model: bool = True  # callable in models
     optimizer: bool = True  # callable in optimizer definitions
-    params: tuple[str, ...] = ()  # the roles of the outer parameters each call creates (OuterParam.role)
+    # the roles of the outer parameters each call creates (OuterParam.role); its op takes
+    # them after its first argument, the others only size them (`proj(x, heads)`)
+    params: tuple[str, ...] = ()
+    # computed with what a call carries from call to call (its tokens' positions, conv
+    # tails, whether the model trains): its op is a method of that state (runtime/level.py, Carry)
+    state: bool = False
 
 
 def _elementwise(*names: str) -> list[Function]:
@@ -60,13 +65,13 @@ def _elementwise(*names: str) -> list[Function]:
 FUNCTIONS: dict[str, Function] = {f.name: f for f in [
     *_elementwise("silu", "gelu", "relu", "tanh", "sigmoid", "softplus", "exp", "sqrt", "abs", "sign"),
     Function("proj", op="proj", size="proj", arity=(1, 2), optimizer=False, params=("proj",)),
-    Function("conv", op="conv", size="conv", arity=(2, 2), optimizer=False, params=("conv",)),
+    Function("conv", op="conv", size="conv", arity=(2, 2), optimizer=False, params=("conv",), state=True),
     Function("l2norm", op="l2norm", size="norm", options=("heads",)),
-    Function("rope", op="rope", size="rotary", options=("heads", "base"), optimizer=False),
+    Function("rope", op="rope", size="rotary", options=("heads", "base"), optimizer=False, state=True),
     Function("concat", op="concat", size="concat", arity=(2, 16), optimizer=False),
     Function("split", op="split", size="split", arity=(3, 3), optimizer=False),
-    Function("dropout", op="dropout", size="dropout", arity=(2, 2), optimizer=False),
-    Function("positional", op="positional", size="positional", optimizer=False, params=("position",)),
+    Function("dropout", op="dropout", size="dropout", arity=(2, 2), optimizer=False, state=True),
+    Function("positional", op="positional", size="positional", optimizer=False, params=("position",), state=True),
     Function("rmsnorm", op="rmsnorm", size="norm", options=("eps", "heads"), optimizer=False, params=("norm",)),
     Function("learned", op="learned", size="learned", arity=(1, 2), optimizer=False, params=("scalar",)),
     Function("range", op="arange", size="range", optimizer=False),
@@ -77,6 +82,7 @@ FUNCTIONS: dict[str, Function] = {f.name: f for f in [
     Function("rows", op="rows", size="measure", model=False),
     Function("cols", op="cols", size="measure", model=False),
 ]}
+OPTION_TYPES = {"heads": int, "eps": float, "base": float}  # the type of each keyword option's constant
 ELEMENTWISE = tuple(n for n, f in FUNCTIONS.items() if f.size == "same")
 MODEL_FUNCS = tuple(n for n, f in FUNCTIONS.items() if f.model)
 OPTIMIZER_FUNCS = tuple(n for n, f in FUNCTIONS.items() if f.optimizer)

@@ -199,12 +199,12 @@ class Span:
         self.items: dict[str, tuple] = {}
         self.done: set[str] = set()
 
-    # -- called by the chunk step, as on LevelState
+    # -- called by the chunk step, as on LevelState: what the level state carries (vocab's `state`)
     def conv(self, name: str, x, weight):
         return self.ls.conv(name, x, weight)
 
-    def rope(self, x, heads: int, base: float):
-        return self.ls.rope(x, heads, base)
+    def rope(self, x, **options):
+        return self.ls.rope(x, **options)
 
     def dropout(self, x, p: float):
         return self.ls.dropout(x, p)

@@ -27,7 +27,7 @@ from .memories.attention.naive import attention
 from .memories.layout import as_rate
 from .memories.linear.naive import implicit_solve, implicit_stats
 from .memories.rules import apply_rule, per_head as _per_head
-from .ops import conv, conv_tail, dropout, positional, rope
+from .ops import ROPE_BASE, conv, conv_tail, dropout, positional, rope
 from .rates import products
 
 
@@ -317,7 +317,7 @@ class Carry:
         walk(self)
         return sum(seen.values())
 
-    def rope(self, x, heads: int, base: float):
+    def rope(self, x, heads: int = 1, base: float = ROPE_BASE):
         positions = torch.arange(self.pos, self.pos + x.shape[1], device=x.device)
         return rope(x, positions, heads, base)
 

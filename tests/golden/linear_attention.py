@@ -76,19 +76,19 @@ class LinearAttentionModel(Model):
         # linear_attention.nl:4  model linear_attention {
         x = ops.embed(tokens, self.embed)
         # linear_attention.nl:22  x = x + attn(rmsnorm(x))
-        rmsnorm = ops.rmsnorm(x, getattr(self.block0, '0').x.rmsnorm, 1e-06)
+        rmsnorm = ops.rmsnorm(x, getattr(self.block0, '0').x.rmsnorm)
         attn = scan(getattr(self.attn, '0'), rmsnorm, st)
         x_1 = x + attn
         # linear_attention.nl:23  x = x + ffn(rmsnorm(x))
-        rmsnorm_1 = ops.rmsnorm(x_1, getattr(self.block0, '0').x.rmsnorm_1, 1e-06)
+        rmsnorm_1 = ops.rmsnorm(x_1, getattr(self.block0, '0').x.rmsnorm_1)
         ffn = scan(getattr(self.ffn, '0'), rmsnorm_1, st)
         x_2 = x_1 + ffn
         # linear_attention.nl:22  x = x + attn(rmsnorm(x))
-        rmsnorm_2 = ops.rmsnorm(x_2, getattr(self.block0, '1').x.rmsnorm, 1e-06)
+        rmsnorm_2 = ops.rmsnorm(x_2, getattr(self.block0, '1').x.rmsnorm)
         attn_2 = scan(getattr(self.attn, '1'), rmsnorm_2, st)
         x_3 = x_2 + attn_2
         # linear_attention.nl:23  x = x + ffn(rmsnorm(x))
-        rmsnorm_3 = ops.rmsnorm(x_3, getattr(self.block0, '1').x.rmsnorm_1, 1e-06)
+        rmsnorm_3 = ops.rmsnorm(x_3, getattr(self.block0, '1').x.rmsnorm_1)
         ffn_2 = scan(getattr(self.ffn, '1'), rmsnorm_3, st)
         x_4 = x_3 + ffn_2
         norm_1 = ops.rmsnorm(x_4, self.norm)
