@@ -7,7 +7,8 @@ copy of their own. Plain data, no torch, so that the compiler imports it without
 runtime: a function names the runtime op that computes it as a string (`op`), which
 the backends resolve on `nldsl.runtime.ops` with getattr.
 
-Adding a built-in function is a row in FUNCTIONS, its op in nldsl/runtime/ops.py, a
+Adding a built-in function is a row in FUNCTIONS, its op in nldsl/runtime/ops.py (and,
+for one computed with the state a call carries, a method of that state), a
 line in docs/language.md's table of functions and a test (tests/test_vocab.py holds
 the three together). Highlighting reads these tables too (nldsl/highlight.py): after a
 change, `make editors` regenerates editors/vscode's TextMate grammar, which

@@ -4,6 +4,8 @@ exist in nldsl.runtime, every size rule has its typing in the checker, and
 docs/language.md's tables list exactly the vocabulary's rows."""
 from __future__ import annotations
 
+import inspect
+
 import re
 import subprocess
 import sys
@@ -43,8 +45,14 @@ def words(cell: str) -> set[str]:
 
 
 def test_every_function_runs_an_op_of_the_runtime():
+    from nldsl.runtime.level import Carry
     for f in vocab.FUNCTIONS.values():
         assert callable(getattr(ops, f.op, None)), f"{f.name}: nldsl.runtime.ops has no `{f.op}`"
+        if f.state:  # lowered to a method of the state a call carries
+            assert callable(getattr(Carry, f.op, None)), f"{f.name}: the level state has no `{f.op}`"
+        for option in f.options:  # passed by name, as a constant of its type
+            assert option in vocab.OPTION_TYPES, f"{f.name}: `{option}` has no type"
+            assert option in inspect.signature(getattr(Carry if f.state else ops, f.op)).parameters, (f.name, option)
 
 
 def test_every_activation_is_one_of_the_runtime():
