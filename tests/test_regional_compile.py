@@ -144,3 +144,15 @@ def test_evaluation_after_regional_training_runs_eagerly(source, fresh_dynamo):
             want, got = eager(tokens)[0], model(tokens)[0]
         assert torch.equal(got, want), mode.__name__
     assert not runs, f"{len(runs)} compiled region calls in evaluation"
+
+
+def test_regions_compile_scalar_loops_with_inductor_only(monkeypatch):
+    """Inductor gets regions.INDUCTOR_OPTIONS (C++ loops that compile in two thirds of the
+    time, docs/benchmarks.md); other backends take no inductor options."""
+    from nldsl.runtime import regions
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: seen.append(kw) or fn)
+    regions._compile(abs, "inductor")
+    regions._compile(abs, "aot_eager")
+    assert seen[0]["options"] == {"cpp.simdlen": 1} and seen[0]["dynamic"] is False
+    assert seen[1]["options"] is None
