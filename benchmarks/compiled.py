@@ -12,6 +12,7 @@ loops); `--vectorize` with inductor's defaults, to compare.
 
     .venv/bin/python benchmarks/compiled.py [SPEC] [--repeats 5] [--set KEY=VALUE ...]
     .venv/bin/python benchmarks/compiled.py hope --regional --contexts 256,1024,4096 --threads 1 [--vectorize]
+    .venv/bin/python benchmarks/compiled.py hope --regional --level titans --threads 1  # one level alone
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ import torch.nn.functional as F
 from torch._dynamo.utils import counters
 
 import nldsl
+from nldsl.bench import level_workload
 from nldsl.run import parse_overrides, resolve_spec
 from nldsl.runtime import regions
 from nldsl.runtime.regions import regional
@@ -42,6 +44,7 @@ def main() -> None:
     ap.add_argument("--regional", action="store_true", help="compile the period steps, not the whole model")
     ap.add_argument("--contexts", help="lengths, comma-separated, each in a fresh process with a cold cache")
     ap.add_argument("--threads", type=int, help="torch's threads (default: its own)")
+    ap.add_argument("--level", help="regional: time this level alone as a layer (nldsl.bench.level_workload)")
     ap.add_argument("--vectorize", action="store_true",
                     help="regional: inductor's vectorized C++ (its default), not regions.INDUCTOR_OPTIONS")
     args, argv = ap.parse_args(), sys.argv[1:]
@@ -61,6 +64,8 @@ def main() -> None:
     path, name = resolve_spec(args.spec)
     torch.manual_seed(0)
     overrides = parse_overrides(args.set) or {}
+    if args.level:
+        return level(path, args, overrides)
     model = nldsl.compile(path, name=name, **overrides)
     reference = nldsl.compile(path, name=name, fused=False, **overrides)
     reference.load_state_dict(model.state_dict())
@@ -106,6 +111,31 @@ def main() -> None:
     for what, s in med.items():
         print(f"  {what:22s} {n / s:10,.0f} tok/s  {med['eager'] / s:5.2f}x eager  "
               f"{med['eager, reference path'] / s:5.2f}x the reference")
+
+
+def level(path, args, overrides: dict) -> None:
+    """One level alone, eager against its period steps compiled (the same weights and
+    input: each workload is built from the same seed), after a first compiled step."""
+    context = int(overrides.get("context", nldsl.compile(path).settings["context"]))
+    runs = {what: level_workload(str(path), args.level, batch=args.batch, tokens=context, settings=overrides,
+                                 regional=regional)
+            for what, regional in (("eager", False), ("regional compile", True))}
+    runs["eager"].train()
+    start = time.perf_counter()
+    runs["regional compile"].train()
+    compile_s = time.perf_counter() - start
+    times = {what: [] for what in runs}
+    for _ in range(args.repeats):
+        for what, w in runs.items():
+            start = time.perf_counter()
+            w.train()
+            times[what].append(time.perf_counter() - start)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"level `{args.level}` of {path.name} alone, batch {args.batch} × {context} tokens, training "
+          f"(forward and backward), {torch.get_num_threads()} thread(s); the first compiled step took "
+          f"{compile_s:.1f} s")
+    for what, s in med.items():
+        print(f"  {what:22s} {s * 1e3:8.1f} ms a step  {med['eager'] / s:5.2f}x eager")
 
 
 if __name__ == "__main__":

@@ -110,13 +110,16 @@ def spec_workload(spec: str, fused: bool = True, batch: int = 4, context: int | 
 
 
 def level_workload(source: str, level: str, fused: bool = True, batch: int = 4, tokens: int = 512,
-                   settings: dict | None = None, device: str = "cpu", seed: int = 0) -> Workload:
+                   settings: dict | None = None, device: str = "cpu", seed: int = 0,
+                   regional: bool = False) -> Workload:
     """One level of a model alone, as a layer: its first copy run over x [batch, tokens, dim]
     (RMS-normalised, as a block's `level(rmsnorm(x))` would feed it) from fresh fast state;
     `train` back-propagates a fixed random gradient of the output into x and the level's
-    outer parameters. `source` is a spec's path or text."""
+    outer parameters. `source` is a spec's path or text. `regional`: its period steps
+    compiled while it trains (runtime/regions.py, `nldsl train --compile`)."""
     import nldsl
     from torch.nn.functional import rms_norm
+    from .runtime import regions
     from .runtime.level import scan
     from .runtime.model import ModelState
 
@@ -128,12 +131,16 @@ def level_workload(source: str, level: str, fused: bool = True, batch: int = 4, 
     if level not in model.slots:
         raise BenchError(f"model `{model.name}` has no level `{level}` (it has: {', '.join(model.slots)})")
     layer = getattr(model, model.slots[level])[0]
+    if regional:
+        regions.regional(model)
     dim = int(model.settings["dim"])
     x = torch.randn(batch, tokens, dim, generator=_generator(seed)).to(device).requires_grad_()
     upstream = torch.randn(batch, tokens, dim, generator=_generator(seed + 1)).to(device)
 
     def run():
-        return scan(layer, rms_norm(x, (dim,)), ModelState(model, batch))
+        state = ModelState(model, batch)
+        state.outer_grad = torch.is_grad_enabled()  # as the model's forward says: whether it trains
+        return scan(layer, rms_norm(x, (dim,)), state)
 
     def forward():
         with torch.no_grad():
