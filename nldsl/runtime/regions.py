@@ -40,7 +40,7 @@ _steps: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # level copy ->
 # Inductor's options for a region. A region's tensors are one period's (16 tokens × a
 # head's 32 features in hope.nl): its products are library calls, and its elementwise
 # loops are too short for SIMD to pay. Scalar C++ loops compile in two thirds of the
-# time of vectorized ones (hope.nl: 41 s cold against 59 s) and run as fast
+# time of vectorized ones (hope.nl: 36 s cold against 57 s) and run as fast
 # (docs/benchmarks.md, "Regional compilation"). The options name C++ code only; on a GPU
 # inductor writes Triton and ignores them.
 INDUCTOR_OPTIONS = {"cpp.simdlen": 1}
