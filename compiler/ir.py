@@ -37,6 +37,9 @@ class LevelGraph:
     tiers: list[dict] = field(default_factory=list)  # fastest first, filled by `derive_tiers`
     segment: object = None  # the model's segment graph (torch.fx), filled by `lower`
     segment_made: list = field(default_factory=list)  # the outer parameters it names, filled by `lower`
+    # (graph, view, schedule) -> its diagram: handed in by whoever gives the graph to a
+    # person (nldsl.graph), so that the graph never imports the backends that read it
+    draw: object = None
 
     @property
     def is_model(self) -> bool:
@@ -96,15 +99,17 @@ class LevelGraph:
 
     def diagram(self, view: str = "levels", schedule: bool = False):
         """The level diagram as an object a notebook shows (SVG, or its DOT text
-        without Graphviz's `dot`); `str()` of it is the DOT text. Compact by default."""
-        from .backends.graphviz import Diagram, to_dot  # the drawing needs the graph, not the other way
-        return Diagram(to_dot(self, schedule=schedule, view=view))
+        without Graphviz's `dot`); `str()` of it is the DOT text. Compact by default.
+        None for a graph given no drawing (`draw`)."""
+        return None if self.draw is None else self.draw(self, view=view, schedule=schedule)
 
     def _repr_svg_(self) -> str | None:
-        return self.diagram()._repr_svg_()
+        d = self.diagram()
+        return None if d is None else d._repr_svg_()
 
     def _repr_html_(self) -> str | None:
-        return self.diagram()._repr_html_()
+        d = self.diagram()
+        return None if d is None else d._repr_html_()
 
     def describe_levels(self) -> str:
         """The derived level hierarchy, slowest first (as nested in the diagram)."""

@@ -33,7 +33,14 @@ def graph(source: str | Path, /, *, name: str | None = None, **overrides):
     """A spec's level graph after every pass (`nldsl ir`); a notebook shows it as its
     diagram (`.diagram("full")` for every memory and flow)."""
     from .compiler import passes
-    return passes.run(_spec(source, name, overrides))
+    return drawn(passes.run(_spec(source, name, overrides)))
+
+
+def drawn(g):
+    """A level graph that shows itself as its diagram (`LevelGraph.draw`)."""
+    from .compiler.backends.graphviz import diagram
+    g.draw = diagram
+    return g
 
 
 def stats(source: str | Path, /, *, name: str | None = None, **overrides):

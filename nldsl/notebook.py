@@ -93,7 +93,7 @@ def run_cell(line: str, cell: str, namespace: dict, err=None):
     if program.models:
         result = api.compile(cell, name=program.models[0].name, **settings)
     elif program.optimizers:
-        result = passes.run(program.optimizers[0])
+        result = api.drawn(passes.run(program.optimizers[0]))
     else:
         print("error: the cell defines no model or optimizer", file=err)
         return None

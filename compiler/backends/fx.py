@@ -75,7 +75,8 @@ def build_model(ir: LevelGraph) -> Model:
 def diagram(spec, view: str = "levels"):
     """A checked model's level diagram (`Model.diagram`), drawn again when asked for."""
     from .. import passes
-    return passes.run(spec).diagram(view)
+    from .graphviz import diagram
+    return diagram(passes.run(spec), view)
 
 
 def _optimizer_nodes(ir: LevelGraph) -> list[dict]:

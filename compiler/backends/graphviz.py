@@ -331,6 +331,11 @@ def render(dot: str, fmt: str) -> bytes:
         raise RuntimeError(f"dot failed: {stderr.strip()}") from None
 
 
+def diagram(ir: LevelGraph, view: str = "levels", schedule: bool = False) -> "Diagram":
+    """A level graph's diagram as a notebook shows it (`LevelGraph.draw`)."""
+    return Diagram(to_dot(ir, schedule=schedule, view=view))
+
+
 class Diagram:
     """A diagram as a notebook shows it: SVG where Graphviz's `dot` is installed, else
     its DOT text. `str()` is the DOT text."""
