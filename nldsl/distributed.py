@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from .files import read_limited
-from .run import RunError
+from .run import MAX_CHECKPOINT_BYTES, RunError
 
 DEFAULT_TIMEOUT = 300.0  # seconds a rank waits for the others: to start, and at each exchange
 SHARDS = re.compile(r"shards-\d{8}")  # a sharded checkpoint's folder, named by its step
@@ -455,7 +455,6 @@ def whole(t: torch.Tensor) -> torch.Tensor:
 # --- sharded checkpoints --------------------------------------------------------------
 
 def _sha256(path: Path) -> str:
-    from .train import MAX_CHECKPOINT_BYTES
     return hashlib.sha256(read_limited(path, MAX_CHECKPOINT_BYTES, "checkpoint shard")).hexdigest()
 
 

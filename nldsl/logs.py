@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 import sys
 import threading
@@ -100,8 +101,8 @@ def config(run, model, precision: str) -> dict:
 
 
 def bits(loss: float) -> float:
-    from .train import bits  # here: train imports this module
-    return bits(loss)
+    """Nats per byte (or token) to bits per byte (or token)."""
+    return loss / math.log(2)
 
 
 class RunLogs:

@@ -31,6 +31,7 @@ class RunError(Exception):
 
 
 MAX_EDIT = 1000  # characters of an edit's value: an expression, not a file
+MAX_CHECKPOINT_BYTES = 64 << 30  # a checkpoint (or an FSDP run's shard of one) is read whole into memory
 
 # `--set` keys that are not model settings, and what to use instead
 NOT_SETTINGS = {

@@ -36,8 +36,8 @@ from . import distributed
 from . import run as runs
 from .data import PYDOC, Corpus, DataError, data_key
 from .files import FileError, atomic_write, read_limited, reason
-from .logs import RunLogs, require_wandb
-from .run import RunError, build_model, check_inner_clip, check_overrides, model_device
+from .logs import RunLogs, bits, require_wandb
+from .run import MAX_CHECKPOINT_BYTES, RunError, build_model, check_inner_clip, check_overrides, model_device
 from .runtime.regions import regional
 from .tokenizer import (BYTE_TOKENIZER, BYTES, JSON_FILE, MAX_TOKENIZER_BYTES, SENTENCEPIECE_FILE, Tokenizer,
                         TokenizerError, bpe_vocab, from_bytes)
@@ -53,7 +53,6 @@ CHECKPOINT = "model.safetensors"
 LOCK = "train.lock"
 FORMAT = "nldsl-run/2"
 UNVERIFIED_FORMATS = ("nldsl-run/1",)  # older checkpoints, without a sha256: still loaded
-MAX_CHECKPOINT_BYTES = 64 << 30  # a checkpoint is read whole into memory
 TEMPERATURE = 0.8  # samples: a little sharper than the model's distribution
 
 
@@ -103,11 +102,6 @@ class Checkpoint:
     model_name: str | None = None  # which model of the spec (`FILE:MODEL`); None: its first
     training: Training | None = None  # lr, schedule, clipping, accumulation; None: from before them (constant)
     scheduler: dict | None = None  # the learning-rate scheduler's state_dict()
-
-
-def bits(loss: float) -> float:
-    """Nats per byte (or token) to bits per byte (or token)."""
-    return loss / math.log(2)
 
 
 def describe(loss: float, unit: str = "byte") -> str:

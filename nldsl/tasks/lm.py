@@ -17,7 +17,7 @@ import torch
 
 from ..data import Corpus, DataError
 from ..run import IGNORE, RunError
-from ..train import bits
+from ..logs import bits
 from . import LENGTHS, Context, Option, Task, int_list, register
 
 BUCKETS = 8
