@@ -40,7 +40,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .data import PYDOC, data_key
+from .data import PYDOC
+from .sources import data_key
 from .files import FileError, atomic_write, read_limited
 from .run import RunError, parse_overrides, resolve_spec
 
@@ -146,8 +147,8 @@ class Counter:
 
     def vocab(self) -> int:
         if self._vocab is None:
-            from .data import Corpus
-            self._vocab = Corpus.load(self.data).tokenizer.vocab_size
+            from . import sources
+            self._vocab = sources.load(self.data).tokenizer.vocab_size
         return self._vocab
 
     def spec(self, v: Variant, settings: dict):

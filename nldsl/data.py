@@ -7,17 +7,17 @@ all ranks at once and each rank takes its own share (`rank`, `world_size`), so t
 ranks of a data-parallel run see together the batch one process would see.
 
 `Corpus` holds a text file's tokens in memory; a folder made by `nldsl data prepare`
-is read through memory maps instead (nldsl/shards.py), never whole.
+is read through memory maps instead (nldsl/shards.py), never whole; what `--data`
+names is opened by nldsl/sources.py.
 """
 from __future__ import annotations
 
 import hashlib
-import os
 
 import torch
 
 from .files import FileError, read_limited
-from .tokenizer import BYTE_TOKENIZER, Tokenizer, bpe_vocab, chunks_of, pieces, resolve
+from .tokenizer import BYTE_TOKENIZER, Tokenizer, chunks_of, pieces
 
 PYDOC = "pydoc"  # the English text that ships with every Python: its help topics
 HELDOUT = 0.1  # the last 10% of the bytes are held out
@@ -41,14 +41,6 @@ def read_bytes(data: str) -> bytes:
         raise DataError(str(e)) from None
 
 
-def data_key(data: str) -> str:
-    """How a run records its data: `pydoc`, or the file's (or prepared folder's) absolute
-    path, so that the run's folder can be evaluated from any directory. The name of a
-    task's synthetic data (`mqar`, nldsl/tasks) is kept as it is, like `pydoc`."""
-    from .tasks import made_here
-    return data if data == PYDOC or made_here(data) else os.path.abspath(data)
-
-
 def split(raw: bytes) -> tuple[bytes, bytes]:
     """The bytes to train on and the bytes held out (the last 10%), fixed by the data alone."""
     cut = len(raw) - int(len(raw) * HELDOUT)
@@ -64,27 +56,6 @@ class Corpus:
         self.name, self.tokenizer = name, tokenizer
         self.sha256 = hashlib.sha256(raw).hexdigest()  # recorded by a run, to notice changed data later
         self.train, self.heldout = (_tokens(part, tokenizer) for part in split(raw))
-
-    @classmethod
-    def load(cls, data: str, tokenizer: Tokenizer | str | None = None) -> "Corpus":
-        """`pydoc`, a text file, or a folder of token shards. `tokenizer` is a tokenizer or
-        what `--tokenizer` names (a `bpe:VOCAB` is trained here, on the training part);
-        None is bytes, or a prepared folder's own, which any other given must equal. A
-        task's synthetic data (`mqar`) is made by its task (nldsl/tasks)."""
-        from .tasks import data_corpus
-        made = data_corpus(data, tokenizer)
-        if made is not None:
-            return made
-        if data != PYDOC and os.path.isdir(data):
-            from .shards import PreparedCorpus
-            if isinstance(tokenizer, str) and bpe_vocab(tokenizer):
-                raise DataError(f"--tokenizer {tokenizer}: the data {data} was tokenized when it was prepared; "
-                                f"leave --tokenizer out to use its tokenizer")
-            return PreparedCorpus(data, resolve(tokenizer) if isinstance(tokenizer, str) else tokenizer)
-        raw = read_bytes(data)
-        if not isinstance(tokenizer, Tokenizer):
-            tokenizer = resolve(tokenizer, lambda: pieces(chunks_of(split(raw)[0])))
-        return cls(raw, data, tokenizer)
 
     def require(self, context: int) -> None:
         """Both parts must hold at least one window of context + 1 tokens."""

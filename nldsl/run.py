@@ -209,7 +209,7 @@ def model_device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-IGNORE = -100  # a target no loss counts: the unscored positions of synthetic tasks (nldsl/tasks/mqar.py)
+IGNORE = -100  # a target no loss counts: the unscored positions of synthetic data (nldsl/synthetic.py)
 
 
 def loss(model, x: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:

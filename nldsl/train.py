@@ -34,7 +34,9 @@ from tqdm import tqdm
 
 from . import distributed
 from . import run as runs
-from .data import PYDOC, Corpus, DataError, data_key
+from . import sources
+from .data import PYDOC, Corpus, DataError
+from .sources import data_key
 from .files import FileError, atomic_write, read_limited, reason
 from .logs import RunLogs, bits, require_wandb
 from .run import MAX_CHECKPOINT_BYTES, RunError, build_model, check_inner_clip, check_overrides, model_device
@@ -459,7 +461,7 @@ def run_corpus(ckpt: Checkpoint, data: str | None = None, tokenizer: Tokenizer =
     """The data to evaluate a run on (its own unless `data` is given), tokenized as the run
     was, with a note when the run's own data has changed since it was trained on."""
     data = data or ckpt.data
-    corpus = Corpus.load(data, tokenizer)
+    corpus = sources.load(data, tokenizer)
     if data_key(data) == data_key(ckpt.data) and ckpt.data_sha256 not in (None, corpus.sha256):
         print(f"note: the data {data} has changed since this run was trained on it", file=sys.stderr)
     return corpus
@@ -629,7 +631,7 @@ def train(spec_path: str | Path, data: str | None = None, steps: int = 1000, out
         if resume:
             corpus = run_corpus(run, tokenizer=run_tokenizer(run, out))
         else:
-            corpus = Corpus.load(data or PYDOC, tokenizer)
+            corpus = sources.load(data or PYDOC, tokenizer)
             tok = corpus.tokenizer
             run = dataclasses.replace(run, tokenizer=tok.name, tokenizer_file=tok.file, tokenizer_sha256=tok.sha256)
         model = build_model(spec_path, run.overrides, run.seed, run.inner_clip, corpus.tokenizer, where,

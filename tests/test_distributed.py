@@ -19,9 +19,8 @@ import pytest
 import torch
 
 import nldsl
-from nldsl import cli, distributed
+from nldsl import cli, distributed, sources
 from nldsl import train as tr
-from nldsl.data import Corpus
 from nldsl.run import RunError
 from test_logs import scalars
 
@@ -162,7 +161,7 @@ def test_fsdp_equals_one_process_and_its_shards_resume_in_one(hope_run, hope_nor
     assert losses(out) == pytest.approx(reference[:3], rel=REL)
     assert grad_norms(out) == pytest.approx(hope_norms, rel=REL)  # of the sharded gradients, combined
     model, _ = tr.load_run(out, device="cpu")  # eval and generate read the shards too
-    assert tr.evaluate(model, Corpus.load("pydoc"), 1) == pytest.approx(tr.load_checkpoint(out).history.heldout[3])
+    assert tr.evaluate(model, sources.load("pydoc"), 1) == pytest.approx(tr.load_checkpoint(out).history.heldout[3])
 
     bad = tmp_path / "bad"  # a flipped bit in a shard, then a missing shard, are found
     shutil.copytree(out, bad)
@@ -215,7 +214,7 @@ def test_fsdp_refuses_optimizers_that_read_a_whole_parameter(optimizer, refusal)
 # --- the ranks' batches -----------------------------------------------------------------
 
 def test_the_ranks_share_a_step_of_one_process_and_its_micro_batches():
-    corpus = Corpus.load("pydoc")
+    corpus = sources.load("pydoc")
     x, y = corpus.batch(5, 7, 8, 16)
     shares = [distributed.RankShare(corpus, r, 2) for r in range(2)]
     assert torch.equal(torch.cat([s.batch(5, 7, 8, 16)[0] for s in shares]), x)

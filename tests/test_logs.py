@@ -15,9 +15,8 @@ import pytest
 import torch
 
 import nldsl
-from nldsl import cli, logs
+from nldsl import cli, logs, sources
 from nldsl import train as tr
-from nldsl.data import Corpus
 
 ROOT = Path(__file__).resolve().parent.parent
 TRANSFORMER, HOPE = ROOT / "examples" / "transformer.nl", ROOT / "examples" / "hope.nl"
@@ -97,7 +96,7 @@ def test_the_event_files_hold_the_rate_the_speed_and_the_gradient_norm(transform
 
 def test_the_run_starts_with_a_summary(transformer):
     model, lines = transformer.model, transformer.printed
-    corpus = Corpus.load("pydoc")
+    corpus = sources.load("pydoc")
     params = sum(p.numel() for p in model.parameters())
     assert lines[:5] == [
         f"model transformer: {params:,} parameters ({params:,} trainable), 128 tokens per step (batch 2 × context 64)",
@@ -175,7 +174,7 @@ def test_the_summary_names_each_optimizer_line_and_its_group():
     params = list(model.parameters())
     matrices = [p for p in params if p.dim() >= 2]
     rest = [p for p in params if p.dim() < 2]
-    lines = logs.summary(model, model.configure_optimizer(), Corpus.load("pydoc"), "bf16")
+    lines = logs.summary(model, model.configure_optimizer(), sources.load("pydoc"), "bf16")
     assert lines[1:3] == [
         f"optimizer adamw[matrices]: {sum(p.numel() for p in matrices):,} parameters in {len(matrices)} tensors, "
         f"lr 0.02",

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from nldsl import run as runs
+from nldsl import sources
 from nldsl.cli import main
 from nldsl.compiler.load import library_root
-from nldsl.data import Corpus
 from nldsl.train import load_checkpoint, load_run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,7 +53,7 @@ def test_devices():
 def _losses(spec: str, precision: str, steps: int = 6) -> tuple[list[float], object]:
     path, name = runs.resolve_spec(spec)
     model = runs.build_model(path, {"dim": 32, "context": 64, "batch": 2}, 0, name=name)
-    optimizer, corpus, scaler = model.configure_optimizer(), Corpus.load("pydoc"), runs.grad_scaler(CPU, precision)
+    optimizer, corpus, scaler = model.configure_optimizer(), sources.load("pydoc"), runs.grad_scaler(CPU, precision)
     from nldsl.train import _train_step
     return [_train_step(model, optimizer, *corpus.batch(0, s, 2, 64), precision, scaler)[0]
             for s in range(1, steps + 1)], model

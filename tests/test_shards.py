@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from nldsl import shards
+from nldsl import shards, sources
 from nldsl import train as tr
 from nldsl.data import Corpus, read_bytes
 from test_train import SPEC, TINY, double, main, one_error_line, run  # noqa: F401 (fixture)
@@ -79,7 +79,7 @@ def test_shards_give_the_batches_the_text_file_gives(tmp_path):
     """Bytes prepared in shards of 1000 tokens read as the same corpus as the file in memory:
     the same split, batches (windows crossing shards), held-out windows and prompt."""
     folder = prepared(tmp_path, shard_tokens=1000)
-    streamed, whole = Corpus.load(str(folder)), Corpus(doc(TEXT), "pydoc")
+    streamed, whole = sources.load(str(folder)), Corpus(doc(TEXT), "pydoc")
     assert isinstance(streamed, shards.PreparedCorpus) and isinstance(streamed.train, shards.ShardedTokens)
     assert (len(streamed.train), len(streamed.heldout)) == (len(whole.train), len(whole.heldout))
     for step in range(1, 6):
@@ -210,7 +210,7 @@ def test_a_changed_tokenizer_file_in_a_folder(tmp_path):
     folder = prepared(tmp_path, tokenizer="bpe:280")
     (folder / "tokenizer.json").write_bytes((folder / "tokenizer.json").read_bytes() + b" ")
     with pytest.raises(tr.DataError, match="tokenizer.json does not match the sha256 in .*manifest.json"):
-        Corpus.load(str(folder))
+        sources.load(str(folder))
 
 
 def test_bad_inputs_to_prepare_are_one_error_line(tmp_path, capsys, monkeypatch):

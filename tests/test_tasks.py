@@ -10,11 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from nldsl import tasks
+from nldsl import sources, synthetic, tasks
 from nldsl.cli import main
-from nldsl.data import Corpus
 from nldsl.run import IGNORE
-from nldsl.tasks import continual, mqar, niah
+from nldsl.tasks import continual, niah
 from nldsl.tokenizer import BYTE_TOKENIZER
 from nldsl.train import evaluate, load_run, run_corpus
 
@@ -156,7 +155,7 @@ def test_the_niah_generator_puts_the_needle_at_its_depth():
             assert text.endswith(niah.QUERY.format(key=key) + value[:-1])
     pydoc = niah.Haystacks("pydoc", BYTE_TOKENIZER)
     e = niah.make(torch.Generator().manual_seed(2), pydoc, 300, 0.5)
-    held = bytes(Corpus.load("pydoc").heldout.tolist())
+    held = bytes(sources.load("pydoc").heldout.tolist())
     before = bytes(e.tokens[:e.needle_at].tolist())
     after = bytes(e.tokens[e.needle_at + len(e.needle):e.answer_at].tolist()).split(b"\nThe special")[0]
     assert before + after in held  # one span of held-out text, cut where the needle went
@@ -177,10 +176,10 @@ def test_niah_scores_a_perfect_predictor_1_and_a_wrong_one_0(tmp_path, capsys, s
 def test_mqar_examples_hold_their_pairs_and_recoverable_answers():
     g = torch.Generator().manual_seed(0)
     for length, pairs in ((15, 4), (64, 16), (64, 1), (127, 32)):
-        x, y = mqar.example(g, length, pairs)
+        x, y = synthetic.example(g, length, pairs)
         assert x.shape == y.shape == (length,)
         keys, values = x[0:2 * pairs:2].tolist(), x[1:2 * pairs:2].tolist()
-        assert len(set(keys)) == pairs and all(k in mqar.KEYS for k in keys) and all(v in mqar.VALUES for v in values)
+        assert len(set(keys)) == pairs and all(k in synthetic.KEYS for k in keys) and all(v in synthetic.VALUES for v in values)
         queried = (y != IGNORE).nonzero().flatten().tolist()
         assert len(queried) == pairs and all(t >= 2 * pairs for t in queried)
         assert sorted(x[queried].tolist()) == sorted(keys)  # each key queried once
@@ -191,11 +190,11 @@ def test_mqar_examples_hold_their_pairs_and_recoverable_answers():
         rest = [t for t in range(2 * pairs, length) if t not in queried and t - 1 not in queried]
         assert all(x[t] == 0 for t in rest)
     with pytest.raises(ValueError):
-        mqar.example(g, 14, 4)
+        synthetic.example(g, 14, 4)
 
 
 def test_mqar_batches_are_a_function_of_seed_and_step():
-    data = mqar.MQARData()
+    data = synthetic.MQARData()
     a, b = data.batch(0, 5, 4, 32), data.batch(0, 5, 4, 32)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert not torch.equal(a[0], data.batch(0, 6, 4, 32)[0])
@@ -263,7 +262,7 @@ def test_mqar_scores_a_context_free_predictor_at_chance(tmp_path):
     is right with chance exactly 1/128 at each query, independently, so the queries right
     are Binomial(queries, 1/128). A task that let the answer reach the queried position
     (or scored the wrong positions) would fall outside."""
-    ctx = tasks.Context(ContextFree(64, mqar.VALUES), seed=5, options={"lengths": "64,128", "samples": 48})
+    ctx = tasks.Context(ContextFree(64, synthetic.VALUES), seed=5, options={"lengths": "64,128", "samples": 48})
     record = tasks.run(tasks.get("mqar"), ctx, tmp_path)
     queries = sum(c["queries"] for c in record["cells"])
     right = sum(c["correct"] for c in record["cells"])
@@ -367,7 +366,7 @@ def test_continual_is_nldsl_train_stage_after_stage_and_deterministic(fresh_run,
 
     text = tmp_path / "python.txt"
     text.write_bytes(continual.tail(continual.python_parts(), 4000))
-    corpus = Corpus.load(str(text))
+    corpus = sources.load(str(text))
     assert corpus.sha256 == record["stages"][0]["sha256"]
     start, _ = load_run(fresh_run, device="cpu")
     assert record["start_loss"][0] == pytest.approx(evaluate(start, corpus, 1), rel=1e-5)

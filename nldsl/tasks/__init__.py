@@ -135,13 +135,9 @@ class Task:
     name: str
     summary: str  # one line: what it measures
     options: tuple[Option, ...] = ()
-    data = "pydoc"  # what a model is trained on for it (`nldsl train --task NAME`, `eval --steps`)
+    data = "pydoc"  # what a model is trained on for it (`nldsl train --task NAME`, `eval --steps`): nldsl/sources.py
     heldout = False  # whether it reads a run's held-out data (`--data`, `--eval-batches`)
     comparison_plot: str | None = None  # NAME.png of `plot_comparison` in an `nldsl compare` report; None: none
-
-    def corpus(self, tokenizer: Tokenizer | None = None):
-        """The synthetic data `data` names, for a task that makes its own (mqar)."""
-        raise NotImplementedError
 
     def evaluate(self, ctx: Context) -> dict:
         raise NotImplementedError
@@ -205,20 +201,6 @@ def given_options(task: Task, args) -> dict:
             raise RunError(f"--{name.replace('_', '-')} is an option of the {' and '.join(users)} task"
                            f"{'s' if len(users) > 1 else ''}, not of {task.name}")
     return {name: getattr(args, f"task_{name}", None) for name in mine}
-
-
-def data_corpus(data: str, tokenizer: Tokenizer | str | None = None):
-    """The synthetic data a task makes under the name `data` (`mqar`), or None for any
-    other name (a file, `pydoc`)."""
-    for task in TASKS.values():
-        if task.data == data and data != "pydoc":
-            return task.corpus(tokenizer)
-    return None
-
-
-def made_here(data: str) -> bool:
-    """Whether `data` names a task's synthetic data rather than a file."""
-    return any(task.data == data and data != "pydoc" for task in TASKS.values())
 
 
 def task_out(file: str, task: str) -> Path:

@@ -15,7 +15,8 @@ import math
 
 import torch
 
-from ..data import Corpus, DataError
+from .. import sources
+from ..data import DataError
 from ..run import IGNORE, RunError
 from ..logs import bits
 from . import LENGTHS, Context, Option, Task, int_list, register
@@ -116,7 +117,7 @@ def corpus_of(ctx: Context):
         from ..train import run_corpus
         corpus = run_corpus(ctx.ckpt, ctx.data, ctx.tokenizer)
     else:
-        corpus = Corpus.load(ctx.data or "pydoc", ctx.tokenizer)
+        corpus = sources.load(ctx.data or "pydoc", ctx.tokenizer)
     corpus.require(ctx.context)
     return corpus
 

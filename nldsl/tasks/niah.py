@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..data import Corpus
+from .. import sources
 from ..run import RunError
 from ..tokenizer import Tokenizer
 from . import LENGTHS, SAMPLES, Context, Option, Task, float_list, heatmap, int_list, register
@@ -60,7 +60,7 @@ class Haystacks:
             raise RunError(f"--haystack {kind}: give one of {', '.join(HAYSTACKS)}")
         self.kind, self.tokenizer = kind, tokenizer
         if kind == "pydoc":
-            self.text = Corpus.load("pydoc", tokenizer).heldout.long()
+            self.text = sources.load("pydoc", tokenizer).heldout.long()
         else:
             self.sentences = [encode(tokenizer, s.strip() + " ") for s in NOISE.split(". ") if s.strip()]
 
