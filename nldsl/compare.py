@@ -40,8 +40,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import sources
 from .data import PYDOC
-from .sources import data_key
 from .files import FileError, atomic_write, read_limited
 from .run import RunError, parse_overrides, resolve_spec
 
@@ -147,7 +147,6 @@ class Counter:
 
     def vocab(self) -> int:
         if self._vocab is None:
-            from . import sources
             self._vocab = sources.load(self.data).tokenizer.vocab_size
         return self._vocab
 
@@ -314,7 +313,8 @@ def existing(run: Run, steps: int, spec_text: str):
         return None
     ckpt = load_checkpoint(run.folder)
     v = run.variant
-    for what, stored, wanted in (("seed", ckpt.seed, run.seed), ("data", data_key(ckpt.data), data_key(run.data)),
+    key = sources.data_key
+    for what, stored, wanted in (("seed", ckpt.seed, run.seed), ("data", key(ckpt.data), key(run.data)),
                                  ("settings", ckpt.overrides, v.settings), ("model", ckpt.model_name, v.model),
                                  ("spec", ckpt.spec_text, spec_text)):
         if stored != wanted:
