@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch._dynamo.utils import counters
 
 import nldsl
-from nldsl.bench import level_workload
+from nldsl.bench import alternate, level_workload
 from nldsl.run import parse_overrides, resolve_spec
 from nldsl.runtime import regions
 from nldsl.runtime.regions import regional
@@ -124,13 +124,8 @@ def level(path, args, overrides: dict) -> None:
     start = time.perf_counter()
     runs["regional compile"].train()
     compile_s = time.perf_counter() - start
-    times = {what: [] for what in runs}
-    for _ in range(args.repeats):
-        for what, w in runs.items():
-            start = time.perf_counter()
-            w.train()
-            times[what].append(time.perf_counter() - start)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    times = alternate(runs, modes=("train",), repeats=args.repeats, warmup=0)
+    med = {what: statistics.median(times[what, "train"]) for what in runs}
     print(f"level `{args.level}` of {path.name} alone, batch {args.batch} × {context} tokens, training "
           f"(forward and backward), {torch.get_num_threads()} thread(s); the first compiled step took "
           f"{compile_s:.1f} s")
