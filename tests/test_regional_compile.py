@@ -106,7 +106,6 @@ def test_steps_that_read_positions_stay_eager():
     assert _reads_position(attention) and not _reads_position(titans)
 
 
-
 # titans.nl with a task level before its Titans level: the Titans level's MLP periods run
 # under the task level's inner gradient, which evaluation takes with autograd on
 _UNDER_TASK = (EXAMPLES / "titans.nl").read_text().replace(
