@@ -318,24 +318,33 @@ class Span:
         B, n = key.shape[:2]
         count = n // P
 
-        def per_period(r):  # a rate's product over each period, [B, h, 1, 1]
+        def per_period(r):  # a rate's product over each period, [B·h, 1, 1]
             if r is None:
                 return [None] * count
             r = as_rate(r, B, n, m.heads, key).reshape(B, count, P, m.heads).prod(2)
-            return [t[..., None, None] for t in r.unbind(1)]
+            return list(r.transpose(0, 1).reshape(count, B * m.heads, 1, 1).unbind())
 
-        k, v = heads(key, m.heads), heads(value, m.heads)
-        q = None if e is None else heads(e, m.heads)
-        w = as_rate(lr, B, n, m.heads, key).transpose(1, 2).unsqueeze(-1)  # [B, h, n, 1]
-        cut = [t.split(P, 2) if t is not None else [None] * count for t in (k, v, q, w)]
+        # [B, h, n, 1], contiguous: an elementwise op lays its output out as its first operand, and a
+        # rate in token-major order would make every item tensor of the period (r = w e) token-major,
+        # which each batched product then copies
+        w = as_rate(lr, B, n, m.heads, key).transpose(1, 2).contiguous().unsqueeze(-1)
+        # folded once for the loop: [B·h, ...], the batch dims period.py works on
+        fold = lambda t: None if t is None else t.flatten(0, 1)  # noqa: E731
+        theta = {name: fold(W) for name, W in f.theta.items()}
+        z = None if f.z is None else {name: fold(Z) for name, Z in f.z.items()}
+        k, v, q = (None if t is None else fold(heads(t, m.heads)) for t in (key, value, e))
+        cut = [t.split(P, 1) if t is not None else [None] * count for t in (k, v, q, fold(w))]
         backend = None if torch.compiler.is_compiling() else self.ls.compile  # regions.enter: compiled while training
         outs = []
         for kj, vj, qj, wj, alpha, beta_j in zip(*cut, per_period(decay), per_period(beta)):
-            y, f.theta, f.z = mlp_period(f.theta, f.z, kj, vj, qj, wj, alpha, beta_j, act=m.act,
-                                         residual=m.residual, backend=backend)
+            y, theta, z = mlp_period(theta, z, kj, vj, qj, wj, alpha, beta_j, act=m.act,
+                                     residual=m.residual, backend=backend)
             outs.append(y)
+        unfold = lambda t: t.unflatten(0, (B, m.heads))  # noqa: E731
+        f.theta = {name: unfold(W) for name, W in theta.items()}
+        f.z = None if z is None else {name: unfold(Z) for name, Z in z.items()}
         f.clear()
-        return None if e is None else tokens(torch.cat(outs, 2))
+        return None if e is None else tokens(unfold(torch.cat(outs, 1)))
 
     def finish(self):
         for memory in self.items:  # a memory that learns but is not read still moves

@@ -10,7 +10,10 @@ the rule's per-head decay and momentum reach their gradients as dot products.
 
 Head-major tensors (memories/layout.py): states W1 [B, h, o, k], W2 [B, h, k, i];
 keys and queries [B, h, n, i], values [B, h, n, o], rates w [B, h, n, 1], the
-period's decay α and momentum β [B, h, 1, 1] or None. For item j, with
+period's decay α and momentum β [B, h, 1, 1] or None. The node sees them with the
+batch dims folded into one, G = B·h, and calls `bmm` itself: `@` on 4-d tensors
+expands and reshapes both sides and the result, about six dispatched ops to one
+product, which at a period's sizes cost more than the product. For item j, with
 z = W2 k_j, a = σ(z), y = W1 a (+ k_j), r = w_j (y − v_j), h = W1ᵀ r:
 
     ∇W1 = Σ r aᵀ,  ∇W2 = Σ (h ⊙ σ'(z)) k_jᵀ
@@ -32,11 +35,11 @@ from ...regions import compiled
 from ....vocab import DEFAULT_ACTIVATION
 
 
-def _act2(act: str, z):
-    """σ''(z)."""
-    if act == "silu":
+def _act2(act: str, z, a):
+    """σ''(z), given a = σ(z)."""
+    if act == "silu":  # s (1 − s) (2 + z − 2a), with s the sigmoid
         s = torch.sigmoid(z)
-        return s * (1 - s) * (2 + z * (1 - 2 * s))
+        return torch.addcmul(s, s, s, value=-1) * torch.sub(z, a, alpha=2).add_(2)
     if act == "gelu":
         return torch.exp(-0.5 * z * z) / math.sqrt(2 * math.pi) * (2 - z * z)
     if act == "tanh":
@@ -53,7 +56,7 @@ def _act(act: str, z, slope: bool):
     if act == "silu":  # σ' = s + a (1 − s), with s the sigmoid and a = z s
         s = torch.sigmoid(z)
         a = z * s
-        return a, (s + a * (1 - s)) if slope else None
+        return a, torch.addcmul(s + a, a, s, value=-1) if slope else None
     a = ACT[act](z)
     if not slope:
         return a, None
@@ -63,36 +66,36 @@ def _act(act: str, z, slope: bool):
 
 
 def _addmm(C, *products, alpha: float = 1.0, fresh: bool = False):
-    """C + alpha · Σ A @ B over batch dims [B, h], for products (A, B, A, B, ...). baddbmm
-    copies its input before it adds, so only the first product makes a new tensor and
-    the rest add into it in place; into C itself when C is `fresh` (made here, used by
-    nothing else). No backward needs the tensor added into, so this is safe under autograd."""
-    out = C.reshape(-1, *C.shape[-2:])
+    """C + alpha · Σ A @ B, for products (A, B, A, B, ...). baddbmm copies its input before
+    it adds, so only the first product makes a new tensor and the rest add into it in
+    place; into C itself when C is `fresh` (made here, used by nothing else). No backward
+    needs the tensor added into, so this is safe under autograd."""
     for i, (A, B) in enumerate(zip(products[::2], products[1::2])):
-        A, B = A.reshape(-1, *A.shape[-2:]), B.reshape(-1, *B.shape[-2:])
-        out = out.baddbmm_(A, B, alpha=alpha) if fresh or i else torch.baddbmm(out, A, B, alpha=alpha)
-    return out.view(C.shape)
+        C = C.baddbmm_(A, B, alpha=alpha) if fresh or i else torch.baddbmm(C, A, B, alpha=alpha)
+    return C
 
 
-def _dot(a, b):
-    """⟨a, b⟩ per batch and head, [B, h, 1, 1]."""
-    return (a * b).sum((-2, -1), keepdim=True)
+def _dots(a1, b1, a2, b2):
+    """⟨a1, b1⟩ + ⟨a2, b2⟩ for each of the G states, [G, 1, 1]: as products of the
+    flattened states, two ops where the elementwise form takes five passes over them."""
+    row, col = (lambda t: t.reshape(t.shape[0], 1, -1)), (lambda t: t.reshape(t.shape[0], -1, 1))  # noqa: E731
+    return torch.baddbmm(torch.bmm(row(a1), col(b1)), row(a2), col(b2))
 
 
 def _mlp(W1, W2, x, act, residual, slope: bool):
     """W1 σ(W2 x) (+ x): (y, z, σ(z), σ'(z) or None)."""
-    z = x @ W2.mT
+    z = torch.bmm(x, W2.mT)
     a, ds = _act(act, z, slope)
-    y = a @ W1.mT
-    return (y + x if residual else y), z, a, ds
+    return (torch.baddbmm(x, a, W1.mT) if residual else torch.bmm(a, W1.mT)), z, a, ds
 
 
 def _forward(W1, W2, Z1, Z2, k, v, q, w, alpha, beta, act, residual):
     """The period's read and update, and what the backward needs."""
-    y, z, a, ds = _mlp(W1, W2, k, act, residual, slope=True)
-    e = y - v
+    z = torch.bmm(k, W2.mT)
+    a, ds = _act(act, z, slope=True)
+    e = torch.baddbmm(k - v, a, W1.mT) if residual else torch.baddbmm(v, a, W1.mT, beta=-1)  # y − v
     r = w * e
-    h = r @ W1
+    h = torch.bmm(r, W1)
     dz = h * ds
     news = []
     for W, Z, grad in ((W1, Z1, (r.mT, a)), (W2, Z2, (dz.mT, k))):
@@ -127,7 +130,7 @@ class _MLPPeriod(torch.autograd.Function):
             run = _backward if ctx.backend is None else compiled(_backward, ctx.backend)
         gW1n, gW2n, *grads = grads
         gZ1n, gZ2n = (grads.pop(0), grads.pop(0)) if Z1 is not None else (None, None)
-        gyq = grads.pop(0) if q is not None else None
+        gyq = grads.pop(0).contiguous() if q is not None else None  # arrives token-major (layout.tokens)
         return run(ctx.act, ctx.residual, W1, W2, Z1, Z2, k, q, w, alpha, beta, parts, gW1n, gW2n, gZ1n, gZ2n,
                    gyq) + (None,)
 
@@ -139,48 +142,51 @@ def _backward(act: str, residual: bool, W1, W2, Z1, Z2, k, q, w, alpha, beta, p,
     z, a, ds, e, r, h, dz, zq, aq = (p[name] for name in _SAVED)
     # the rule: N = ∂/∂(−∇W), what reaches the period's gradient
     N1, N2 = (gW1n, gW2n) if Z1 is None else (gZ1n + gW1n, gZ2n + gW2n)
-    g_alpha = None if alpha is None else _dot(gW1n, W1) + _dot(gW2n, W2)
-    g_beta = None if beta is None or Z1 is None else _dot(N1, Z1) + _dot(N2, Z2)
+    g_alpha = None if alpha is None else _dots(gW1n, W1, gW2n, W2)
+    g_beta = None if beta is None or Z1 is None else _dots(N1, Z1, N2, Z2)
     dW1, dW2 = (gW1n, gW2n) if alpha is None else (alpha * gW1n, alpha * gW2n)
     gZ1 = gZ2 = None
     if Z1 is not None:
         gZ1, gZ2 = (N1, N2) if beta is None else (beta * N1, beta * N2)
-    # ∇W1 = rᵀ a and ∇W2 = dzᵀ k, entering with −N
-    gr = -(a @ N1.mT)
-    ga = -(r @ N1)
-    gdz = -(k @ N2.mT)
-    gk = -(dz @ N2)
+    # ∇W1 = rᵀ a and ∇W2 = dzᵀ k enter with −N. What follows is the negated gradient of
+    # each item tensor (g·' = −g·), so that no state-sized −N is made; the signs are
+    # paid back in the ops' alpha and beta, and on the small [G, n, 1] rate gradient.
+    gdz = torch.bmm(k, N2.mT)
     # dz = h ⊙ σ'(z), h = r W1
     gh = gdz * ds
-    gz = gdz * h * _act2(act, z)
-    gr = gr + gh @ W1.mT
+    gz = gdz * h * _act2(act, z, a)
+    gr = torch.baddbmm(torch.bmm(a, N1.mT), gh, W1.mT)
     # r = w (y − v); y = W1 σ(W2 k) (+ k)
-    ge = w * gr
-    gw = (gr * e).sum(-1, keepdim=True)
-    gz = gz + (ge @ W1 + ga) * ds
-    gk = gk + gz @ W2
+    ge = w * gr  # −∂/∂e, which is ∂/∂v
+    gw = (gr * e).sum(-1, keepdim=True).neg_()
+    gz = gz + torch.baddbmm(torch.bmm(r, N1), ge, W1) * ds
+    gk = torch.baddbmm(torch.bmm(dz, N2), gz, W2, beta=-1, alpha=-1)
     if residual:
-        gk = gk + ge
-    products1, products2 = [ge.mT, a, r.mT, gh], [gz.mT, k]
+        gk = gk - ge
+    fresh = alpha is not None  # dW = α gW' was made here; without α it is the incoming gradient
+    gW1 = _addmm(dW1, ge.mT, a, r.mT, gh, alpha=-1.0, fresh=fresh)
+    gW2 = _addmm(dW2, gz.mT, k, alpha=-1.0, fresh=fresh)
     gq = None
     if q is not None:  # the read yq = W1 σ(W2 q) (+ q)
-        gzq = (gyq @ W1) * _act(act, zq, slope=True)[1]
-        gq = gzq @ W2 + gyq if residual else gzq @ W2
-        products1 += [gyq.mT, aq]
-        products2 += [gzq.mT, q]
-    fresh = alpha is not None  # dW = α gW' was made here; without α it is the incoming gradient
-    gW1, gW2 = _addmm(dW1, *products1, fresh=fresh), _addmm(dW2, *products2, fresh=fresh)
-    return gW1, gW2, gZ1, gZ2, gk, -ge, gq, gw, g_alpha, g_beta, None, None
+        gzq = torch.bmm(gyq, W1) * _act(act, zq, slope=True)[1]
+        gq = torch.baddbmm(gyq, gzq, W2) if residual else torch.bmm(gzq, W2)
+        gW1, gW2 = _addmm(gW1, gyq.mT, aq, fresh=True), _addmm(gW2, gzq.mT, q, fresh=True)
+    return gW1, gW2, gZ1, gZ2, gk, ge, gq, gw, g_alpha, g_beta, None, None
 
 
 def mlp_period(theta: dict, z: dict | None, k, v, q, w, alpha=None, beta=None, *, act: str = DEFAULT_ACTIVATION,
                residual: bool = False, backend: str | None = None):
     """One period. theta {W1, W2}, z its momentum ({W1, W2}) or None for gd; q None when
-    the memory is not read. Returns (y [B, h, m, o] or None, theta', z'). With `backend`,
-    the period's algebra runs compiled by torch.compile on it (runtime/regions.py)."""
+    the memory is not read. Returns (y [B, h, m, o] or None, theta', z'). Tensors may come
+    with their batch dims folded, [G, ...] (a loop over periods folds them once); returned
+    as they came. With `backend`, the period's algebra runs compiled by torch.compile on
+    it (runtime/regions.py)."""
+    lead = k.shape[:-2]
     Z1, Z2 = (None, None) if z is None else (z["W1"], z["W2"])
-    outs = list(_MLPPeriod.apply(theta["W1"], theta["W2"], Z1, Z2, k, v, q, w, alpha, beta, act, bool(residual),
-                                 backend))
+    args = [None if t is None else t.flatten(0, -3) for t in (theta["W1"], theta["W2"], Z1, Z2, k, v, q, w, alpha, beta)]
+    outs = list(_MLPPeriod.apply(*args, act, bool(residual), backend))
+    if len(lead) != 1:
+        outs = [t.unflatten(0, lead) for t in outs]
     y = outs.pop() if q is not None else None
 
     def keyed(W1, W2, order):  # in the order of the state given (the loop's order, kept by every path)
