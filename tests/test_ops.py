@@ -1,5 +1,5 @@
-"""Flow functions with a written backward (runtime/ops.py) against the plain formula
-under autograd: values, first and second derivatives."""
+"""Flow functions written for a cheaper backward (runtime/ops.py) against their plain
+formula under autograd: values, first and second derivatives."""
 from __future__ import annotations
 
 import torch
@@ -24,7 +24,7 @@ def test_l2norm_equals_the_plain_formula_to_second_order():
     torch.testing.assert_close(*(torch.autograd.grad((t * u).sum(), x)[0] for t in (got, want)))
 
 
-def test_l2norm_of_a_zero_row_is_zero_with_finite_derivatives():
+def test_l2norm_of_a_zero_row_is_zero_with_a_finite_gradient():
     x = torch.randn(2, 4, 8, dtype=torch.float64)
     x[0, 1] = 0
     x[1, 2, :4] = 0  # one head of an item
@@ -33,8 +33,6 @@ def test_l2norm_of_a_zero_row_is_zero_with_finite_derivatives():
     torch.testing.assert_close(y, _plain_l2norm(x, 2))
     assert not y[0, 1].any()
     up = torch.randn_like(x)
-    first = torch.autograd.grad(y, x, up, create_graph=True)[0]
+    first = torch.autograd.grad(y, x, up)[0]
     torch.testing.assert_close(first, torch.autograd.grad(_plain_l2norm(x, 2), x, up)[0])
-    # the plain formula's second derivative is NaN on a zero row (its norm's backward divides by 0)
-    second = torch.autograd.grad((first * torch.randn_like(x)).sum(), x)[0]
-    assert torch.isfinite(second).all()
+    assert torch.isfinite(first).all()

@@ -74,34 +74,11 @@ def proj(x, weight):
 
 
 def l2norm(x, heads: int = 1, eps: float = 1e-6):
-    """Unit length per item, or per head slice with `heads`: x / (‖x‖ + eps)."""
+    """Unit length per item, or per head slice with `heads`: x / (‖x‖ + eps), as x times
+    the reciprocal, whose backward takes about half the passes over x of a division's."""
     shape = x.shape
-    return _UnitLength.apply(x.reshape(*shape[:-1], heads, shape[-1] // heads), eps).reshape(shape)
-
-
-class _UnitLength(torch.autograd.Function):
-    """x / (‖x‖ + eps) over the last dim, with its backward written out: autograd's
-    replay of the division and the norm takes seven passes over x's size (the norm's
-    own masks its zero rows), this one three. Under create_graph the backward is
-    taken again from x with autograd on, so higher derivatives are exact."""
-
-    @staticmethod
-    def forward(x, eps: float):
-        return x / (x.norm(dim=-1, keepdim=True) + eps)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(inputs[0])
-        ctx.eps = inputs[1]
-
-    @staticmethod
-    def backward(ctx, g):
-        (x,) = ctx.saved_tensors
-        n = x.norm(dim=-1, keepdim=True)
-        inv = 1 / (n + ctx.eps)
-        # d/dx x / (n + ε) = (I − x xᵀ / (n (n + ε))) / (n + ε); a zero row has no second term
-        c = (x * g).sum(-1, keepdim=True) * inv / n.clamp_min(torch.finfo(n.dtype).tiny)
-        return torch.addcmul(g, x, c, value=-1) * inv, None
+    x = x.reshape(*shape[:-1], heads, shape[-1] // heads)
+    return (x * (x.norm(dim=-1, keepdim=True) + eps).reciprocal()).reshape(shape)
 
 
 def rmsnorm(x, weight, eps: float = 1e-6, heads: int = 1):
