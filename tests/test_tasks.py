@@ -179,7 +179,8 @@ def test_mqar_examples_hold_their_pairs_and_recoverable_answers():
         x, y = synthetic.example(g, length, pairs)
         assert x.shape == y.shape == (length,)
         keys, values = x[0:2 * pairs:2].tolist(), x[1:2 * pairs:2].tolist()
-        assert len(set(keys)) == pairs and all(k in synthetic.KEYS for k in keys) and all(v in synthetic.VALUES for v in values)
+        assert len(set(keys)) == pairs
+        assert all(k in synthetic.KEYS for k in keys) and all(v in synthetic.VALUES for v in values)
         queried = (y != IGNORE).nonzero().flatten().tolist()
         assert len(queried) == pairs and all(t >= 2 * pairs for t in queried)
         assert sorted(x[queried].tolist()) == sorted(keys)  # each key queried once

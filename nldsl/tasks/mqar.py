@@ -1,9 +1,9 @@
 """`mqar`: multi-query associative recall (Zoology, Arora et al. 2023), trained and scored.
 
 The examples (key-value pairs, then each key queried once more) are nldsl/synthetic.py's,
-the data named `mqar` that `nldsl train --task mqar` trains on. The task's score is the greedy prediction at each
-queried key (the argmax over the whole vocab) against its value, per number of pairs
-and length; chance is 1/128.
+the data named `mqar` that `nldsl train --task mqar` trains on. The task's score is the
+greedy prediction at each queried key (the argmax over the whole vocab) against its
+value, per number of pairs and length; chance is 1/128.
 """
 from __future__ import annotations
 

@@ -183,7 +183,8 @@ def mlp_period(theta: dict, z: dict | None, k, v, q, w, alpha=None, beta=None, *
     it (runtime/regions.py)."""
     lead = k.shape[:-2]
     Z1, Z2 = (None, None) if z is None else (z["W1"], z["W2"])
-    args = [None if t is None else t.flatten(0, -3) for t in (theta["W1"], theta["W2"], Z1, Z2, k, v, q, w, alpha, beta)]
+    args = [None if t is None else t.flatten(0, -3)
+            for t in (theta["W1"], theta["W2"], Z1, Z2, k, v, q, w, alpha, beta)]
     outs = list(_MLPPeriod.apply(*args, act, bool(residual), backend))
     if len(lead) != 1:
         outs = [t.unflatten(0, lead) for t in outs]
