@@ -44,7 +44,7 @@ from . import kernels
 from . import memories as M
 from .errors import NonFiniteError
 from .level import Fast, LevelState, on_state_dtype
-from .memories.layout import as_rate, heads, merge_heads, split_heads, tokens
+from .memories.layout import as_rate, head_periods, merge_heads, period_stream, split_heads
 from .memories.linear.chunk import delta_rule
 from .memories.mlp.period import mlp_period
 from .rates import later_decays
@@ -324,16 +324,13 @@ class Span:
             r = as_rate(r, B, n, m.heads, key).reshape(B, count, P, m.heads).prod(2)
             return list(r.transpose(0, 1).reshape(count, B * m.heads, 1, 1).unbind())
 
-        # [B, h, n, 1], contiguous: an elementwise op lays its output out as its first operand, and a
-        # rate in token-major order would make every item tensor of the period (r = w e) token-major,
-        # which each batched product then copies
-        w = as_rate(lr, B, n, m.heads, key).transpose(1, 2).contiguous().unsqueeze(-1)
-        # folded once for the loop: [B·h, ...], the batch dims period.py works on
-        fold = lambda t: None if t is None else t.flatten(0, 1)  # noqa: E731
-        theta = {name: fold(W) for name, W in f.theta.items()}
-        z = None if f.z is None else {name: fold(Z) for name, Z in f.z.items()}
-        k, v, q = (None if t is None else fold(heads(t, m.heads)) for t in (key, value, e))
-        cut = [t.split(P, 1) if t is not None else [None] * count for t in (k, v, q, fold(w))]
+        # each period's items [B·h, P, d], contiguous: a rate in token-major order would make every
+        # item tensor of the period (r = w e) token-major, which each batched product then copies
+        rate = as_rate(lr, B, n, m.heads, key)
+        cut = [head_periods(t, m.heads, P) if t is not None else [None] * count for t in (key, value, e, rate)]
+        # folded for the loop: [B·h, ...], the batch dims period.py works on
+        theta = {name: W.flatten(0, 1) for name, W in f.theta.items()}
+        z = None if f.z is None else {name: Z.flatten(0, 1) for name, Z in f.z.items()}
         backend = None if torch.compiler.is_compiling() else self.ls.compile  # regions.enter: compiled while training
         outs = []
         for kj, vj, qj, wj, alpha, beta_j in zip(*cut, per_period(decay), per_period(beta)):
@@ -344,7 +341,7 @@ class Span:
         f.theta = {name: unfold(W) for name, W in theta.items()}
         f.z = None if z is None else {name: unfold(Z) for name, Z in z.items()}
         f.clear()
-        return None if e is None else tokens(unfold(torch.cat(outs, 1)))
+        return None if e is None else period_stream(outs, m.heads)
 
     def finish(self):
         for memory in self.items:  # a memory that learns but is not read still moves
