@@ -73,13 +73,40 @@ def proj(x, weight):
     return x @ weight.T
 
 
+def _unit(x, eps: float):
+    """(x / (‖x‖ + eps), ‖x‖, 1 / (‖x‖ + eps)) over the last dim."""
+    n = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+    r = (n + eps).reciprocal()
+    return x * r, n, r
+
+
+class _L2Norm(torch.autograd.Function):
+    """y = x / (‖x‖ + eps) with its backward written out: ∂x = r (g − y ⟨g, y⟩ (‖x‖ + eps) / ‖x‖),
+    r = 1 / (‖x‖ + eps), the norm's term 0 where x = 0. Three passes over x's size where
+    autograd's replay of the formula makes seven."""
+    @staticmethod
+    def forward(ctx, x, eps: float):
+        y, n, r = _unit(x, eps)
+        ctx.eps = eps
+        ctx.save_for_backward(x, y, n, r)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        x, y, n, r = ctx.saved_tensors
+        if torch.is_grad_enabled():  # differentiated again: the same terms as functions of x
+            y, n, r = _unit(x, ctx.eps)
+        c = torch.linalg.vecdot(g, y).unsqueeze(-1) / (r * n).clamp_min(torch.finfo(x.dtype).tiny)
+        return torch.addcmul(g, y, c, value=-1).mul_(r), None
+
+
 def l2norm(x, heads: int = 1, eps: float = 1e-6):
-    """Unit length per item, or per head slice with `heads`: x / (‖x‖ + eps), written as x
-    times the reciprocal, whose backward makes fewer passes over x than a division's (0.6×
-    its time on a [4, 512, 128] input here)."""
+    """Unit length per item, or per head slice with `heads`: x / (‖x‖ + eps). Without a
+    gradient to take, the formula alone (a node's call costs more than it saves there)."""
     shape = x.shape
     x = x.reshape(*shape[:-1], heads, shape[-1] // heads)
-    return (x * (x.norm(dim=-1, keepdim=True) + eps).reciprocal()).reshape(shape)
+    y = _L2Norm.apply(x, eps) if torch.is_grad_enabled() and x.requires_grad else _unit(x, eps)[0]
+    return y.reshape(shape)
 
 
 def rmsnorm(x, weight, eps: float = 1e-6, heads: int = 1):
