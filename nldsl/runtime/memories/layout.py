@@ -63,8 +63,9 @@ def _periods(e: torch.Tensor, h: int, P: int) -> tuple:
 def _stream(ys, h: int) -> torch.Tensor:
     G, P, d = ys[0].shape
     B, n = G // h, P * len(ys)
-    if torch.is_grad_enabled() or torch.compiler.is_compiling():  # differentiable (a gradient differentiated
-        # again), and what a compiler fuses: it takes no `out=` that is not contiguous
+    # with differentiable ops where the gradient is differentiated again, and under a
+    # compiler, which takes no `out=` that is not contiguous (and fuses the copy itself)
+    if torch.is_grad_enabled() or torch.compiler.is_compiling():
         return torch.stack(ys).unflatten(1, (B, h)).permute(1, 0, 3, 2, 4).reshape(B, n, h * d)
     out = ys[0].new_empty(B, n, h, d)
     torch.cat([y.unflatten(0, (B, h)) for y in ys], 2, out=out.transpose(1, 2))
