@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # On a machine with CUDA, in a few minutes: the Triton kernels against their references
-# on the GPU, a bf16 training run with the kernels on, and the GPU comparison with
-# flash-linear-attention's kernel. Everything goes to one folder; SUMMARY.md says
-# what ran, on which device, and what it measured (docs/benchmarks.md records it).
+# on the GPU, a bf16 training run with the kernels on, the GPU comparison with
+# flash-linear-attention's kernel, and the fused training steps of hope, titans and
+# gated_deltanet against their reference paths. Everything goes to one folder;
+# SUMMARY.md says what ran, on which device, and what it measured (docs/benchmarks.md
+# records it).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out/gpu-check}
@@ -31,4 +33,6 @@ step kernels 240 env NLDSL_TEST_DEVICE=cuda TRITON_INTERPRET=0 "$PY" -m pytest -
 step train-bf16 240 "$PY" -m nldsl train gated_deltanet --device cuda --precision bf16 --steps 60 --eval-every 30 \
     --set dim=256 --set context=512 --quiet --out "$OUT/run-gated_deltanet"
 step peers-gpu 240 "$PY" benchmarks/peers.py --only gpu --json "$OUT/peers-gpu.json"
+step bench 240 "$PY" -m nldsl bench hope titans gated_deltanet --device cuda --no-memory --scaling-tokens '' \
+    --repeats 5 --json "$OUT/bench.json"
 cat "$summary"
