@@ -131,7 +131,9 @@ class Fast:
         (gd: D_α) and γ = D_α b. Reading before needs only the chunk's last t."""
         s, B, n = self.mem, key.shape[0], key.shape[1]
         alpha = as_rate(1.0 if decay is None else decay, B, n, s.heads, key)
-        D_alpha, a = products(alpha), alpha.cumprod(1)
+        # reading before, only the chunk's last token's weights are used: its row of D_α
+        D_alpha = products(alpha, last=not self.within)
+        a = alpha.cumprod(1) if self.within else alpha.prod(1, keepdim=True)
         W, D_beta, b, gamma = D_alpha, None, None, None
         if self.rule == "momentum":
             beta = as_rate(1.0 if beta is None else beta, B, n, s.heads, key)
