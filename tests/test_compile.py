@@ -61,6 +61,34 @@ SELF_MODIFYING = """model m {
 }"""
 
 
+# a task level before a learned MLP memory, for two task periods: the second period's
+# outer gradient differentiates the first period's inner one through the memory's
+# period nodes, its keys' l2norm and the layout of its periods (all with written
+# backwards, which the trace must leave out: ops.written_backward)
+TASK_THEN_MEMORY = """model m {
+  vocab 32
+  dim 8
+  heads 2
+  context 16
+  level cms every 8 tokens {
+    memory ffn : mlp(dim, hidden: 2 * dim)
+    learn ffn : task by gd(lr: 0.1)
+  }
+  level mem every 4 tokens {
+    memory M : mlp(dim, hidden: dim, residual, heads: heads)
+    flow key = l2norm(proj(x), heads: heads)
+    learn M : l2(key, proj(x)) by gd(lr: 0.1)
+    out M(proj(x))
+  }
+  block {
+    x = x + cms(rmsnorm(x))
+    x = x + mem(rmsnorm(x))
+  }
+  objective next_token
+  optimizer adam(lr: 1e-3)
+}"""
+
+
 def _breaks_outside_verify(model, tokens) -> list[str]:
     explained = torch._dynamo.explain(lambda t: model(t)[0])(tokens)
     torch._dynamo.reset()
@@ -72,7 +100,8 @@ def _breaks_outside_verify(model, tokens) -> list[str]:
     (EXAMPLES / "titans.nl", dict(dim=16, heads=2, depth=1, context=32), 256),
     (TASK, {}, 32),
     (SELF_MODIFYING, {}, 32),
-], ids=["titans", "task", "self-modifying"])
+    (TASK_THEN_MEMORY, {}, 32),
+], ids=["titans", "task", "self-modifying", "task-then-memory"])
 def test_compiled_model_equals_eager(source, settings, vocab):
     torch.manual_seed(0)
     model = nldsl.compile(source, **settings)

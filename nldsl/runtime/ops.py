@@ -73,6 +73,15 @@ def proj(x, weight):
     return x @ weight.T
 
 
+def written_backward() -> bool:
+    """Whether an autograd node with its backward written out may run. Not while
+    torch.compile traces: it takes such a node as differentiable once, so a gradient of a
+    gradient through it (a task level's, through the levels after it) lost the node's
+    part, silently (tests/test_compile.py). Traced, the plain formulas differentiate to
+    any order, and the compiler fuses their passes itself."""
+    return not torch.compiler.is_compiling()
+
+
 def _unit(x, eps: float):
     """(x / (‖x‖ + eps), ‖x‖, 1 / (‖x‖ + eps)) over the last dim."""
     n = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
@@ -102,10 +111,12 @@ class _L2Norm(torch.autograd.Function):
 
 def l2norm(x, heads: int = 1, eps: float = 1e-6):
     """Unit length per item, or per head slice with `heads`: x / (‖x‖ + eps). Without a
-    gradient to take, the formula alone (a node's call costs more than it saves there)."""
+    gradient to take, the formula alone (a node's call costs more than it saves there),
+    and under torch.compile (`written_backward`)."""
     shape = x.shape
     x = x.reshape(*shape[:-1], heads, shape[-1] // heads)
-    y = _L2Norm.apply(x, eps) if torch.is_grad_enabled() and x.requires_grad else _unit(x, eps)[0]
+    node = torch.is_grad_enabled() and x.requires_grad and written_backward()
+    y = _L2Norm.apply(x, eps) if node else _unit(x, eps)[0]
     return y.reshape(shape)
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from ..ops import written_backward
+
 
 # -------------------------------------------------------------- token-major
 def split_heads(e: torch.Tensor, h: int) -> torch.Tensor:
@@ -99,13 +101,13 @@ def head_periods(e: torch.Tensor, h: int, P: int) -> tuple:
     the batch dims folded, contiguous (period-major underneath), for a loop over periods.
     One copy each way: autograd's own backward of a transpose and a split would
     concatenate the periods' gradients and then copy them token-major, 3.5× the time."""
-    return _Periods.apply(e, h, P)
+    return _Periods.apply(e, h, P) if written_backward() else _periods(e, h, P)
 
 
 def period_stream(ys, h: int) -> torch.Tensor:
     """head_periods' inverse: periods [B·h, P, d] back as one token stream [B, n, h·d],
     written in place by one concatenation."""
-    return _Stream.apply(h, *ys)
+    return _Stream.apply(h, *ys) if written_backward() else _stream(ys, h)
 
 
 def transposed(W: torch.Tensor) -> torch.Tensor:

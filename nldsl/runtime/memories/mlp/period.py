@@ -30,7 +30,7 @@ import math
 
 import torch
 
-from ...ops import ACT, ACT_GRAD
+from ...ops import ACT, ACT_GRAD, written_backward
 from ...regions import compiled
 from ....vocab import DEFAULT_ACTIVATION
 
@@ -181,7 +181,11 @@ def mlp_period(theta: dict, z: dict | None, k, v, q, w, alpha=None, beta=None, *
     args = [None if t is None else t.flatten(0, -3)
             for t in (theta["W1"], theta["W2"], Z1, Z2, k, v, q, w, alpha, beta)]
     train = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args)
-    outs = list(_MLPPeriod.apply(*args, act, bool(residual), backend, train))
+    if written_backward():
+        outs = list(_MLPPeriod.apply(*args, act, bool(residual), backend, train))
+    else:  # traced by torch.compile: the period's formulas, under autograd
+        yq, ((W1n, Z1n), (W2n, Z2n)), _ = _forward(*args, act, bool(residual), False)
+        outs = [W1n, W2n] + ([Z1n, Z2n] if Z1 is not None else []) + ([yq] if q is not None else [])
     if len(lead) != 1:
         outs = [t.unflatten(0, lead) for t in outs]
     y = outs.pop() if q is not None else None
