@@ -112,8 +112,7 @@ class _MLPPeriod(torch.autograd.Function):
         yq, ((W1n, Z1n), (W2n, Z2n)), parts = run(W1, W2, Z1, Z2, k, v, q, w, alpha, beta, act, residual, train)
         ctx.act, ctx.residual, ctx.backend = act, residual, backend
         ctx.save_for_backward(W1, W2, Z1, Z2, k, v, q, w, alpha, beta, *(parts.get(p) for p in _SAVED))
-        outs = (W1n, W2n) + ((Z1n, Z2n) if Z1 is not None else ()) + ((yq,) if q is not None else ())
-        return outs
+        return _outputs(yq, W1n, W2n, Z1n, Z2n)
 
     @staticmethod
     def backward(ctx, *grads):
@@ -131,6 +130,11 @@ class _MLPPeriod(torch.autograd.Function):
 
 
 _SAVED = ("a", "ds", "e", "r", "dz", "hs2", "aq", "dsq")
+
+
+def _outputs(yq, W1n, W2n, Z1n, Z2n) -> tuple:
+    """The period's results in the node's order: the states, the momenta (momentum), the read."""
+    return (W1n, W2n) + ((Z1n, Z2n) if Z1n is not None else ()) + ((yq,) if yq is not None else ())
 
 
 def _backward(residual: bool, W1, W2, Z1, Z2, k, q, w, alpha, beta, p, gW1n, gW2n, gZ1n, gZ2n, gyq):
@@ -185,7 +189,7 @@ def mlp_period(theta: dict, z: dict | None, k, v, q, w, alpha=None, beta=None, *
         outs = list(_MLPPeriod.apply(*args, act, bool(residual), backend, train))
     else:  # traced by torch.compile: the period's formulas, under autograd
         yq, ((W1n, Z1n), (W2n, Z2n)), _ = _forward(*args, act, bool(residual), False)
-        outs = [W1n, W2n] + ([Z1n, Z2n] if Z1 is not None else []) + ([yq] if q is not None else [])
+        outs = list(_outputs(yq, W1n, W2n, Z1n, Z2n))
     if len(lead) != 1:
         outs = [t.unflatten(0, lead) for t in outs]
     y = outs.pop() if q is not None else None
