@@ -60,7 +60,7 @@ clean:
 	rm -rf $(VENV) build dist *.egg-info site
 
 # On a machine with CUDA only: the kernels on the GPU, a bf16 training run with the
-# kernels on, the GPU peer comparison, hope/titans/gated_deltanet fused against
-# reference; a summary in out/gpu-check/SUMMARY.md.
+# kernels on, the GPU peer comparison, titans compiled with CUDA graphs,
+# hope/titans/gated_deltanet fused against reference; a summary in out/gpu-check/SUMMARY.md.
 gpu-check: setup
 	./scripts/gpu-check.sh

@@ -2,7 +2,8 @@
 on the fused path, and against the eager reference path (`fused=False`, the same
 weights), alternated A B C A B C in one process after compiling (medians), at
 `nldsl bench`'s defaults (batch 4, the spec's context); the compile time is the first
-compiled step's. The whole model by default: dynamo unrolls the loop over periods, so
+compiled step's. Each path's FLOP rate (the eager step's matmul FLOPs) is set against
+the fp32 matmul peak measured in the same run, before and after the timed steps. The whole model by default: dynamo unrolls the loop over periods, so
 compile time grows with the periods a call spans. With `--regional`, the period steps
 alone (nldsl.runtime.regions, what `nldsl train --compile` does): compiled once for
 every length. `--contexts` measures each length in a fresh process with an empty
@@ -13,6 +14,7 @@ loops); `--vectorize` with inductor's defaults, to compare.
     .venv/bin/python benchmarks/compiled.py [SPEC] [--repeats 5] [--set KEY=VALUE ...]
     .venv/bin/python benchmarks/compiled.py hope --regional --contexts 256,1024,4096 --threads 1 [--vectorize]
     .venv/bin/python benchmarks/compiled.py hope --regional --level titans --threads 1  # one level alone
+    .venv/bin/python benchmarks/compiled.py titans --device cuda --mode reduce-overhead  # with CUDA graphs
 """
 from __future__ import annotations
 
@@ -29,8 +31,8 @@ import torch.nn.functional as F
 from torch._dynamo.utils import counters
 
 import nldsl
-from nldsl.bench import alternate, level_workload
-from nldsl.run import parse_overrides, resolve_spec
+from nldsl.bench import alternate, count_flops, level_workload, matmul_peak
+from nldsl.run import device as run_device, parse_overrides, resolve_spec
 from nldsl.runtime import regions
 from nldsl.runtime.regions import regional
 
@@ -47,6 +49,8 @@ def main() -> None:
     ap.add_argument("--level", help="regional: time this level alone as a layer (nldsl.bench.level_workload)")
     ap.add_argument("--vectorize", action="store_true",
                     help="regional: inductor's vectorized C++ (its default), not regions.INDUCTOR_OPTIONS")
+    ap.add_argument("--device", default="cpu", help="cpu (the default), cuda or cuda:N")
+    ap.add_argument("--mode", help="torch.compile's mode for the whole model: reduce-overhead records CUDA graphs")
     args, argv = ap.parse_args(), sys.argv[1:]
     if args.contexts:
         at = argv.index("--contexts")
@@ -66,17 +70,21 @@ def main() -> None:
     overrides = parse_overrides(args.set) or {}
     if args.level:
         return level(path, args, overrides)
-    model = nldsl.compile(path, name=name, **overrides)
-    reference = nldsl.compile(path, name=name, fused=False, **overrides)
+    device = run_device(args.device)
+    model = nldsl.compile(path, name=name, **overrides).to(device)
+    reference = nldsl.compile(path, name=name, fused=False, **overrides).to(device)
     reference.load_state_dict(model.state_dict())
     context = int(model.settings["context"])
-    tokens = torch.randint(0, int(model.settings["vocab"]), (args.batch, context + 1))
+    tokens = torch.randint(0, int(model.settings["vocab"]), (args.batch, context + 1), device=device)
     if args.regional:  # a second model with the same weights, its period steps compiled
-        compiled = regional(nldsl.compile(path, name=name, **overrides))
+        compiled = regional(nldsl.compile(path, name=name, **overrides).to(device))
         compiled.load_state_dict(model.state_dict())
         owner, label = compiled, "regional compile" + (" (vectorized)" if args.vectorize else "")
     else:
-        compiled, owner, label = torch.compile(model), model, "torch.compile"
+        if args.mode:  # say why a graph is not recorded, if one is not
+            torch._logging.set_logs(cudagraphs=True)
+        compiled, owner = torch.compile(model, mode=args.mode), model
+        label = "torch.compile" + (f" ({args.mode})" if args.mode else "")
 
     def step(run, owner=model):
         owner.zero_grad(set_to_none=True)
@@ -92,25 +100,36 @@ def main() -> None:
     # the compiled step computes what eager computes: the loss, and every gradient relative to its size
     grad_err = max((g - w).abs().max().item() / max(w.abs().max().item(), 1e-12) for g, w in zip(got[1], want[1]))
     step(reference, reference)
+    flops = count_flops(lambda: step(model))  # the eager step's matmul FLOPs: the work, whichever path runs it
     runs = {"eager": (model, model), label: (compiled, owner), "eager, reference path": (reference, reference)}
     times = {label: [] for label in runs}
+    peaks = [matmul_peak(device.type)]  # the peak in the same run, before and after the timed steps: the higher is the peak
     for _ in range(args.repeats):
         for what, (run, by) in runs.items():
             start = time.perf_counter()
             step(run, by)
             times[what].append(time.perf_counter() - start)
+    peaks.append(matmul_peak(device.type))
+    peak = max(peaks)
     med = {k: statistics.median(v) for k, v in times.items()}
     n = args.batch * context
+    where = f"{torch.get_num_threads()} thread(s)" if device.type == "cpu" else torch.cuda.get_device_name(device)
     print(f"{model.name}, batch {args.batch} × {context} tokens, training step (forward and backward), "
-          f"fused path, {torch.get_num_threads()} thread(s); {label}: the first step (compiling) took "
-          f"{compile_s:.1f} s", flush=True)
+          f"fused path, {where}; {label}: the first step (compiling) took {compile_s:.1f} s", flush=True)
     print(f"  compiling alone: about {compile_s - med[label]:.1f} s (the first step less a compiled one's median); "
           f"{counters['stats']['unique_graphs']} graph(s) compiled")
+    if args.mode == "reduce-overhead" and device.type == "cuda":
+        skips = counters["inductor"]["cudagraph_skips"]
+        print(f"  CUDA graphs: {'recorded' if not skips else f'{skips} graph(s) not recorded (the reason above)'}")
     print(f"  compiled against eager: loss {got[0]:.6f} against {want[0]:.6f}, every parameter's gradient "
           f"within {grad_err:.1e} of its largest entry")
+    print(f"  {flops / 1e9:.1f} GFLOP a step (matmul-level ops, as `nldsl bench` counts them); fp32 matmul peak "
+          f"measured in this run {peaks[0]:.0f} GFLOP/s before the timed steps, {peaks[1]:.0f} after")
+    width = max(map(len, med))
     for what, s in med.items():
-        print(f"  {what:22s} {n / s:10,.0f} tok/s  {med['eager'] / s:5.2f}x eager  "
-              f"{med['eager, reference path'] / s:5.2f}x the reference")
+        print(f"  {what:{width}s} {n / s:10,.0f} tok/s  {med['eager'] / s:5.2f}x eager  "
+              f"{med['eager, reference path'] / s:5.2f}x the reference  "
+              f"{flops / s / 1e9:6.1f} GFLOP/s  {100 * flops / s / 1e9 / peak:4.1f}% of the peak")
 
 
 def level(path, args, overrides: dict) -> None:

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # On a machine with CUDA, in a few minutes: the Triton kernels against their references
 # on the GPU, a bf16 training run with the kernels on, the GPU comparison with
-# flash-linear-attention's kernel, and the fused training steps of hope, titans and
-# gated_deltanet against their reference paths. Everything goes to one folder;
+# flash-linear-attention's kernel, titans.nl's training step compiled with CUDA graphs
+# (whether they record, and the step against eager), and the fused training steps of
+# hope, titans and gated_deltanet against their reference paths. Everything goes to one folder;
 # SUMMARY.md says what ran, on which device, and what it measured (docs/benchmarks.md
 # records it).
 set -uo pipefail
@@ -33,6 +34,8 @@ step kernels 240 env NLDSL_TEST_DEVICE=cuda TRITON_INTERPRET=0 "$PY" -m pytest -
 step train-bf16 240 "$PY" -m nldsl train gated_deltanet --device cuda --precision bf16 --steps 60 --eval-every 30 \
     --set dim=256 --set context=512 --quiet --out "$OUT/run-gated_deltanet"
 step peers-gpu 240 "$PY" benchmarks/peers.py --only gpu --json "$OUT/peers-gpu.json"
+step cuda-graphs 240 "$PY" benchmarks/compiled.py titans --device cuda --mode reduce-overhead --set context=64 \
+    --repeats 5
 step bench 240 "$PY" -m nldsl bench hope titans gated_deltanet --device cuda --no-memory --scaling-tokens '' \
     --repeats 5 --json "$OUT/bench.json"
 cat "$summary"
