@@ -3,8 +3,9 @@ on the fused path, and against the eager reference path (`fused=False`, the same
 weights), alternated A B C A B C in one process after compiling (medians), at
 `nldsl bench`'s defaults (batch 4, the spec's context); the compile time is the first
 compiled step's. Each path's FLOP rate (the eager step's matmul FLOPs) is set against
-the fp32 matmul peak measured in the same run, before and after the timed steps. The whole model by default: dynamo unrolls the loop over periods, so
-compile time grows with the periods a call spans. With `--regional`, the period steps
+the fp32 matmul peak measured in the same run, before and after the timed steps. The
+whole model by default: dynamo unrolls the loop over periods, so compile time grows
+with the periods a call spans. With `--regional`, the period steps
 alone (nldsl.runtime.regions, what `nldsl train --compile` does): compiled once for
 every length. `--contexts` measures each length in a fresh process with an empty
 inductor cache (a new `TORCHINDUCTOR_CACHE_DIR`), so each compile time is a cold one
@@ -103,7 +104,7 @@ def main() -> None:
     flops = count_flops(lambda: step(model))  # the eager step's matmul FLOPs: the work, whichever path runs it
     runs = {"eager": (model, model), label: (compiled, owner), "eager, reference path": (reference, reference)}
     times = {label: [] for label in runs}
-    peaks = [matmul_peak(device.type)]  # the peak in the same run, before and after the timed steps: the higher is the peak
+    peaks = [matmul_peak(device.type)]  # the peak in this run, before and after the timed steps: the higher one
     for _ in range(args.repeats):
         for what, (run, by) in runs.items():
             start = time.perf_counter()
