@@ -114,12 +114,15 @@ class Fast:
             terms = {k: v[:, -1] for k, v in cum.items()}
         if clip is not None:
             terms = {k: _clip(v, clip) for k, v in terms.items()}
-        # a read within needs each item's running product of the rates; otherwise only the
-        # chunk's is used, and a product differentiates in far fewer ops than a cumprod
-        running = (lambda r: r.cumprod(1)) if self.within else (lambda r: r.prod(1, keepdim=True))
         self.chunk = dict(terms=terms, cum=cum,
-                          **{name: None if r is None else running(as_rate(r, B, n, s.heads, key))
+                          **{name: None if r is None else self._running(as_rate(r, B, n, s.heads, key))
                              for name, r in (("decay", decay), ("beta", beta))})
+
+    def _running(self, r):
+        """The running products of rates r [B, n, h] over the chunk: a read within needs each
+        item's; otherwise only the chunk's whole product is used, [B, 1, h], which
+        differentiates in far fewer ops than a cumprod."""
+        return r.cumprod(1) if self.within else r.prod(1, keepdim=True)
 
     def _steps(self, theta, key, value, lr, decay, beta, clip) -> dict:
         """The chunk's items as steps at every token (`per_token`), every gradient g_i taken
@@ -133,7 +136,7 @@ class Fast:
         alpha = as_rate(1.0 if decay is None else decay, B, n, s.heads, key)
         # reading before, only the chunk's last token's weights are used: its row of D_α
         D_alpha = products(alpha, last=not self.within)
-        a = alpha.cumprod(1) if self.within else alpha.prod(1, keepdim=True)
+        a = self._running(alpha)
         W, D_beta, b, gamma = D_alpha, None, None, None
         if self.rule == "momentum":
             beta = as_rate(1.0 if beta is None else beta, B, n, s.heads, key)
