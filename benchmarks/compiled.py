@@ -10,12 +10,17 @@ alone (nldsl.runtime.regions, what `nldsl train --compile` does): compiled once 
 every length. `--contexts` measures each length in a fresh process with an empty
 inductor cache (a new `TORCHINDUCTOR_CACHE_DIR`), so each compile time is a cold one
 (docs/performance.md). Regions compile with `regions.INDUCTOR_OPTIONS` (scalar C++
-loops); `--vectorize` with inductor's defaults, to compare.
+loops); `--vectorize` with inductor's defaults, to compare. `--profile` then runs one
+more step of each path under torch.profiler and says where its time went: matmul
+kernels, inductor's generated kernels, other aten ops, the Python inductor writes to
+call its kernels, the autograd engine and dynamo's guards, and what no event covers
+(the model's own Python, on the eager paths).
 
     .venv/bin/python benchmarks/compiled.py [SPEC] [--repeats 5] [--set KEY=VALUE ...]
     .venv/bin/python benchmarks/compiled.py hope --regional --contexts 256,1024,4096 --threads 1 [--vectorize]
     .venv/bin/python benchmarks/compiled.py hope --regional --level titans --threads 1  # one level alone
     .venv/bin/python benchmarks/compiled.py titans --device cuda --mode reduce-overhead  # with CUDA graphs
+    .venv/bin/python benchmarks/compiled.py hope --repeats 3 --profile  # where each path's step goes
 """
 from __future__ import annotations
 
@@ -52,6 +57,7 @@ def main() -> None:
                     help="regional: inductor's vectorized C++ (its default), not regions.INDUCTOR_OPTIONS")
     ap.add_argument("--device", default="cpu", help="cpu (the default), cuda or cuda:N")
     ap.add_argument("--mode", help="torch.compile's mode for the whole model: reduce-overhead records CUDA graphs")
+    ap.add_argument("--profile", action="store_true", help="then one more step of each path under torch.profiler")
     args, argv = ap.parse_args(), sys.argv[1:]
     if args.contexts:
         at = argv.index("--contexts")
@@ -65,6 +71,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if args.vectorize:
         regions.INDUCTOR_OPTIONS = {}
+    if args.profile:  # inductor's kernels then show as profiler events of their own (on the CPU)
+        torch._inductor.config.cpp.enable_kernel_profile = True
     nldsl.flush_subnormals()  # as `nldsl bench` does
     path, name = resolve_spec(args.spec)
     torch.manual_seed(0)
@@ -131,6 +139,44 @@ def main() -> None:
         print(f"  {what:{width}s} {n / s:10,.0f} tok/s  {med['eager'] / s:5.2f}x eager  "
               f"{med['eager, reference path'] / s:5.2f}x the reference  "
               f"{flops / s / 1e9:6.1f} GFLOP/s  {100 * flops / s / 1e9 / peak:4.1f}% of the peak")
+    if args.profile:
+        print("  under torch.profiler, one step each (the profiler's own cost per op inflates the paths of many "
+              "small ops): ms, and share of the profiled step")
+        for what, (run, by) in runs.items():
+            print(f"  {what:{width}s} " + profile(lambda: step(run, by), device))
+
+
+MATMULS = {"aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm", "aten::addbmm", "aten::_scaled_mm"}
+
+
+def profile(fn, device) -> str:
+    """One call of `fn` under torch.profiler, its time parted by the kind of event that
+    spent it (each event's self time, so nothing counts twice)."""
+    from torch.profiler import ProfilerActivity
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch.profiler.profile(activities=activities) as prof:
+        start = time.perf_counter()
+        fn()
+        wall = time.perf_counter() - start
+    kinds = ("matmul", "generated kernels", "other aten ops", "generated wrappers", "engine")
+    parts, calls = dict.fromkeys(kinds, 0.0), dict.fromkeys(kinds, 0)
+    for e in prof.key_averages():
+        if e.key in MATMULS:
+            kind = "matmul"
+        elif "cpp_fused" in e.key or e.key.startswith(("triton_", "cpp_")):
+            kind = "generated kernels"
+        elif e.key.startswith("aten::"):
+            kind = "other aten ops"
+        elif e.key.startswith("## Call CompiledFxGraph"):  # the Python inductor writes to call its kernels
+            kind = "generated wrappers"
+        else:  # the autograd engine, dynamo's guards, the compiled functions' own runtime
+            kind = "engine"
+        parts[kind] += e.self_cpu_time_total / 1e6
+        calls[kind] += e.count
+    parts["Python, untracked"] = max(wall - sum(parts.values()), 0.0)
+    return f"{wall * 1e3:7.1f} ms: " + ", ".join(
+        f"{k} {v * 1e3:.1f} ({100 * v / wall:.0f}%" + (f", {calls[k]:,} calls)" if calls.get(k) else ")")
+        for k, v in parts.items())
 
 
 def level(path, args, overrides: dict) -> None:

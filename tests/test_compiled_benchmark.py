@@ -1,7 +1,7 @@
 """benchmarks/compiled.py, the script behind docs/benchmarks.md's torch.compile rows and
 `make gpu-check`'s CUDA-graphs step, runs end to end on a small titans.nl: it compiles,
-holds the compiled step's gradients to eager's, and sets every path against the matmul
-peak measured in the same run."""
+holds the compiled step's gradients to eager's, sets every path against the matmul
+peak measured in the same run, and parts a profiled step of each path by kind."""
 from __future__ import annotations
 
 import os
@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_compiled_benchmark_checks_gradients_and_reports_the_peak(tmp_path):
     run = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "compiled.py"), "titans", "--repeats", "1", "--batch", "1",
-         "--set", "context=32", "--set", "dim=32", "--mode", "reduce-overhead"],
+         "--set", "context=32", "--set", "dim=32", "--mode", "reduce-overhead", "--profile"],
         capture_output=True, text=True, cwd=ROOT, env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path)})
     assert run.returncode == 0, run.stderr[-2000:]
     out = run.stdout
@@ -31,3 +31,12 @@ def test_compiled_benchmark_checks_gradients_and_reports_the_peak(tmp_path):
     paths = re.findall(r"^  (.+?)\s+[\d,]+ tok/s .* (\S+)% of the peak$", out, re.M)
     assert [p for p, _ in paths] == ["eager", "torch.compile (reduce-overhead)", "eager, reference path"]
     assert all(0 < float(share) < 100 for _, share in paths)
+    # the profile: the compiled step's time is mostly its kernels, the eager paths' none of inductor's
+    profiled = dict(re.findall(r"^  (.+?)\s+[\d.]+ ms: (.*)$", out, re.M))
+    assert list(profiled) == [p for p, _ in paths]
+
+    def ms(path, kind):
+        return float(re.search(rf"{kind} ([\d.]+) \(", profiled[path]).group(1))
+    assert ms("torch.compile (reduce-overhead)", "generated kernels") > 0
+    assert ms("eager", "generated kernels") == ms("eager, reference path", "generated kernels") == 0
+    assert ms("eager", "matmul") > 0 and ms("eager", "other aten ops") > 0
