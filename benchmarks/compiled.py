@@ -151,7 +151,8 @@ MATMULS = {"aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm", "aten::addbm
 
 def profile(fn, device) -> str:
     """One call of `fn` under torch.profiler, its time parted by the kind of event that
-    spent it (each event's self time, so nothing counts twice)."""
+    spent it (each event's self time, so nothing counts twice). On a GPU these are the
+    host's times: what launching costs, not what the kernels take on the device."""
     from torch.profiler import ProfilerActivity
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with torch.profiler.profile(activities=activities) as prof:
